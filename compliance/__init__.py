@@ -1,0 +1,1 @@
+"""The `gdpr` domain: requests, identities, data sources, retention, audit."""

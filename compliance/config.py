@@ -1,0 +1,222 @@
+"""Settings: one object, built once at startup from `GDPR_*` variables and `gdpr.toml`.
+
+Precedence: environment > config file > defaults. Unknown keys and malformed values are
+`ConfigError` at startup, never a surprise later. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from compliance import defaults
+from compliance.errors import ConfigError
+
+ENV_PREFIX = "GDPR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Build with `load_settings()`; pass it down explicitly."""
+
+    home: Path = Path(defaults.HOME)
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""  # file:///path or s3://bucket/prefix
+    s3_endpoint_url: str = ""  # any S3-compatible endpoint; empty means AWS
+    s3_region: str = "us-east-1"
+    s3_sse: str = ""  # "", "AES256" or "aws:kms"
+    mail_url: str = ""  # file:///outbox or smtp://host:port (smtps:// for implicit TLS)
+    mail_starttls: bool = False
+    mail_username: str = ""
+    mail_password: str = field(default="", repr=False)
+    mail_from: str = defaults.MAIL_FROM
+    keys: str = field(default="", repr=False)  # "kid:base64key,kid2:base64key"; newest last
+    keys_file: str = ""  # path to a file holding the same format
+    kms_key_id: str = ""  # wrap export data keys with AWS KMS instead of the keyring
+    kms_endpoint_url: str = ""
+    pseudonym_key: str = field(default="", repr=False)  # base64; HMAC key for pseudonyms
+    sources: str = ""  # path of sources.toml; empty: ./sources.toml if present
+    operator: str = ""
+    four_eyes: bool = defaults.FOUR_EYES
+    auto_approve_exports: bool = defaults.AUTO_APPROVE_EXPORTS
+    strict_sources: bool = False
+    link_ttl_days: int = defaults.LINK_TTL_DAYS
+    link_max_downloads: int = defaults.LINK_MAX_DOWNLOADS
+    package_ttl_days: int = defaults.PACKAGE_TTL_DAYS
+    base_url: str = ""  # public URL of the download service
+    serve_host: str = defaults.SERVE_HOST
+    serve_port: int = defaults.SERVE_PORT
+    rate_limit_per_minute: int = defaults.RATE_LIMIT_PER_MINUTE
+    batch_size: int = defaults.BATCH_SIZE
+    lock_timeout_ms: int = defaults.LOCK_TIMEOUT_MS
+    statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
+    redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
+    stale_claim_seconds: int = defaults.STALE_CLAIM_SECONDS
+    retention_hour: int = defaults.RETENTION_HOUR
+    timezone: str = defaults.TIMEZONE
+
+    # --- derived locations of the embedded defaults ---------------------------------
+
+    @property
+    def control_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'control.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or (self.home / "objects").resolve().as_uri()
+
+    @property
+    def mail(self) -> str:
+        return self.mail_url or (self.home / "outbox").resolve().as_uri()
+
+    @property
+    def download_base_url(self) -> str:
+        return self.base_url or f"http://{self.serve_host}:{self.serve_port}"
+
+    @property
+    def sources_path(self) -> Path | None:
+        if self.sources:
+            return Path(self.sources)
+        default = Path(defaults.SOURCES_FILE)
+        return default if default.exists() else None
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the embedded defaults (SQLite, filesystem, outbox)."""
+        return self.control_url.startswith("sqlite")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_URL_FIELDS = {
+    "database_url": ("sqlite", "postgresql", "postgresql+psycopg"),
+    "broker_url": ("redis", "rediss", "sqla+sqlite", "sqla+postgresql", "memory", "amqp"),
+    "storage_url": ("file", "s3"),
+    "mail_url": ("file", "smtp", "smtps"),
+    "s3_endpoint_url": ("http", "https"),
+    "kms_endpoint_url": ("http", "https"),
+    "base_url": ("http", "https"),
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build `Settings` from a config file (optional) and the environment."""
+    env = os.environ if environ is None else environ
+    path = config_file or Path(env.get(f"{ENV_PREFIX}CONFIG", defaults.CONFIG_FILE))
+    raw: dict[str, Any] = {}
+    if path.exists():
+        raw.update(_read_toml(path))
+    elif config_file is not None or f"{ENV_PREFIX}CONFIG" in env:
+        raise ConfigError(f"config file {path} does not exist; create it or unset GDPR_CONFIG")
+    raw.update(_read_env(env))
+    values = {name: _coerce(name, value) for name, value in raw.items()}
+    if not values.get("operator"):
+        values["operator"] = _login_name()
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    table = data.get("gdpr", data)
+    for key in table:
+        if key not in _FIELDS or key == "config":
+            raise ConfigError(f"{path}: unknown setting '{key}'; see README.md#configuration")
+    return dict(table)
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    ignored = {"CONFIG"}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :]
+        if name in ignored or name.startswith("TEST_"):
+            continue
+        if name.lower() not in _FIELDS:
+            raise ConfigError(f"unknown environment variable {key}; see README.md#configuration")
+        found[name.lower()] = value
+    return found
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            return int(value)
+        if kind == "Path":
+            return Path(value)
+    except ValueError as exc:
+        raise ConfigError(f"setting '{name}' must be a {kind}, got {value!r}") from exc
+    return str(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(value)
+
+
+def _validate(settings: Settings) -> None:
+    for name, schemes in _URL_FIELDS.items():
+        url = getattr(settings, name)
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in schemes:
+            allowed = ", ".join(f"{s}://" for s in schemes)
+            raise ConfigError(f"setting '{name}' has a malformed URL; expected one of {allowed}")
+        if parts.scheme in {"http", "https", "smtp", "smtps", "redis", "s3"} and not parts.netloc:
+            raise ConfigError(f"setting '{name}' has no host (or bucket); fix the URL")
+    if settings.s3_sse not in {"", "AES256", "aws:kms"}:
+        raise ConfigError("setting 's3_sse' must be '', 'AES256' or 'aws:kms'")
+    for name in ("link_ttl_days", "link_max_downloads", "package_ttl_days", "batch_size"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"setting '{name}' must be at least 1")
+    if not 0 <= settings.retention_hour <= 23:
+        raise ConfigError("setting 'retention_hour' must be between 0 and 23")
+    _validate_timezone(settings.timezone)
+
+
+def _validate_timezone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"setting 'timezone' is not a known time zone: {name!r}") from exc
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,33 @@
+"""Named defaults, in one place. `Settings` reads these when nothing overrides them."""
+
+from __future__ import annotations
+
+HOME = ".gdpr"
+CONFIG_FILE = "gdpr.toml"
+SOURCES_FILE = "sources.toml"
+
+DUE_MONTHS = 1  # Art. 12(3): one month from receipt
+MAX_EXTENSION_MONTHS = 2  # Art. 12(3): extendable by two further months
+
+FOUR_EYES = True  # erasure needs approval by a second operator
+AUTO_APPROVE_EXPORTS = True
+
+LINK_TTL_DAYS = 7
+LINK_MAX_DOWNLOADS = 3
+PACKAGE_TTL_DAYS = 30
+
+BATCH_SIZE = 1000
+LOCK_TIMEOUT_MS = 5_000
+STATEMENT_TIMEOUT_MS = 60_000
+
+REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched again
+STALE_CLAIM_SECONDS = 3600  # running claims older than this are released
+
+RETENTION_HOUR = 2  # nightly sweeps at 02:00 in the configured timezone
+TIMEZONE = "UTC"
+
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8080
+RATE_LIMIT_PER_MINUTE = 30
+
+MAIL_FROM = "privacy@localhost"

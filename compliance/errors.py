@@ -1,0 +1,90 @@
+"""One exception tree for the whole project.
+
+Every error the system raises on purpose derives from `ComplianceError`, and is either
+`RetryableError` (the step may succeed later: retry with backoff) or `TerminalError`
+(retrying cannot help: an operator must act). Adapters translate library errors
+(boto3, psycopg, smtplib, redis) at their edge with ``raise X from exc``.
+
+Messages are one line, say what is wrong and how to fix it, and never contain personal
+data: identities appear only as pseudonyms.
+"""
+
+from __future__ import annotations
+
+
+class ComplianceError(Exception):
+    """Root of every error raised on purpose by `gdpr`."""
+
+
+class RetryableError(ComplianceError):
+    """A transient failure (connection reset, timeout, 5xx): retry later with backoff."""
+
+
+class TerminalError(ComplianceError):
+    """A failure that retrying cannot fix: bad input, bad configuration, a broken invariant."""
+
+
+# --- terminal -------------------------------------------------------------------------
+
+
+class ConfigError(TerminalError):
+    """Settings are missing, unknown or malformed; raised at startup."""
+
+
+class ManifestError(ConfigError):
+    """The sources manifest is invalid (unknown kind, table, column, duplicate name...)."""
+
+
+class ValidationError(TerminalError):
+    """User input is malformed (an email, an identity type, a duration...)."""
+
+
+class NotFoundError(TerminalError):
+    """A referenced object (request, link, hold, package) does not exist."""
+
+
+class IllegalTransitionError(TerminalError):
+    """A request state change that the lifecycle table does not allow."""
+
+
+class PermissionDeniedError(TerminalError):
+    """The operator may not do this (e.g. approving their own erasure request)."""
+
+
+class LegalHoldError(TerminalError):
+    """The data is under a legal hold and must not be erased or purged."""
+
+
+class ResidualDataError(TerminalError):
+    """Verification found personal data left behind after an erasure."""
+
+
+class IntegrityError(TerminalError):
+    """Encrypted data, an audit chain or a package failed an integrity check."""
+
+
+class TokenError(TerminalError):
+    """A download token is unknown, expired, revoked or used up (deliberately vague)."""
+
+
+class UnsupportedError(TerminalError):
+    """The source or backend cannot perform this action (e.g. cyclic references it refuses)."""
+
+
+# --- retryable ------------------------------------------------------------------------
+
+
+class SourceUnavailableError(RetryableError):
+    """A data source (database, Redis, HTTP API) could not be reached or timed out."""
+
+
+class StorageUnavailableError(RetryableError):
+    """Object storage could not be reached or answered with a server error."""
+
+
+class MailUnavailableError(RetryableError):
+    """The SMTP server could not be reached or refused temporarily."""
+
+
+class LeaseHeldError(RetryableError):
+    """Another worker holds the lease for this work; try again later."""

@@ -1,0 +1,218 @@
+"""ORM models of the control database (DESIGN §4). Schema changes go through Alembic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the control database; use UTC-aware")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        from datetime import UTC
+
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class RequestKind(StrEnum):
+    EXPORT = "export"
+    ERASURE = "erasure"
+
+
+class RequestStatus(StrEnum):
+    RECEIVED = "received"
+    AWAITING_APPROVAL = "awaiting_approval"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DsrRequest(Base):
+    __tablename__ = "dsr_request"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)  # pseudonym
+    ticket: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)  # operator's note; must not hold PII
+    submitted_by: Mapped[str] = mapped_column(String(128))
+    submitted_at: Mapped[datetime]
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    extended_months: Mapped[int] = mapped_column(Integer, default=0)
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    approved_at: Mapped[datetime | None]
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DsrIdentity(Base):
+    __tablename__ = "dsr_identity"
+    __table_args__ = (Index("ix_dsr_identity_hmac", "value_hmac"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dsr_request.id"), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    value_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # wiped at a final state
+    value_hmac: Mapped[str] = mapped_column(String(64))
+    discovered: Mapped[bool] = mapped_column(Boolean, default=False)  # added by resolve
+
+
+class DsrStep(Base):
+    __tablename__ = "dsr_step"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dsr_request.id"), index=True)
+    source: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=StepStatus.PENDING)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ExportPackage(Base):
+    __tablename__ = "export_package"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("dsr_request.id"), unique=True, index=True
+    )
+    object_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    deleted_at: Mapped[datetime | None]
+
+
+class DownloadLink(Base):
+    __tablename__ = "download_link"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dsr_request.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    max_downloads: Mapped[int] = mapped_column(Integer)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_at: Mapped[datetime | None]
+
+
+class LegalHold(Base):
+    __tablename__ = "legal_hold"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subject: Mapped[str | None] = mapped_column(String(64), index=True)  # pseudonym
+    source: Mapped[str | None] = mapped_column(String(128))
+    location: Mapped[str | None] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    legal_basis: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    released_at: Mapped[datetime | None]
+
+
+class RetentionRun(Base):
+    __tablename__ = "retention_run"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(256), index=True)
+    cutoff: Mapped[datetime]
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    cursor: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    rows_affected: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    subject: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Suppression(Base):
+    __tablename__ = "suppression"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # pseudonym
+    identity_hmacs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    erased_at: Mapped[datetime]

@@ -1,0 +1,1 @@
+"""Data sources: the systems that hold personal data, and their registry."""

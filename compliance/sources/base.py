@@ -1,0 +1,140 @@
+"""The data-source protocol and the values that cross it.
+
+A source is one system holding personal data (a SQL database, an object-store bucket,
+a Redis keyspace, a third-party API). Every method is safe to call again: `erase` is
+idempotent and resumable from the checkpoint it returned last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from compliance.identities import Identities
+
+
+class Action(StrEnum):
+    DISCOVER = "discover"
+    EXPORT = "export"
+    ERASE = "erase"
+    VERIFY = "verify"
+
+
+class Disposition(StrEnum):
+    """What happens to data at a location when the subject is erased."""
+
+    EXPORT = "export"
+    DELETE = "delete"
+    ANONYMIZE = "anonymize"
+    RETAIN = "retain"
+
+
+@dataclass(frozen=True)
+class Art15:
+    """GDPR Art. 15 facts about a location, shown in the export's index."""
+
+    description: str = ""
+    purpose: str = ""
+    legal_basis: str = ""
+    recipients: tuple[str, ...] = ()
+    retention: str = ""
+
+
+@dataclass(frozen=True)
+class LocationPlan:
+    """What would happen at one location (table, prefix, key pattern, endpoint)."""
+
+    location: str  # a name or template, never a subject's value
+    disposition: Disposition
+    count: int
+    legal_basis: str = ""  # required when disposition is RETAIN
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    source: str
+    kind: str
+    locations: tuple[LocationPlan, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(loc.count for loc in self.locations)
+
+
+@dataclass(frozen=True)
+class RowsItem:
+    """The subject's rows from one collection (a table, a Redis key, an API resource)."""
+
+    source: str
+    collection: str
+    rows: Iterable[Mapping[str, Any]]
+    meta: Art15 = field(default_factory=Art15)
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """One of the subject's files; `chunks()` streams its bytes."""
+
+    source: str
+    path: str  # relative path inside the source, e.g. "avatars/42/me.png"
+    chunks: Callable[[], Iterator[bytes]]
+    size: int | None = None
+    meta: Art15 = field(default_factory=Art15)
+
+
+ExportItem = RowsItem | FileItem
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    """One chunk of erasure. `done` False means: call again with `checkpoint`."""
+
+    done: bool
+    checkpoint: Mapping[str, Any] = field(default_factory=dict)
+    deleted: int = 0
+    anonymized: int = 0
+    retained: int = 0
+
+
+@dataclass(frozen=True)
+class Residue:
+    """Personal data still present at one location after erasure (counts, no values)."""
+
+    location: str
+    count: int
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What every connector implements. Names are unique across the registry."""
+
+    name: str
+    kind: str
+
+    def resolve(self, identities: Identities) -> Identities:
+        """Return `identities` plus any this source links to them (email -> user_id)."""
+        ...
+
+    def plan(self, identities: Identities, action: Action) -> SourcePlan:
+        """Counts per location of what `action` would touch; writes nothing."""
+        ...
+
+    def export(self, identities: Identities) -> Iterator[ExportItem]:
+        """Stream everything this source holds about the subject."""
+        ...
+
+    def erase(
+        self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
+    ) -> EraseResult:
+        """Erase one bounded chunk; idempotent; resume from `checkpoint` ({} at first)."""
+        ...
+
+    def verify(self, identities: Identities) -> list[Residue]:
+        """What is still there for the subject after erasure (empty list: nothing)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

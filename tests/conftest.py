@@ -1,0 +1,162 @@
+"""Shared fixtures: real services (PostgreSQL, Redis, S3, SMTP) and settings per backend.
+
+A service-backed test skips with a hint when its service is down on a developer machine,
+and fails when `CI` is set: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.keyring import new_key_line
+from compliance.models import Base
+
+PG_HOST = os.environ.get("GDPR_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("GDPR_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("GDPR_TEST_PG_USER", "postgres")
+REDIS_PORT = int(os.environ.get("GDPR_TEST_REDIS_PORT", "6379"))
+REDIS_DB = int(os.environ.get("GDPR_TEST_REDIS_DB", "9"))
+S3_PORT = int(os.environ.get("GDPR_TEST_S3_PORT", "9000"))
+SMTP_PORT = int(os.environ.get("GDPR_TEST_SMTP_PORT", "8025"))
+SMTP_DIR = Path(os.environ.get("GDPR_TEST_SMTP_DIR", "/tmp/gdpr-smtp"))
+ON_CI = bool(os.environ.get("CI"))
+
+
+def require_service(name: str, port: int, host: str = "127.0.0.1") -> None:
+    """Skip (developer machine) or fail (CI) unless `host:port` accepts connections."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        message = f"{name} is not answering on {host}:{port}; run `bash ops/services.sh up`"
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    require_service("PostgreSQL", PG_PORT, PG_HOST)
+    admin = create_engine(
+        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
+    )
+    name = f"gdpr_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    require_service("Redis", REDIS_PORT)
+    return f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    require_service("the local S3-compatible server", S3_PORT)
+    return f"http://127.0.0.1:{S3_PORT}"
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the local S3 server."""
+    import boto3
+
+    name = f"gdpr-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> tuple[str, int, Path]:
+    """(host, port, maildir) of the local SMTP server; each message lands as a .eml file."""
+    require_service("the local SMTP server", SMTP_PORT)
+    return "127.0.0.1", SMTP_PORT, SMTP_DIR
+
+
+@pytest.fixture(autouse=True)
+def _aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+# --- settings and control database per backend ----------------------------------------------
+
+
+def make_test_keys() -> dict[str, str]:
+    return {
+        "keys": new_key_line("test-1"),
+        "pseudonym_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Embedded defaults under a temporary home (SQLite, filesystem, outbox)."""
+    return Settings(home=tmp_path / ".gdpr", operator="alice")
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, pg_url: str) -> Iterator[Settings]:
+    """PostgreSQL control database (emptied before each test) with a configured keyring."""
+    _truncate(pg_url)
+    yield Settings(
+        home=tmp_path / ".gdpr", database_url=pg_url, operator="alice", **make_test_keys()
+    )
+
+
+_migrated: set[str] = set()
+
+
+def _truncate(url: str) -> None:
+    db = Database.connect(Settings(database_url=url))
+    try:
+        if url not in _migrated:
+            db.upgrade()
+            _migrated.add(url)
+        names = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
+        with db.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Run the test once on the embedded SQLite database and once on PostgreSQL."""
+    name = "sqlite_settings" if request.param == "sqlite" else "pg_settings"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database.connect(settings)
+    database.upgrade()
+    yield database
+    database.dispose()
