@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.engine import Dialect
@@ -121,6 +122,7 @@ class DsrIdentity(Base):
 
 class DsrStep(Base):
     __tablename__ = "dsr_step"
+    __table_args__ = (UniqueConstraint("request_id", "source", "action"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dsr_request.id"), index=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 06:33:21.292155
+Create Date: 2026-11-28 06:34:27.832373
 """
 
 from __future__ import annotations
@@ -168,6 +168,7 @@ def upgrade() -> None:
             ["request_id"], ["dsr_request.id"], name=op.f("fk_dsr_step_request_id_dsr_request")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dsr_step")),
+        sa.UniqueConstraint("request_id", "source", "action", name=op.f("uq_dsr_step_request_id")),
     )
     with op.batch_alter_table("dsr_step", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_dsr_step_request_id"), ["request_id"], unique=False)

@@ -1,0 +1,113 @@
+"""What a worker needs to run one request, and durable per-source steps.
+
+A runner (`compliance.erasure.run_erasure`, `exporters.job.run_export`) receives a
+`RunContext`, does its work source by source, and records progress in `dsr_step` rows so
+a killed worker resumes where it stopped: a step that is `done` is never run again, and a
+step's `checkpoint` is where its next chunk starts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from compliance.config import Settings
+from compliance.db import Database, utcnow
+from compliance.identities import Identities
+from compliance.keyring import Keyring
+from compliance.models import DsrStep, StepStatus
+from compliance.sources.base import DataSource
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a runner may use; built by the worker, passed down explicitly."""
+
+    settings: Settings
+    db: Database
+    keyring: Keyring
+    sources: Sequence[DataSource]
+    request_id: uuid.UUID
+    subject: str  # pseudonym of the data subject
+    identities: Identities  # the identities given at submission (decrypted)
+    dry_run: bool = False
+    clock: Callable[[], datetime] = utcnow
+    actor: str = "worker"
+
+
+def ensure_step(session: Session, request_id: uuid.UUID, source: str, action: str) -> DsrStep:
+    """The step row for (request, source, action), created pending if missing."""
+    step = session.scalars(
+        select(DsrStep).where(
+            DsrStep.request_id == request_id, DsrStep.source == source, DsrStep.action == action
+        )
+    ).one_or_none()
+    if step is None:
+        step = DsrStep(
+            request_id=request_id,
+            source=source,
+            action=action,
+            status=StepStatus.PENDING,
+            counts={},
+            checkpoint={},
+            attempts=0,
+        )
+        session.add(step)
+        session.flush()
+    return step
+
+
+def load_step(ctx: RunContext, source: str, action: str) -> DsrStep:
+    """Fetch (or create) a step and mark it running; counts one more attempt."""
+    with ctx.db.session() as session:
+        step = ensure_step(session, ctx.request_id, source, action)
+        if step.status != StepStatus.DONE:
+            step.status = StepStatus.RUNNING
+            step.attempts += 1
+            step.started_at = step.started_at or ctx.clock()
+            step.error = None
+        return step
+
+
+def save_progress(
+    ctx: RunContext,
+    step_id: int,
+    *,
+    checkpoint: Mapping[str, Any],
+    add_counts: Mapping[str, int] | None = None,
+    done: bool = False,
+) -> None:
+    """Persist a checkpoint (and counts) after a chunk committed at its source."""
+    with ctx.db.session() as session:
+        step = session.get_one(DsrStep, step_id)
+        step.checkpoint = dict(checkpoint)
+        counts = dict(step.counts or {})
+        for key, value in (add_counts or {}).items():
+            counts[key] = counts.get(key, 0) + value
+        step.counts = counts
+        if done:
+            step.status = StepStatus.DONE
+            step.finished_at = ctx.clock()
+
+
+def set_counts(ctx: RunContext, step_id: int, counts: Mapping[str, Any], done: bool) -> None:
+    """Replace a step's counts (for steps whose counts are not cumulative, e.g. verify)."""
+    with ctx.db.session() as session:
+        step = session.get_one(DsrStep, step_id)
+        step.counts = dict(counts)
+        if done:
+            step.status = StepStatus.DONE
+            step.finished_at = ctx.clock()
+
+
+def fail_step(ctx: RunContext, step_id: int, error: str) -> None:
+    with ctx.db.session() as session:
+        step = session.get_one(DsrStep, step_id)
+        step.status = StepStatus.FAILED
+        step.error = error[:2000]
