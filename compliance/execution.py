@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.identities import Identities
 from compliance.keyring import Keyring
-from compliance.models import DsrStep, StepStatus
+from compliance.models import DsrRequest, DsrStep, RequestStatus, StepStatus
 from compliance.sources.base import DataSource
 
 
@@ -94,6 +94,16 @@ def save_progress(
         if done:
             step.status = StepStatus.DONE
             step.finished_at = ctx.clock()
+        heartbeat(session, ctx)
+
+
+def heartbeat(session: Session, ctx: RunContext) -> None:
+    """Mark the request as making progress, so the stale-claim sweep leaves it alone."""
+    session.execute(
+        update(DsrRequest)
+        .where(DsrRequest.id == ctx.request_id, DsrRequest.status == RequestStatus.RUNNING)
+        .values(updated_at=ctx.clock())
+    )
 
 
 def set_counts(ctx: RunContext, step_id: int, counts: Mapping[str, Any], done: bool) -> None:

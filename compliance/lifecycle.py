@@ -1,0 +1,125 @@
+"""The request state machine: one explicit transition table, atomic conditional updates.
+
+Every status change goes through `transition`, which runs
+``UPDATE dsr_request SET status = :to ... WHERE id = :id AND status IN (:allowed)`` and
+writes an audit event in the same transaction. If no row changed, the request is missing
+or in a state the table does not allow; the error names the current state.
+
+    received -> awaiting_approval -> queued -> running -> completed
+                    |                   |         |-> failed -> queued (retry)
+                    |-> rejected        |-> cancelled (only before running)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from compliance import audit
+from compliance.errors import IllegalTransitionError, NotFoundError
+from compliance.models import DsrRequest
+from compliance.models import RequestStatus as S
+
+
+class Event(StrEnum):
+    """What happens to a request; each maps to one row of the transition table."""
+
+    AWAIT_APPROVAL = "await_approval"
+    AUTO_APPROVE = "auto_approve"
+    APPROVE = "approve"
+    REJECT = "reject"
+    CANCEL = "cancel"
+    CLAIM = "claim"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RELEASE = "release"  # a running claim handed back to the queue (transient error, stale)
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[S]
+    target: S
+
+
+TRANSITIONS: Mapping[Event, Transition] = {
+    Event.AWAIT_APPROVAL: Transition(frozenset({S.RECEIVED}), S.AWAITING_APPROVAL),
+    Event.AUTO_APPROVE: Transition(frozenset({S.RECEIVED}), S.QUEUED),
+    Event.APPROVE: Transition(frozenset({S.AWAITING_APPROVAL}), S.QUEUED),
+    Event.REJECT: Transition(frozenset({S.RECEIVED, S.AWAITING_APPROVAL}), S.REJECTED),
+    Event.CANCEL: Transition(frozenset({S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED}), S.CANCELLED),
+    Event.CLAIM: Transition(frozenset({S.QUEUED}), S.RUNNING),
+    Event.COMPLETE: Transition(frozenset({S.RUNNING}), S.COMPLETED),
+    Event.FAIL: Transition(frozenset({S.RUNNING}), S.FAILED),
+    Event.RELEASE: Transition(frozenset({S.RUNNING}), S.QUEUED),
+    Event.RETRY: Transition(frozenset({S.FAILED}), S.QUEUED),
+}
+
+FINAL = frozenset({S.COMPLETED, S.REJECTED, S.CANCELLED})
+
+_TIMESTAMP_ON_ENTRY = {
+    S.QUEUED: "queued_at",
+    S.RUNNING: "started_at",
+    S.COMPLETED: "completed_at",
+}
+
+
+def transition(
+    session: Session,
+    request_id: uuid.UUID,
+    event: Event,
+    *,
+    actor: str,
+    now: datetime,
+    values: Mapping[str, Any] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> DsrRequest:
+    """Apply `event` atomically; raise if the request is missing or in the wrong state."""
+    rule = TRANSITIONS[event]
+    changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
+    if rule.target in _TIMESTAMP_ON_ENTRY:
+        changes.setdefault(_TIMESTAMP_ON_ENTRY[rule.target], now)
+    result = session.execute(
+        update(DsrRequest)
+        .where(DsrRequest.id == request_id, DsrRequest.status.in_([s.value for s in rule.sources]))
+        .values(**changes)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise _refusal(session, request_id, event, rule)
+    request = session.get_one(DsrRequest, request_id, populate_existing=True)
+    audit.record(
+        session,
+        actor=actor,
+        action=f"request.{event.value}",
+        now=now,
+        request_id=request_id,
+        subject=request.subject,
+        details={"to": rule.target.value, **(details or {})},
+    )
+    return request
+
+
+def _refusal(
+    session: Session, request_id: uuid.UUID, event: Event, rule: Transition
+) -> Exception:
+    current = session.scalar(select(DsrRequest.status).where(DsrRequest.id == request_id))
+    if current is None:
+        return NotFoundError(f"no request with id {request_id}; list them with `gdpr request list`")
+    allowed = ", ".join(sorted(s.value for s in rule.sources))
+    return IllegalTransitionError(
+        f"cannot {event.value.replace('_', ' ')} request {request_id}: it is {current}"
+        f" (allowed from: {allowed})"
+    )
+
+
+def allowed_events(status: str) -> list[Event]:
+    """Which events the table allows from `status` (for `request show`)."""
+    return [e for e, t in TRANSITIONS.items() if status in {s.value for s in t.sources}]

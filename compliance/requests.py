@@ -1,0 +1,355 @@
+"""Request services: submit, approve, reject, cancel, retry, extend, list, show.
+
+The CLI and the tasks call these; they own the transaction boundaries and dispatch only
+after commit. Raw identity values are sealed with the keyring and wiped when a request
+reaches a final state; the HMAC pseudonym stays for lookups and audit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from compliance import audit, defaults
+from compliance.config import Settings
+from compliance.dates import add_months
+from compliance.db import Database
+from compliance.dispatch import Dispatcher, dispatch_quietly
+from compliance.errors import PermissionDeniedError, ValidationError
+from compliance.identities import Identities, pseudonym, subject_pseudonym
+from compliance.keyring import Keyring
+from compliance.lifecycle import FINAL, Event, transition
+from compliance.models import DsrIdentity, DsrRequest, DsrStep, RequestKind, RequestStatus
+
+MAX_TICKET = 128
+MAX_NOTE = 2000
+
+
+@dataclass(frozen=True)
+class Submission:
+    kind: RequestKind
+    identities: Identities
+    ticket: str | None = None
+    note: str | None = None
+    dry_run: bool = False
+
+
+def identity_aad(request_id: uuid.UUID, identity_type: str) -> bytes:
+    """Associated data binding a sealed identity to its request and type."""
+    return f"{request_id}:{identity_type}".encode()
+
+
+def parse_request_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text.strip())
+    except (ValueError, AttributeError):
+        raise ValidationError(
+            "request id is malformed; expected a UUID as shown by `gdpr request list`"
+        ) from None
+
+
+def submit(
+    db: Database,
+    settings: Settings,
+    keyring: Keyring,
+    submission: Submission,
+    *,
+    operator: str,
+    now: datetime,
+    dispatcher: Dispatcher,
+) -> DsrRequest:
+    """Store a new request (received, then awaiting approval or queued) and dispatch it."""
+    _check_text("ticket", submission.ticket, MAX_TICKET)
+    _check_text("note", submission.note, MAX_NOTE)
+    subject = subject_pseudonym(keyring.pseudonym_key, submission.identities)
+    request_id = uuid.uuid4()
+    with db.session() as session:
+        session.add(_new_request(request_id, submission, subject, operator, now))
+        session.flush()
+        _store_identities(session, keyring, request_id, submission.identities)
+        audit.record(
+            session,
+            actor=operator,
+            action="request.submit",
+            now=now,
+            request_id=request_id,
+            subject=subject,
+            details={"kind": submission.kind.value, "identity_types": _types(submission)},
+        )
+        event = _first_event(settings, submission.kind)
+        request = transition(session, request_id, event, actor=operator, now=now)
+    if request.status == RequestStatus.QUEUED:
+        dispatch_quietly(dispatcher, request_id)
+    return request
+
+
+def _new_request(
+    request_id: uuid.UUID, sub: Submission, subject: str, operator: str, now: datetime
+) -> DsrRequest:
+    return DsrRequest(
+        id=request_id,
+        kind=sub.kind.value,
+        status=RequestStatus.RECEIVED.value,
+        subject=subject,
+        ticket=sub.ticket,
+        note=sub.note,
+        submitted_by=operator,
+        submitted_at=now,
+        due_at=add_months(now, defaults.DUE_MONTHS),
+        extended_months=0,
+        updated_at=now,
+        attempts=0,
+        dry_run=sub.dry_run,
+    )
+
+
+def _store_identities(
+    session: Session, keyring: Keyring, request_id: uuid.UUID, identities: Identities
+) -> None:
+    for identity in identities:
+        session.add(
+            DsrIdentity(
+                request_id=request_id,
+                type=identity.type,
+                value_sealed=keyring.seal(
+                    identity.value.encode(), identity_aad(request_id, identity.type)
+                ),
+                value_hmac=pseudonym(keyring.pseudonym_key, identity),
+                discovered=False,
+            )
+        )
+
+
+def _types(submission: Submission) -> list[str]:
+    return sorted(submission.identities.types())
+
+
+def _first_event(settings: Settings, kind: RequestKind) -> Event:
+    if kind == RequestKind.EXPORT and settings.auto_approve_exports:
+        return Event.AUTO_APPROVE
+    return Event.AWAIT_APPROVAL
+
+
+def _check_text(name: str, value: str | None, limit: int) -> None:
+    if value is None:
+        return
+    if len(value) > limit:
+        raise ValidationError(f"{name} is longer than {limit} characters; shorten it")
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+        raise ValidationError(f"{name} contains control characters; remove them")
+
+
+def approve(
+    db: Database,
+    settings: Settings,
+    request_id: uuid.UUID,
+    *,
+    operator: str,
+    now: datetime,
+    dispatcher: Dispatcher,
+) -> DsrRequest:
+    """Approve a request awaiting approval; four-eyes: not by the operator who submitted it."""
+    with db.session() as session:
+        request = get_request(session, request_id)
+        if settings.four_eyes and request.submitted_by == operator:
+            raise PermissionDeniedError(
+                f"{operator} submitted request {request_id} and cannot also approve it;"
+                " ask a second operator (four-eyes)"
+            )
+        request = transition(
+            session,
+            request_id,
+            Event.APPROVE,
+            actor=operator,
+            now=now,
+            values={"approved_by": operator, "approved_at": now},
+        )
+    dispatch_quietly(dispatcher, request_id)
+    return request
+
+
+def reject(
+    db: Database, request_id: uuid.UUID, *, operator: str, reason: str, now: datetime
+) -> DsrRequest:
+    _require_reason(reason)
+    with db.session() as session:
+        request = transition(
+            session, request_id, Event.REJECT, actor=operator, now=now, values={"last_error": None}
+        )
+        request.note = _append_note(request.note, f"rejected: {reason}")
+        wipe_identities(session, request_id)
+        return request
+
+
+def cancel(
+    db: Database, request_id: uuid.UUID, *, operator: str, now: datetime, reason: str | None = None
+) -> DsrRequest:
+    with db.session() as session:
+        request = transition(session, request_id, Event.CANCEL, actor=operator, now=now)
+        if reason:
+            request.note = _append_note(request.note, f"cancelled: {reason}")
+        wipe_identities(session, request_id)
+        return request
+
+
+def retry(
+    db: Database, request_id: uuid.UUID, *, operator: str, now: datetime, dispatcher: Dispatcher
+) -> DsrRequest:
+    """Put a failed request back in the queue; completed steps are not run again."""
+    with db.session() as session:
+        request = transition(session, request_id, Event.RETRY, actor=operator, now=now)
+        session.execute(
+            update(DsrStep)
+            .where(DsrStep.request_id == request_id, DsrStep.status == "failed")
+            .values(status="pending", error=None)
+        )
+    dispatch_quietly(dispatcher, request_id)
+    return request
+
+
+def extend(
+    db: Database,
+    request_id: uuid.UUID,
+    *,
+    months: int,
+    reason: str,
+    operator: str,
+    now: datetime,
+) -> DsrRequest:
+    """Art. 12(3): extend the deadline by up to two further months in total, with a reason."""
+    _require_reason(reason)
+    with db.session() as session:
+        request = get_request(session, request_id, for_update=True)
+        total = request.extended_months + months
+        if months < 1 or total > defaults.MAX_EXTENSION_MONTHS:
+            left = defaults.MAX_EXTENSION_MONTHS - request.extended_months
+            raise ValidationError(
+                f"can extend request {request_id} by 1 to {left} more month(s), not {months}"
+                if left
+                else f"request {request_id} is already extended by the maximum two months"
+            )
+        if RequestStatus(request.status) in FINAL:
+            raise ValidationError(f"request {request_id} is {request.status}; nothing to extend")
+        request.due_at = add_months(request.due_at, months)
+        request.extended_months = total
+        request.extension_reason = _append_note(request.extension_reason, reason)
+        request.updated_at = now
+        audit.record(
+            session,
+            actor=operator,
+            action="request.extend",
+            now=now,
+            request_id=request_id,
+            subject=request.subject,
+            details={"months": months, "due_at": request.due_at.isoformat()},
+        )
+        return request
+
+
+def _require_reason(reason: str) -> None:
+    if not reason or not reason.strip():
+        raise ValidationError("a reason is required; pass --reason '...'")
+    _check_text("reason", reason, MAX_NOTE)
+
+
+def _append_note(existing: str | None, line: str) -> str:
+    return f"{existing}\n{line}" if existing else line
+
+
+def wipe_identities(session: Session, request_id: uuid.UUID) -> None:
+    """Erase raw identity values of a request; only their HMAC pseudonyms remain."""
+    session.execute(
+        update(DsrIdentity).where(DsrIdentity.request_id == request_id).values(value_sealed=None)
+    )
+
+
+def get_request(
+    session: Session, request_id: uuid.UUID, *, for_update: bool = False
+) -> DsrRequest:
+    from compliance.errors import NotFoundError
+
+    query = select(DsrRequest).where(DsrRequest.id == request_id)
+    if for_update:
+        query = query.with_for_update()
+    request = session.scalars(query).one_or_none()
+    if request is None:
+        raise NotFoundError(f"no request with id {request_id}; list them with `gdpr request list`")
+    return request
+
+
+def list_requests(
+    db: Database,
+    *,
+    now: datetime,
+    status: str | None = None,
+    overdue: bool = False,
+    limit: int = 200,
+) -> Sequence[DsrRequest]:
+    query = select(DsrRequest).order_by(DsrRequest.submitted_at.desc()).limit(limit)
+    if status:
+        if status not in {s.value for s in RequestStatus}:
+            known = ", ".join(s.value for s in RequestStatus)
+            raise ValidationError(f"unknown status {status!r}; use one of {known}")
+        query = query.where(DsrRequest.status == status)
+    if overdue:
+        open_states = [s.value for s in RequestStatus if s not in FINAL]
+        query = query.where(DsrRequest.due_at < now, DsrRequest.status.in_(open_states))
+    with db.session() as session:
+        return session.scalars(query).all()
+
+
+def show(db: Database, request_id: uuid.UUID) -> tuple[DsrRequest, list[DsrStep], list[str]]:
+    """A request, its steps and its identity types (never values)."""
+    with db.session() as session:
+        request = get_request(session, request_id)
+        steps = session.scalars(
+            select(DsrStep).where(DsrStep.request_id == request_id).order_by(DsrStep.id)
+        ).all()
+        types = session.scalars(
+            select(DsrIdentity.type).where(DsrIdentity.request_id == request_id)
+        ).all()
+        return request, list(steps), sorted(set(types))
+
+
+def describe(request: DsrRequest, steps: Sequence[DsrStep] = ()) -> dict[str, Any]:
+    """A JSON-ready, PII-free view of a request."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": str(request.id),
+        "kind": request.kind,
+        "status": request.status,
+        "subject": request.subject,
+        "ticket": request.ticket,
+        "submitted_by": request.submitted_by,
+        "submitted_at": iso(request.submitted_at),
+        "due_at": iso(request.due_at),
+        "extended_months": request.extended_months,
+        "approved_by": request.approved_by,
+        "approved_at": iso(request.approved_at),
+        "started_at": iso(request.started_at),
+        "completed_at": iso(request.completed_at),
+        "attempts": request.attempts,
+        "last_error": request.last_error,
+        "dry_run": request.dry_run,
+        "receipt": request.receipt,
+        "steps": [
+            {
+                "source": s.source,
+                "action": s.action,
+                "status": s.status,
+                "counts": s.counts,
+                "attempts": s.attempts,
+                "error": s.error,
+            }
+            for s in steps
+        ],
+    }

@@ -1,0 +1,165 @@
+"""Run one request on a worker: claim it, build its context, run it, record the outcome.
+
+`execute` is what the Celery task calls. It is safe under at-least-once delivery: the
+claim is an atomic `queued -> running` update, so a duplicate message finds the request
+already claimed (or finished) and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+
+from compliance.config import Settings
+from compliance.db import Database, utcnow
+from compliance.errors import (
+    ComplianceError,
+    IllegalTransitionError,
+    RetryableError,
+    TerminalError,
+)
+from compliance.execution import RunContext
+from compliance.identities import Identities, Identity
+from compliance.keyring import Keyring
+from compliance.lifecycle import Event, transition
+from compliance.models import DsrIdentity, DsrRequest, RequestKind
+from compliance.requests import identity_aad, wipe_identities
+from compliance.sources.base import DataSource
+
+log = logging.getLogger("gdpr.worker")
+
+Runner = Callable[[RunContext], dict[str, Any]]
+
+
+class Outcome(StrEnum):
+    """What `execute` did with a request."""
+
+    SKIPPED = "skipped"  # not claimable: already running, finished or cancelled
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The long-lived parts a worker process builds once."""
+
+    settings: Settings
+    db: Database
+    keyring: Keyring
+    sources: Sequence[DataSource]
+    runners: dict[RequestKind, Runner]
+    clock: Callable[[], datetime] = utcnow
+    name: str = "worker"
+
+
+def execute(worker: Worker, request_id: uuid.UUID) -> Outcome:
+    """Claim and run one request. Raises `RetryableError` after releasing it to the queue."""
+    request = _claim(worker, request_id)
+    if request is None:
+        return Outcome.SKIPPED
+    ctx = _context(worker, request)
+    log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": request.kind})
+    try:
+        receipt = worker.runners[RequestKind(request.kind)](ctx)
+    except RetryableError as exc:
+        _finish(worker, request_id, Event.RELEASE, error=str(exc))
+        raise
+    except TerminalError as exc:
+        _finish(worker, request_id, Event.FAIL, error=str(exc))
+        return Outcome.FAILED
+    except Exception as exc:  # never leave a request running because of a bug
+        _finish(worker, request_id, Event.FAIL, error=f"internal error ({type(exc).__name__})")
+        log.exception("dsr.run.crashed", extra={"request_id": str(request_id)})
+        return Outcome.FAILED
+    _finish(worker, request_id, Event.COMPLETE, receipt=receipt)
+    log.info("dsr.run.completed", extra={"request_id": str(request_id)})
+    return Outcome.COMPLETED
+
+
+def _claim(worker: Worker, request_id: uuid.UUID) -> DsrRequest | None:
+    now = worker.clock()
+    try:
+        with worker.db.session() as session:
+            request = transition(session, request_id, Event.CLAIM, actor=worker.name, now=now)
+            request.attempts += 1
+            return request
+    except IllegalTransitionError:
+        log.info("dsr.claim.skipped", extra={"request_id": str(request_id)})
+        return None
+
+
+def _context(worker: Worker, request: DsrRequest) -> RunContext:
+    return RunContext(
+        settings=worker.settings,
+        db=worker.db,
+        keyring=worker.keyring,
+        sources=worker.sources,
+        request_id=request.id,
+        subject=request.subject,
+        identities=load_identities(worker.db, worker.keyring, request.id),
+        dry_run=request.dry_run,
+        clock=worker.clock,
+        actor=worker.name,
+    )
+
+
+def load_identities(db: Database, keyring: Keyring, request_id: uuid.UUID) -> Identities:
+    """All identities of a request (given and discovered), decrypted."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(DsrIdentity).where(
+                DsrIdentity.request_id == request_id, DsrIdentity.value_sealed.is_not(None)
+            )
+        ).all()
+        return Identities.of(
+            Identity(
+                row.type,
+                keyring.unseal(
+                    row.value_sealed or b"", identity_aad(request_id, row.type)
+                ).decode(),
+            )
+            for row in rows
+        )
+
+
+def _finish(
+    worker: Worker,
+    request_id: uuid.UUID,
+    event: Event,
+    *,
+    error: str | None = None,
+    receipt: dict[str, Any] | None = None,
+) -> None:
+    now = worker.clock()
+    values: dict[str, Any] = {"last_error": error[:2000] if error else None}
+    if receipt is not None:
+        values["receipt"] = receipt
+    details = {"error": type_of(error)} if error else {}
+    try:
+        with worker.db.session() as session:
+            transition(
+                session,
+                request_id,
+                event,
+                actor=worker.name,
+                now=now,
+                values=values,
+                details=details,
+            )
+            if event == Event.COMPLETE:
+                wipe_identities(session, request_id)
+    except ComplianceError:
+        # The claim was released by the maintenance sweep meanwhile; the next run resumes.
+        log.warning("dsr.finish.lost_claim", extra={"request_id": str(request_id)})
+
+
+def type_of(error: str) -> str:
+    """A short label for audit details (error messages may be long; they carry no PII)."""
+    return error.split(":", 1)[0][:80]
