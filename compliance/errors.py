@@ -67,6 +67,15 @@ class TokenError(TerminalError):
     """A download token is unknown, expired, revoked or used up (deliberately vague)."""
 
 
+class SourceRefusedError(TerminalError):
+    """A data source refused a request for good (access denied, bucket missing, a 4xx
+    from an API): fix its configuration or grant access, then retry the request."""
+
+
+class StorageAccessError(TerminalError):
+    """Object storage refused permanently (access denied, no such bucket, bad credentials)."""
+
+
 class UnsupportedError(TerminalError):
     """The source or backend cannot perform this action (e.g. cyclic references it refuses)."""
 
@@ -80,6 +89,10 @@ class SourceUnavailableError(RetryableError):
 
 class StorageUnavailableError(RetryableError):
     """Object storage could not be reached or answered with a server error."""
+
+
+class KeyServiceUnavailableError(RetryableError):
+    """The key service (AWS KMS) could not be reached, throttled or had a server error."""
 
 
 class MailUnavailableError(RetryableError):
