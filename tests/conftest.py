@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,3 +160,54 @@ def db(settings: Settings) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
+
+
+# --- download links and the download service -------------------------------------------------
+
+
+@pytest.fixture
+def make_export_request(db: Database) -> Callable[..., uuid.UUID]:
+    """Factory: a completed export request with an export_package row (nothing stored)."""
+    from datetime import timedelta
+
+    from compliance.db import utcnow
+    from compliance.models import DsrRequest, ExportPackage
+
+    def make(
+        *,
+        kind: str = "export",
+        package_days: int = 30,
+        object_key: str | None = None,
+        with_package: bool = True,
+    ) -> uuid.UUID:
+        now = utcnow()
+        request_id = uuid.uuid4()
+        with db.session() as session:
+            session.add(
+                DsrRequest(
+                    id=request_id,
+                    kind=kind,
+                    status="completed",
+                    subject="ps_" + secrets.token_hex(16),
+                    submitted_by="alice",
+                    submitted_at=now,
+                    due_at=now + timedelta(days=30),
+                    updated_at=now,
+                )
+            )
+            session.flush()
+            if with_package:
+                session.add(
+                    ExportPackage(
+                        request_id=request_id,
+                        object_key=object_key or f"exports/{request_id}.zip.enc",
+                        size=0,
+                        sha256="0" * 64,
+                        key_id="test-1",
+                        created_at=now,
+                        expires_at=now + timedelta(days=package_days),
+                    )
+                )
+        return request_id
+
+    return make

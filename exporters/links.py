@@ -1,0 +1,249 @@
+"""Download links: random tokens, stored only as a hash, with expiry and a download limit.
+
+The raw token exists once: `issue_link` returns it for the email and forgets it. The
+database keeps its sha256; audit events carry only an 8-hex prefix of that hash. A
+refused token (unknown, expired, revoked, used up, malformed, package gone) gets one
+vague `TokenError` message so a stranger learns nothing; the precise reason goes to
+the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
+
+from compliance import audit
+from compliance.config import Settings
+from compliance.errors import NotFoundError, TokenError
+from compliance.models import DownloadLink, DsrRequest, ExportPackage, RequestKind
+
+TOKEN_BYTES = 32  # 256 bits of randomness
+MAX_TOKEN_LENGTH = 128
+PREFIX_LENGTH = 8
+VAGUE = "this download link is not valid; ask us for a new one"
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
+
+
+class LinkState(StrEnum):
+    LIVE = "live"
+    UNKNOWN = "unknown"
+    MALFORMED = "malformed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    USED_UP = "used_up"
+    PACKAGE_GONE = "package_gone"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a presented token is worth right now; `link`/`package` set when known."""
+
+    state: LinkState
+    token_prefix: str
+    link: DownloadLink | None = None
+    package: ExportPackage | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state is LinkState.LIVE
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def well_formed(token: str) -> bool:
+    """Cheap shape check before any hashing or database work."""
+    return len(token) <= MAX_TOKEN_LENGTH and _TOKEN_SHAPE.fullmatch(token) is not None
+
+
+def issue_link(
+    session: Session,
+    request_id: uuid.UUID,
+    settings: Settings,
+    now: datetime,
+    actor: str = "worker",
+) -> str:
+    """Create a link for the request's live package; return the raw token (only once)."""
+    request, package = _exportable(session, request_id, now)
+    token = new_token()
+    token_hash = hash_token(token)
+    link = DownloadLink(
+        token_hash=token_hash,
+        request_id=request_id,
+        created_at=now,
+        expires_at=min(now + timedelta(days=settings.link_ttl_days), package.expires_at),
+        max_downloads=settings.link_max_downloads,
+        downloads=0,
+    )
+    session.add(link)
+    session.flush()
+    details = {"token": token_hash[:PREFIX_LENGTH], "max_downloads": link.max_downloads}
+    _audit(session, actor, "link.issued", request, now, details)
+    return token
+
+
+def revoke(session: Session, request_id: uuid.UUID, now: datetime, actor: str) -> int:
+    """Revoke every unrevoked link of the request; returns how many were revoked."""
+    request = _request(session, request_id)
+    links = session.scalars(
+        select(DownloadLink).where(
+            DownloadLink.request_id == request_id, DownloadLink.revoked_at.is_(None)
+        )
+    ).all()
+    for link in links:
+        link.revoked_at = now
+        details = {"token": link.token_hash[:PREFIX_LENGTH]}
+        _audit(session, actor, "link.revoked", request, now, details)
+    session.flush()
+    return len(links)
+
+
+def reissue(
+    session: Session, request_id: uuid.UUID, settings: Settings, now: datetime, actor: str
+) -> str:
+    """Revoke the request's links and issue a fresh one; returns the new raw token."""
+    _exportable(session, request_id, now)  # refuse before revoking anything
+    revoke(session, request_id, now, actor)
+    return issue_link(session, request_id, settings, now, actor)
+
+
+def inspect(session: Session, token: str, now: datetime) -> Verdict:
+    """Judge a presented token without changing anything."""
+    if not well_formed(token):
+        return Verdict(LinkState.MALFORMED, "")
+    token_hash = hash_token(token)
+    prefix = token_hash[:PREFIX_LENGTH]
+    link = session.scalars(
+        select(DownloadLink).where(DownloadLink.token_hash == token_hash)
+    ).one_or_none()
+    if link is None:
+        return Verdict(LinkState.UNKNOWN, prefix)
+    package = session.scalars(
+        select(ExportPackage).where(ExportPackage.request_id == link.request_id)
+    ).one_or_none()
+    return Verdict(link_state(link, package, now), prefix, link, package)
+
+
+def link_state(link: DownloadLink, package: ExportPackage | None, now: datetime) -> LinkState:
+    if link.revoked_at is not None:
+        return LinkState.REVOKED
+    if link.expires_at <= now:
+        return LinkState.EXPIRED
+    if link.downloads >= link.max_downloads:
+        return LinkState.USED_UP
+    if package is None or package.deleted_at is not None or package.expires_at <= now:
+        return LinkState.PACKAGE_GONE
+    return LinkState.LIVE
+
+
+def check(session: Session, token: str, now: datetime) -> DownloadLink:
+    """The live link for `token`, or a deliberately vague `TokenError`."""
+    verdict = inspect(session, token, now)
+    if not verdict.live or verdict.link is None:
+        raise TokenError(VAGUE)
+    return verdict.link
+
+
+def consume(session: Session, link: DownloadLink, now: datetime, actor: str) -> int:
+    """Count one download atomically; returns the downloads left.
+
+    One conditional UPDATE, so concurrent downloads can never exceed the limit: the
+    database row lock (PostgreSQL) or write lock (SQLite) serialises them.
+    """
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(DownloadLink)
+            .where(
+                DownloadLink.id == link.id,
+                DownloadLink.revoked_at.is_(None),
+                DownloadLink.expires_at > now,
+                DownloadLink.downloads < DownloadLink.max_downloads,
+            )
+            .values(downloads=DownloadLink.downloads + 1)
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    if result.rowcount != 1:
+        raise TokenError(VAGUE)
+    downloads = session.scalars(
+        select(DownloadLink.downloads).where(DownloadLink.id == link.id)
+    ).one()
+    request = _request(session, link.request_id)
+    details = {"token": link.token_hash[:PREFIX_LENGTH], "download": downloads}
+    _audit(session, actor, "link.downloaded", request, now, details)
+    return link.max_downloads - downloads
+
+
+def record_refusal(session: Session, verdict: Verdict, now: datetime, actor: str) -> None:
+    """Audit a refused attempt: the reason and hash prefix, never the token."""
+    request = _request(session, verdict.link.request_id) if verdict.link else None
+    details = {"token": verdict.token_prefix or "-", "reason": str(verdict.state)}
+    _audit(session, actor, "link.refused", request, now, details)
+
+
+def live_links(session: Session, request_id: uuid.UUID, now: datetime) -> list[DownloadLink]:
+    links = session.scalars(select(DownloadLink).where(DownloadLink.request_id == request_id)).all()
+    return [
+        link
+        for link in links
+        if link.revoked_at is None and link.expires_at > now and link.downloads < link.max_downloads
+    ]
+
+
+def _request(session: Session, request_id: uuid.UUID) -> DsrRequest:
+    request = session.get(DsrRequest, request_id)
+    if request is None:
+        raise NotFoundError(f"request {request_id} does not exist; check the id")
+    return request
+
+
+def _exportable(
+    session: Session, request_id: uuid.UUID, now: datetime
+) -> tuple[DsrRequest, ExportPackage]:
+    request = _request(session, request_id)
+    if request.kind != RequestKind.EXPORT:
+        raise NotFoundError(f"request {request_id} is an {request.kind}, not an export")
+    package = session.scalars(
+        select(ExportPackage).where(ExportPackage.request_id == request_id)
+    ).one_or_none()
+    if package is None:
+        raise NotFoundError(f"request {request_id} has no export package yet; run it first")
+    if package.deleted_at is not None or package.expires_at <= now:
+        raise NotFoundError(
+            f"the package of request {request_id} has expired; submit a new export request"
+        )
+    return request, package
+
+
+def _audit(
+    session: Session,
+    actor: str,
+    action: str,
+    request: DsrRequest | None,
+    now: datetime,
+    details: dict[str, Any],
+) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        now=now,
+        request_id=request.id if request else None,
+        subject=request.subject if request else None,
+        details=details,
+    )
