@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import email
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compliance import notify
+from compliance.config import Settings
+from compliance.errors import ConfigError, MailUnavailableError, TerminalError, ValidationError
+
+NOW = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)
+EXPIRES = datetime(2025, 3, 11, 10, 30, tzinfo=UTC)
+URL = "https://privacy.example.com/d/" + "A" * 43
+RECEIPT: dict[str, Any] = {
+    "request_id": "r-1",
+    "sources": {
+        "app": {
+            "locations": [
+                {"location": "users", "deleted": 1},
+                {"location": "orders", "deleted": 0, "anonymized": 4},
+                {
+                    "location": "invoices",
+                    "retained": 2,
+                    "legal_basis": "tax law: keep invoices for 10 years",
+                },
+            ]
+        },
+        "avatars": {"deleted": 3},
+    },
+    "verification": {"ok": True, "residue": []},
+}
+
+
+def _recipient() -> str:
+    return f"subject-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def _wait_for(maildir: Path, needle: str, timeout: float = 10.0) -> EmailMessage:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in maildir.glob("*.eml"):
+            data = path.read_bytes()
+            if needle.encode() in data:
+                message = email.message_from_bytes(data, policy=default_policy)
+                assert isinstance(message, EmailMessage)
+                return message
+        time.sleep(0.05)
+    raise AssertionError("the message did not arrive at the SMTP server")
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    return str(text.get_content()), str(html.get_content())
+
+
+@pytest.mark.smtp
+def test_export_ready_mail_reaches_the_smtp_server_with_text_and_html(
+    smtp_server: tuple[str, int, Path], tmp_path: Path
+) -> None:
+    host, port, maildir = smtp_server
+    settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}")
+    to = _recipient()
+    notify.send_export_ready(settings, [to], url=URL, expires_at=EXPIRES, max_downloads=3, now=NOW)
+    message = _wait_for(maildir, to)
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["Subject"] == "Your personal data export is ready"
+    assert message["From"] == settings.mail_from
+    text, html = _parts(message)
+    assert URL in text and f'href="{URL}"' in html
+    assert "11 March 2025, 10:30 UTC" in text
+    assert "at most 3 downloads." in text
+
+
+def test_the_outbox_folder_gets_one_complete_eml_per_message(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    settings = Settings(home=tmp_path, mail_url=outbox.as_uri())
+    to = _recipient()
+    notify.send_export_ready(settings, [to], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW)
+    (path,) = outbox.iterdir()
+    assert path.suffix == ".eml"
+    message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+    assert message["To"] == to
+    assert "at most 1 download." in _parts(message)[0]  # type: ignore[arg-type]
+
+
+def test_the_embedded_default_writes_to_the_outbox_under_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / ".gdpr")
+    notify.send_export_ready(
+        settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+    )
+    assert len(list((tmp_path / ".gdpr" / "outbox").glob("*.eml"))) == 1
+
+
+@pytest.mark.smtp
+def test_erasure_receipt_says_what_was_deleted_and_what_was_kept_and_why(
+    smtp_server: tuple[str, int, Path], tmp_path: Path
+) -> None:
+    host, port, maildir = smtp_server
+    settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}")
+    to = _recipient()
+    notify.send_erasure_receipt(settings, [to], receipt=RECEIPT, reference="REF-42", now=NOW)
+    message = _wait_for(maildir, to)
+    text, html = _parts(message)
+    for body in (text, html):
+        assert "REF-42" in body
+        assert "tax law: keep invoices for 10 years" in body
+        assert "nothing else about you is left" in body
+    assert "app / users: 1 deleted" in text
+    assert "app / orders: 0 deleted, 4 anonymised" in text
+    assert "avatars: 3 deleted" in text
+    assert "In total: 4 records deleted, 4 anonymised." in text
+
+
+def test_receipt_values_are_escaped_in_the_html_part(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, mail_url=(tmp_path / "out").as_uri())
+    receipt = {"sources": [{"source": "<script>x</script>", "deleted": 1}]}
+    notify.send_erasure_receipt(settings, [_recipient()], receipt=receipt, reference="R", now=NOW)
+    (path,) = (tmp_path / "out").iterdir()
+    message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+    _, html = _parts(message)  # type: ignore[arg-type]
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_a_receipt_without_data_says_nothing_was_found() -> None:
+    summary = notify.summarise_receipt({"sources": {}, "verified": True})
+    assert summary.lines == () and summary.verified is True
+
+
+def test_summarise_receipt_prefers_detailed_locations_over_source_totals() -> None:
+    summary = notify.summarise_receipt(
+        {"sources": [{"source": "db", "deleted": 9, "locations": [{"table": "t", "deleted": 9}]}]}
+    )
+    assert [(line.place, line.deleted) for line in summary.lines] == [("db / t", 9)]
+    assert summary.verified is None
+
+
+def test_a_recipient_with_a_header_injection_is_refused(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, mail_url=(tmp_path / "out").as_uri())
+    with pytest.raises(ValidationError):
+        notify.send_export_ready(
+            settings,
+            ["a@example.com\r\nBcc: evil@example.com"],
+            url=URL,
+            expires_at=EXPIRES,
+            max_downloads=1,
+            now=NOW,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_smtp_server_is_retryable(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, mail_url=f"smtp://127.0.0.1:{_free_port()}")
+    with pytest.raises(MailUnavailableError, match="cannot deliver mail"):
+        notify.send_export_ready(
+            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+        )
+
+
+@pytest.mark.smtp
+def test_starttls_against_a_server_without_it_is_a_configuration_error(
+    smtp_server: tuple[str, int, Path], tmp_path: Path
+) -> None:
+    host, port, _ = smtp_server
+    settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}", mail_starttls=True)
+    with pytest.raises(ConfigError, match="STARTTLS"):
+        notify.send_export_ready(
+            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+        )
+
+
+class _Rejecting:
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        return self.reply
+
+
+@pytest.fixture
+def rejecting_server() -> Iterator[Any]:
+    from aiosmtpd.controller import Controller
+
+    started: list[Any] = []
+
+    def start(reply: str) -> int:
+        port = _free_port()
+        controller = Controller(_Rejecting(reply), hostname="127.0.0.1", port=port)
+        controller.start()
+        started.append(controller)
+        return port
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("550 5.1.1 no such user", TerminalError),
+        ("451 4.3.0 try again later", MailUnavailableError),
+    ],
+)
+def test_smtp_rejections_are_terminal_when_permanent_and_retryable_when_temporary(
+    rejecting_server: Any, tmp_path: Path, reply: str, error: type[Exception]
+) -> None:
+    port = rejecting_server(reply)
+    settings = Settings(home=tmp_path, mail_url=f"smtp://127.0.0.1:{port}")
+    with pytest.raises(error) as caught:
+        notify.send_export_ready(
+            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+        )
+    assert reply[:3] in str(caught.value)
+    if error is TerminalError:
+        assert not isinstance(caught.value, MailUnavailableError)
+
+
+def test_logs_never_name_the_recipient_or_the_link(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(home=tmp_path, mail_url=(tmp_path / "out").as_uri())
+    to = _recipient()
+    with caplog.at_level(logging.DEBUG):
+        notify.send_export_ready(
+            settings, [to], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+        )
+    assert caplog.records
+    for record in caplog.records:
+        rendered = record.getMessage() + repr(record.__dict__)
+        assert to not in rendered and URL not in rendered
