@@ -1,0 +1,232 @@
+"""Streaming envelope encryption of export packages (format: exporters/FORMAT.md).
+
+A fresh 256-bit data key per package encrypts the body with AES-256-GCM in fixed-size
+segments; the data key is wrapped by a `KeyWrapper` (the keyring, or AWS KMS). Every
+segment authenticates the whole header, its own position and whether it is the final
+one, so truncation, reordering, appended data, bit flips and header edits are detected,
+each with its own `IntegrityError` message. No plaintext of a segment is released before
+that segment has authenticated.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from compliance.errors import IntegrityError, ValidationError
+from exporters.wrapping import keyring_wrapper, wrapper_for
+
+MAGIC = b"GDPREXP"
+VERSION = 1
+SEGMENT_SIZE = 64 * 1024
+TAG_BYTES = 16
+PREFIX_BYTES = 7
+DATA_KEY_BYTES = 32
+MAX_SEGMENTS = 0xFFFF_FFFF  # counter value reserved for the header tag
+_FIXED = struct.Struct(">7sBI7sH")  # magic, version, segment size, nonce prefix, kid length
+_LEN = struct.Struct(">H")
+_MIN_SEGMENT, _MAX_SEGMENT = 4096, 16 * 1024 * 1024
+
+
+class KeyWrapper(Protocol):
+    """Wraps and unwraps data keys with a key-encryption key chosen by key id."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def wrap(self, data_key: bytes) -> bytes: ...
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed header of an encrypted file; `raw` is authenticated by every segment."""
+
+    version: int
+    segment_size: int
+    nonce_prefix: bytes
+    key_id: str
+    wrapped_key: bytes
+    raw: bytes
+
+
+def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
+    return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def _header_nonce(prefix: bytes) -> bytes:
+    return prefix + b"\xff\xff\xff\xff\x02"
+
+
+def build_header(key_id: str, wrapped: bytes, prefix: bytes, segment_size: int) -> bytes:
+    kid = key_id.encode()
+    if len(kid) > 1024 or len(wrapped) > 4096:
+        raise ValidationError("key id or wrapped key too long for the export format")
+    fixed = _FIXED.pack(MAGIC, VERSION, segment_size, prefix, len(kid))
+    return fixed + kid + _LEN.pack(len(wrapped)) + wrapped
+
+
+def encrypt_stream(
+    chunks: Iterable[bytes], wrapper: KeyWrapper, segment_size: int = SEGMENT_SIZE
+) -> Iterator[bytes]:
+    """Encrypt a byte stream: yields the header, then one ciphertext per segment."""
+    data_key = AESGCM.generate_key(bit_length=256)
+    prefix = os.urandom(PREFIX_BYTES)
+    header = build_header(wrapper.key_id, wrapper.wrap(data_key), prefix, segment_size)
+    aead = AESGCM(data_key)
+    yield header + aead.encrypt(_header_nonce(prefix), b"", header)
+    counter = 0
+    pending = bytearray()
+    for chunk in chunks:
+        view = memoryview(chunk)
+        if pending:
+            take = segment_size - len(pending)
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < segment_size:
+                continue
+            yield aead.encrypt(_nonce(prefix, counter, False), pending, header)
+            counter += 1
+            pending = bytearray()
+        while len(view) >= segment_size:  # whole segments straight from the caller's buffer
+            yield aead.encrypt(_nonce(prefix, counter, False), view[:segment_size], header)
+            counter += 1
+            view = view[segment_size:]
+        if counter >= MAX_SEGMENTS:
+            raise ValidationError("package too large for one encrypted file (2^32 segments)")
+        pending += view
+    # The final segment is always shorter than a full one (possibly empty).
+    yield aead.encrypt(_nonce(prefix, counter, True), pending, header)
+
+
+def decrypt_stream(chunks: Iterable[bytes], unwrapper: KeyWrapper) -> Iterator[bytes]:
+    """Decrypt and verify; yields each segment's plaintext only after it authenticated."""
+    source = iter(chunks)
+    buf = bytearray()
+    header = _read_header(source, buf)
+    aead = AESGCM(unwrapper.unwrap(header.key_id, header.wrapped_key))
+    _check_header_tag(aead, header, buf)
+    del buf[:TAG_BYTES]
+    full = header.segment_size + TAG_BYTES
+    counter = 0
+    while True:
+        while len(buf) > full:  # more follows, so this segment is not the final one
+            with memoryview(buf) as view:
+                plain = _open_segment(aead, header, view[:full], counter, last=False)
+            del buf[:full]
+            counter += 1
+            yield plain
+        chunk = next(source, None)
+        if chunk is None:
+            break
+        buf += chunk
+    if len(buf) == full:
+        with memoryview(buf) as view:
+            _open_segment(aead, header, view, counter, last=False)
+        raise IntegrityError(
+            f"the file is truncated: it ends after segment {counter} without a final segment"
+        )
+    if len(buf) < TAG_BYTES:
+        raise IntegrityError(f"the file is truncated inside segment {counter}")
+    with memoryview(buf) as view:
+        yield _open_segment(aead, header, view, counter, last=True)
+
+
+def _read_header(source: Iterator[bytes], buf: bytearray) -> Header:
+    _fill(source, buf, _FIXED.size, "header")
+    magic, version, segment_size, prefix, kid_len = _FIXED.unpack_from(buf)
+    if magic != MAGIC:
+        raise IntegrityError("not an encrypted gdpr export (unknown magic bytes)")
+    if version != VERSION:
+        raise IntegrityError(f"encrypted format version {version} is not supported; upgrade gdpr")
+    if not _MIN_SEGMENT <= segment_size <= _MAX_SEGMENT:
+        raise IntegrityError("the header was modified: impossible segment size")
+    at = _FIXED.size + kid_len
+    _fill(source, buf, at + _LEN.size, "header")
+    (wrapped_len,) = _LEN.unpack_from(buf, at)
+    end = at + _LEN.size + wrapped_len
+    _fill(source, buf, end + TAG_BYTES, "header")
+    try:
+        key_id = bytes(buf[_FIXED.size : at]).decode()
+    except UnicodeDecodeError:
+        raise IntegrityError("the header was modified: key id is not text") from None
+    raw = bytes(buf[:end])
+    header = Header(version, segment_size, prefix, key_id, raw[at + _LEN.size :], raw)
+    del buf[:end]
+    return header
+
+
+def _fill(source: Iterator[bytes], buf: bytearray, size: int, what: str) -> None:
+    while len(buf) < size:
+        chunk = next(source, None)
+        if chunk is None:
+            raise IntegrityError(f"the file is truncated inside its {what}")
+        buf += chunk
+
+
+def _check_header_tag(aead: AESGCM, header: Header, buf: bytearray) -> None:
+    try:
+        aead.decrypt(_header_nonce(header.nonce_prefix), bytes(buf[:TAG_BYTES]), header.raw)
+    except InvalidTag:
+        raise IntegrityError(
+            "the header was modified (segment size or nonce); the file cannot be trusted"
+        ) from None
+
+
+def _open_segment(
+    aead: AESGCM, header: Header, data: memoryview, counter: int, *, last: bool
+) -> bytes:
+    prefix = header.nonce_prefix
+    try:
+        return aead.decrypt(_nonce(prefix, counter, last), data, header.raw)
+    except InvalidTag:
+        pass
+    raise IntegrityError(_diagnose(aead, header, data, counter, last)) from None
+
+
+def _diagnose(aead: AESGCM, header: Header, data: memoryview, counter: int, last: bool) -> str:
+    """Explain a failed segment: truncated, appended, moved, or modified (slow path)."""
+    prefix = header.nonce_prefix
+    if _opens(aead, _nonce(prefix, counter, not last), data, header.raw):
+        if last:
+            return f"the file is truncated: it ends after segment {counter}, not a final one"
+        return f"data was appended after the final segment {counter}"
+    for other in range(max(0, counter - 1024), counter + 1024):
+        for flag in (False, True):
+            if other != counter and _opens(aead, _nonce(prefix, other, flag), data, header.raw):
+                return f"segments are out of order: segment {other} found at position {counter}"
+    return (
+        f"segment {counter} failed authentication: the file was modified, corrupted "
+        "or has data appended"
+    )
+
+
+def _opens(aead: AESGCM, nonce: bytes, data: memoryview, aad: bytes) -> bool:
+    try:
+        aead.decrypt(nonce, data, aad)
+    except InvalidTag:
+        return False
+    return True
+
+
+def read_header(chunks: Iterable[bytes]) -> Header:
+    """Parse just the header (e.g. to show which key id a file needs)."""
+    return _read_header(iter(chunks), bytearray())
+
+
+__all__ = [
+    "Header",
+    "KeyWrapper",
+    "decrypt_stream",
+    "encrypt_stream",
+    "keyring_wrapper",
+    "read_header",
+    "wrapper_for",
+]

@@ -1,0 +1,219 @@
+"""The S3 backend of `ObjectStorage` (AWS, MinIO or any S3-compatible endpoint).
+
+Large bodies go up as a multipart upload (parts of at least 8 MiB, a few in flight at a
+time so memory stays bounded), aborted on any failure: the object appears only when the
+upload completes. boto3 errors are translated here, at the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from compliance.config import Settings
+from compliance.errors import NotFoundError, StorageAccessError, StorageUnavailableError
+from exporters.storage import READ_CHUNK, check_key
+
+PART_SIZE = 8 * 1024 * 1024
+IN_FLIGHT = 4
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_RETRYABLE = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+}
+
+
+@dataclass(frozen=True)
+class S3Storage:
+    """Objects under ``s3://bucket/prefix``."""
+
+    client: Any = field(repr=False)
+    bucket: str
+    prefix: str = ""
+    sse: str = ""
+    sse_kms_key: str = ""
+    part_size: int = PART_SIZE
+    in_flight: int = IN_FLIGHT
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Storage:
+        url = urlsplit(settings.storage)
+        return cls(
+            client=s3_client(settings),
+            bucket=url.netloc,
+            prefix=url.path.strip("/"),
+            sse=settings.s3_sse,
+            sse_kms_key=settings.kms_key_id if settings.s3_sse == "aws:kms" else "",
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _sse_args(self) -> dict[str, str]:
+        args = {"ServerSideEncryption": self.sse} if self.sse else {}
+        if self.sse_kms_key:
+            args["SSEKMSKeyId"] = self.sse_kms_key
+        return args
+
+    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
+        full = self._key(key)
+        parts = _parts(chunks, self.part_size)
+        first = next(parts, b"")
+        second = next(parts, None)
+        if second is None:
+            with translated(key):
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=first, **self._sse_args())
+            return len(first)
+        return self._multipart(key, full, _chain(first, second, parts))
+
+    def _multipart(self, key: str, full: str, parts: Iterator[bytes]) -> int:
+        with translated(key):
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, **self._sse_args()
+            )["UploadId"]
+        try:
+            with translated(key):
+                done, size = self._send_parts(full, upload_id, parts)
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": done},
+                )
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+        return size
+
+    def _send_parts(
+        self, full: str, upload_id: str, parts: Iterator[bytes]
+    ) -> tuple[list[dict[str, Any]], int]:
+        done: list[dict[str, Any]] = []
+        pending: deque[Future[dict[str, Any]]] = deque()
+        size = 0
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="s3-part") as pool:
+            try:
+                for number, body in enumerate(parts, start=1):
+                    size += len(body)
+                    pending.append(pool.submit(self._put_part, full, upload_id, number, body))
+                    while len(pending) >= self.in_flight:
+                        done.append(pending.popleft().result())
+                while pending:
+                    done.append(pending.popleft().result())
+            finally:
+                for future in pending:
+                    future.cancel()
+        return done, size
+
+    def _put_part(self, full: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        reply = self.client.upload_part(
+            Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": reply["ETag"]}
+
+    def download(self, key: str) -> Iterator[bytes]:
+        with translated(key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        return _stream(body, key)
+
+    def delete(self, key: str) -> None:
+        with translated(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        with translated(key):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return int(head["ContentLength"])
+
+
+def s3_client(settings: Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 4, "mode": "standard"},
+        max_pool_connections=IN_FLIGHT + 4,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.s3_region,
+        config=config,
+    )
+
+
+def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes]:
+    """Regroup a stream into parts of at least `part_size` bytes (the last may be shorter)."""
+    held: list[bytes] = []
+    count = 0
+    for chunk in chunks:
+        held.append(chunk)
+        count += len(chunk)
+        if count >= part_size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held or count == 0:
+        yield b"".join(held)
+
+
+def _chain(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield second
+    yield from rest
+
+
+def _stream(body: Any, key: str) -> Iterator[bytes]:
+    with contextlib.closing(body), translated(key):
+        yield from body.iter_chunks(READ_CHUNK)
+
+
+@contextlib.contextmanager
+def translated(key: str) -> Iterator[None]:
+    """Turn boto3 errors into retryable or terminal errors with an actionable message."""
+    try:
+        yield
+    except NoCredentialsError as exc:
+        raise StorageAccessError("no S3 credentials found; set AWS_ACCESS_KEY_ID etc.") from exc
+    except ClientError as exc:
+        raise _from_client_error(exc, key) from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailableError(
+            f"S3 unreachable ({type(exc).__name__}); check GDPR_S3_ENDPOINT_URL and the network"
+        ) from exc
+
+
+def _from_client_error(exc: ClientError, key: str) -> Exception:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _MISSING:
+        return NotFoundError(f"object '{key}' does not exist in storage")
+    if code in _RETRYABLE or status >= 500:
+        return StorageUnavailableError(f"S3 temporarily failed ({code or status}); retry later")
+    if code == "NoSuchBucket":
+        return StorageAccessError("the S3 bucket does not exist; create it or fix GDPR_STORAGE_URL")
+    if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        return StorageAccessError(f"S3 denied access ({code}); check credentials and policy")
+    return StorageAccessError(f"S3 refused the request ({code or status}) for '{key}'")

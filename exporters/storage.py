@@ -1,0 +1,144 @@
+"""Object storage for encrypted packages: one small interface, two backends.
+
+`open_storage(settings)` picks the backend from `settings.storage`: ``file:///path`` (the
+embedded default: a folder) or ``s3://bucket/prefix`` (any S3-compatible endpoint; see
+`exporters.s3`). Uploads are atomic: a reader sees the whole object or none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+from compliance.config import Settings
+from compliance.errors import (
+    ConfigError,
+    NotFoundError,
+    StorageAccessError,
+    StorageUnavailableError,
+    ValidationError,
+)
+
+READ_CHUNK = 1024 * 1024
+MAX_KEY = 900
+
+
+class ObjectStorage(Protocol):
+    """Where encrypted packages live. Keys are relative paths such as ``exports/<id>.zip.enc``."""
+
+    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Store the stream under `key` atomically; returns the number of bytes written."""
+        ...
+
+    def download(self, key: str) -> Iterator[bytes]:
+        """Stream the object in chunks; `NotFoundError` (raised on the call) if missing."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the storage root or confuse a backend."""
+    parts = key.split("/")
+    if (
+        not key
+        or len(key) > MAX_KEY
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in {"", ".", ".."} for part in parts)
+    ):
+        raise ValidationError(
+            "object key must be a relative path without '..', '.', '//' or backslashes"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class FileStorage:
+    """A folder on a local filesystem; uploads land by `os.replace` of a temp file."""
+
+    root: Path
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
+        path = self._path(key)
+        with _os_errors(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+            written = 0
+            try:
+                with open(staging, "wb") as out:
+                    for chunk in chunks:
+                        written += out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(staging, path)
+            finally:
+                staging.unlink(missing_ok=True)
+        return written
+
+    def download(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        with _os_errors(key):
+            handle = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+        return _read_chunks(handle, key)
+
+    def delete(self, key: str) -> None:
+        with _os_errors(key):
+            self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        with _os_errors(key):
+            return self._path(key).stat().st_size
+
+
+def _read_chunks(handle: BinaryIO, key: str) -> Iterator[bytes]:
+    with handle, _os_errors(key):
+        while chunk := handle.read(READ_CHUNK):
+            yield chunk
+
+
+@contextlib.contextmanager
+def _os_errors(key: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"object '{key}' does not exist in storage") from exc
+    except PermissionError as exc:
+        raise StorageAccessError(
+            f"storage folder refused access to '{key}'; check the folder's permissions"
+        ) from exc
+    except OSError as exc:
+        raise StorageUnavailableError(
+            f"storage folder error on '{key}' ({exc.strerror}); check disk space and mounts"
+        ) from exc
+
+
+def open_storage(settings: Settings) -> ObjectStorage:
+    """The storage backend named by `settings.storage` (file:// or s3://)."""
+    url = urlsplit(settings.storage)
+    if url.scheme == "file":
+        return FileStorage(Path(unquote(url.path)))
+    if url.scheme == "s3":
+        from exporters.s3 import S3Storage
+
+        return S3Storage.from_settings(settings)
+    raise ConfigError("setting 'storage_url' must start with file:// or s3://")
