@@ -95,7 +95,7 @@ def test_truncation_at_a_segment_boundary_is_detected(wrapper) -> None:  # type:
 
 def test_truncation_inside_a_segment_is_detected(wrapper) -> None:  # type: ignore[no-untyped-def]
     blob = encrypt(os.urandom(2 * SEGMENT_SIZE + 10), wrapper)
-    with pytest.raises(IntegrityError, match="truncated|modified"):
+    with pytest.raises(IntegrityError, match=r"truncated|modified"):
         decrypt(blob[:-5], wrapper)
     with pytest.raises(IntegrityError, match="truncated inside its header"):
         decrypt(blob[:20], wrapper)
@@ -103,9 +103,9 @@ def test_truncation_inside_a_segment_is_detected(wrapper) -> None:  # type: igno
 
 def test_appended_data_is_detected(wrapper) -> None:  # type: ignore[no-untyped-def]
     head, segments = split(encrypt(os.urandom(SEGMENT_SIZE + 10), wrapper))
-    with pytest.raises(IntegrityError, match="segment 1 failed .* data appended"):
+    with pytest.raises(IntegrityError, match=r"segment 1 failed .* data appended"):
         decrypt(head + b"".join(segments) + segments[0], wrapper)
-    with pytest.raises(IntegrityError, match="segment 1 failed .* data appended"):
+    with pytest.raises(IntegrityError, match=r"segment 1 failed .* data appended"):
         decrypt(head + b"".join(segments) + b"extra", wrapper)
 
 

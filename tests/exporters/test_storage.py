@@ -22,14 +22,14 @@ from exporters.storage import ObjectStorage, open_storage
 MIB = 1024 * 1024
 
 
-class Boom(RuntimeError):
+class BoomError(RuntimeError):
     pass
 
 
 def failing_after(data: bytes, piece: int) -> Iterator[bytes]:
     for start in range(0, len(data), piece):
         yield data[start : start + piece]
-    raise Boom("source failed mid-stream")
+    raise BoomError("source failed mid-stream")
 
 
 def test_an_uploaded_object_streams_back_identically(storage: ObjectStorage) -> None:
@@ -80,7 +80,7 @@ def test_a_failed_upload_leaves_neither_object_nor_temp_file(tmp_path: Path) -> 
     root = tmp_path / "objects"
     storage = open_storage(Settings(storage_url=root.as_uri()))
     storage.upload("exports/d", [b"old"])
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         storage.upload("exports/d", failing_after(os.urandom(MIB), 4096))
     assert b"".join(storage.download("exports/d")) == b"old"
     assert sorted(p.name for p in (root / "exports").iterdir()) == ["d"]
@@ -103,7 +103,7 @@ def test_a_failed_multipart_upload_is_aborted_and_leaves_nothing(
     s3_settings: Settings, s3_bucket: str
 ) -> None:
     storage = open_storage(s3_settings)
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         storage.upload("exports/e", failing_after(os.urandom(20 * MIB), MIB))
     client = boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url, region_name="us-east-1")
     assert not storage.exists("exports/e")
