@@ -1,0 +1,77 @@
+"""The CLI's composition root: settings, database, keyring and dispatcher, built lazily once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compliance.config import Settings, load_settings
+from compliance.db import Database, utcnow
+from compliance.dispatch import Dispatcher
+from compliance.keyring import Keyring, load_keyring
+
+
+@dataclass
+class App:
+    """Everything a command may need; each part is built on first use."""
+
+    config_file: Path | None = None
+    operator_override: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        if "settings" not in self._cache:
+            settings = load_settings(config_file=self.config_file)
+            if self.operator_override:
+                settings = settings.with_overrides(operator=self.operator_override)
+            if self.overrides:
+                settings = settings.with_overrides(**self.overrides)
+            self._cache["settings"] = settings
+        return self._cache["settings"]  # type: ignore[no-any-return]
+
+    def db(self) -> Database:
+        """The control database; the embedded SQLite one is migrated automatically."""
+        if "db" not in self._cache:
+            db = Database.connect(self.settings())
+            if self.settings().embedded:
+                db.upgrade()
+            self._cache["db"] = db
+        return self._cache["db"]  # type: ignore[no-any-return]
+
+    def keyring(self) -> Keyring:
+        if "keyring" not in self._cache:
+            self._cache["keyring"] = load_keyring(self.settings())
+        return self._cache["keyring"]  # type: ignore[no-any-return]
+
+    def dispatcher(self) -> Dispatcher:
+        if "dispatcher" not in self._cache:
+            from tasks.app import configure
+            from tasks.dispatch import CeleryDispatcher
+
+            self._cache["dispatcher"] = CeleryDispatcher(configure(self.settings()))
+        return self._cache["dispatcher"]  # type: ignore[no-any-return]
+
+    def operator(self) -> str:
+        return self.settings().operator
+
+    def now(self) -> datetime:
+        return utcnow()
+
+    def close(self) -> None:
+        db = self._cache.pop("db", None)
+        if db is not None:
+            db.dispose()
+
+
+def current() -> App:
+    """The `App` of the running command."""
+    return click.get_current_context().ensure_object(App)
+
+
+def app_settings() -> Settings:
+    return current().settings()

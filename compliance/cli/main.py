@@ -1,0 +1,100 @@
+"""`gdpr`: the entry point. Maps the exception tree to one-line errors and exit codes.
+
+Exit codes: 0 ok (including "nothing to do"), 1 the check or job failed, 2 bad input,
+3 not found, 4 not allowed in the current state, 5 configuration or manifest error,
+6 a service is unavailable (try again), 7 integrity check failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compliance import errors
+from compliance.cli.context import App
+from compliance.logs import configure_logging
+
+EXIT_CODES: list[tuple[type[errors.ComplianceError], int]] = [
+    (errors.ValidationError, 2),
+    (errors.NotFoundError, 3),
+    (errors.IllegalTransitionError, 4),
+    (errors.PermissionDeniedError, 4),
+    (errors.LegalHoldError, 4),
+    (errors.ConfigError, 5),
+    (errors.RetryableError, 6),
+    (errors.IntegrityError, 7),
+    (errors.TokenError, 7),
+]
+
+# Command modules register themselves here (one place): module path -> attribute.
+COMMANDS = [
+    ("compliance.cli.request_cmd", "request"),
+    ("compliance.cli.admin_cmd", "db"),
+    ("compliance.cli.admin_cmd", "audit"),
+    ("compliance.cli.admin_cmd", "keys"),
+    ("compliance.cli.worker_cmd", "worker"),
+    ("compliance.cli.worker_cmd", "beat"),
+    ("compliance.cli.sources_cmd", "sources"),
+    ("compliance.cli.export_cmd", "export"),
+    ("compliance.cli.link_cmd", "link"),
+    ("compliance.cli.serve_cmd", "serve"),
+]
+
+
+def exit_code_for(exc: errors.ComplianceError) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return 1
+
+
+class GdprGroup(click.Group):
+    """Turns `ComplianceError` into `error: <message>` on stderr and a meaningful exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.ComplianceError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exit_code_for(exc))
+
+
+@click.group(cls=GdprGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Settings file (default: ./gdpr.toml if present; env GDPR_CONFIG).",
+)
+@click.option("--operator", help="Who is acting (default: GDPR_OPERATOR or the login name).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, operator: str | None, verbose: int) -> None:
+    """Data-subject requests (export, erasure) and retention for GDPR."""
+    configure_logging(verbose)
+    app = ctx.ensure_object(App)
+    app.config_file = config_file
+    app.operator_override = operator
+    ctx.call_on_close(app.close)
+
+
+def _register() -> None:
+    for module_name, attr in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        cli.add_command(getattr(module, attr))
+
+
+_register()
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="gdpr"))

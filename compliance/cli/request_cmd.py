@@ -1,0 +1,216 @@
+"""`gdpr request ...`: submit, approve, reject, cancel, retry, extend, list, show, plan."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import click
+
+from compliance import requests as service
+from compliance.cli import output
+from compliance.cli.context import App, current
+from compliance.cli.identity_options import identities_from, identity_options
+from compliance.lifecycle import FINAL
+from compliance.models import RequestKind, RequestStatus
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def request() -> None:
+    """Submit and manage data-subject requests."""
+
+
+def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
+    app = current()
+    as_json = options.pop("as_json")
+    submission = service.Submission(
+        kind=kind,
+        identities=identities_from(options),
+        ticket=options.get("ticket"),
+        note=options.get("note"),
+        dry_run=options.get("dry_run", False),
+    )
+    created = service.submit(
+        app.db(),
+        app.settings(),
+        app.keyring(),
+        submission,
+        operator=app.operator(),
+        now=app.now(),
+        dispatcher=app.dispatcher(),
+    )
+    if as_json:
+        output.emit_json(service.describe(created))
+        return
+    click.echo(f"{kind.value} request {created.id} {output.status(created.status)}")
+    if created.status == RequestStatus.AWAITING_APPROVAL:
+        click.echo(f"next: a second operator runs `gdpr request approve {created.id}`")
+
+
+def _submit_command(kind: RequestKind, help_text: str) -> click.Command:
+    @identity_options
+    @click.option("--ticket", help="Your ticket/reference (no personal data).")
+    @click.option("--note", help="Verification note: how the subject's identity was checked.")
+    @click.option("--dry-run", is_flag=True, help="Plan only: report counts, change nothing.")
+    @json_option
+    def command(**options: Any) -> None:
+        _submit(kind, options)
+
+    command.__doc__ = help_text
+    return click.command(name="erase" if kind == RequestKind.ERASURE else "export")(command)
+
+
+request.add_command(_submit_command(RequestKind.EXPORT, "Submit an export (Art. 15/20)."))
+request.add_command(_submit_command(RequestKind.ERASURE, "Submit an erasure (Art. 17)."))
+
+
+def _id(text: str) -> uuid.UUID:
+    return service.parse_request_id(text)
+
+
+def _done(app: App, request_id: uuid.UUID, as_json: bool, verb: str) -> None:
+    found, steps, _ = service.show(app.db(), request_id)
+    if as_json:
+        output.emit_json(service.describe(found, steps))
+    else:
+        click.echo(f"request {found.id} {verb}: {output.status(found.status)}")
+
+
+@request.command()
+@click.argument("request_id")
+@json_option
+def approve(request_id: str, as_json: bool) -> None:
+    """Approve a request (erasure needs a second operator)."""
+    app = current()
+    rid = _id(request_id)
+    service.approve(
+        app.db(),
+        app.settings(),
+        rid,
+        operator=app.operator(),
+        now=app.now(),
+        dispatcher=app.dispatcher(),
+    )
+    _done(app, rid, as_json, "approved")
+
+
+@request.command()
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Why (kept with the request).")
+@json_option
+def reject(request_id: str, reason: str, as_json: bool) -> None:
+    """Reject a request awaiting approval."""
+    app = current()
+    rid = _id(request_id)
+    service.reject(app.db(), rid, operator=app.operator(), reason=reason, now=app.now())
+    _done(app, rid, as_json, "rejected")
+
+
+@request.command()
+@click.argument("request_id")
+@click.option("--reason", help="Why (kept with the request).")
+@json_option
+def cancel(request_id: str, reason: str | None, as_json: bool) -> None:
+    """Cancel a request that has not started running."""
+    app = current()
+    rid = _id(request_id)
+    service.cancel(app.db(), rid, operator=app.operator(), now=app.now(), reason=reason)
+    _done(app, rid, as_json, "cancelled")
+
+
+@request.command()
+@click.argument("request_id")
+@json_option
+def retry(request_id: str, as_json: bool) -> None:
+    """Queue a failed request again; finished steps are not repeated."""
+    app = current()
+    rid = _id(request_id)
+    service.retry(
+        app.db(), rid, operator=app.operator(), now=app.now(), dispatcher=app.dispatcher()
+    )
+    _done(app, rid, as_json, "queued again")
+
+
+@request.command()
+@click.argument("request_id")
+@click.option("--months", type=click.IntRange(1, 2), default=1, show_default=True)
+@click.option("--reason", required=True, help="Why more time is needed (Art. 12(3)).")
+@json_option
+def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
+    """Extend the deadline by up to two further months."""
+    app = current()
+    rid = _id(request_id)
+    found = service.extend(
+        app.db(), rid, months=months, reason=reason, operator=app.operator(), now=app.now()
+    )
+    if as_json:
+        output.emit_json(service.describe(found))
+    else:
+        click.echo(f"request {rid} now due {found.due_at:%Y-%m-%d}")
+
+
+@request.command(name="list")
+@click.option("--status", help="Only requests in this status.")
+@click.option("--overdue", is_flag=True, help="Only open requests past their due date.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@json_option
+def list_(status: str | None, overdue: bool, limit: int, as_json: bool) -> None:
+    """List requests, newest first."""
+    app = current()
+    found = service.list_requests(
+        app.db(), now=app.now(), status=status, overdue=overdue, limit=limit
+    )
+    rows = [service.describe(r) for r in found]
+    if as_json:
+        output.emit_json(rows)
+        return
+    if not rows:
+        click.echo("No requests match.")
+        return
+    output.table(rows, ["id", "kind", "status", "submitted_at", "due_at", "ticket"])
+
+
+@request.command()
+@click.argument("request_id")
+@click.option("--wait", is_flag=True, help="Wait until the request reaches a final state.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait.")
+@json_option
+def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show a request, its steps and its receipt."""
+    app = current()
+    rid = _id(request_id)
+    found, steps, types = service.show(app.db(), rid)
+    deadline = time.monotonic() + timeout
+    while wait and RequestStatus(found.status) not in FINAL | {RequestStatus.FAILED}:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"request {rid} still {found.status} after {timeout:g}s")
+        time.sleep(0.5)
+        found, steps, types = service.show(app.db(), rid)
+    view = service.describe(found, steps) | {"identity_types": types}
+    if as_json:
+        output.emit_json(view)
+        return
+    keys = [
+        "id",
+        "kind",
+        "status",
+        "subject",
+        "ticket",
+        "submitted_by",
+        "submitted_at",
+        "due_at",
+        "approved_by",
+        "started_at",
+        "completed_at",
+        "attempts",
+        "last_error",
+    ]
+    output.fields([(k, view[k]) for k in keys] + [("identities", ", ".join(types))])
+    if steps:
+        click.echo("")
+        output.table(view["steps"], ["source", "action", "status", "counts", "attempts", "error"])
+    if found.status == RequestStatus.FAILED:
+        click.get_current_context().exit(1)

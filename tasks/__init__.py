@@ -1,0 +1,1 @@
+"""Celery app and tasks: thin wrappers that take ids and call `compliance` / `exporters`."""
