@@ -8,13 +8,13 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "${1:-}" = "dev" ]; then
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q -e '.[dev]'
   if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "warning: could not install chromium; the browser test will fail on CI" >&2
   fi
 else
-  .venv/bin/python -m pip install -q -e . 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q -e .
 fi
 .venv/bin/python -c "import compliance, tasks, exporters, celeryconfig" \
   || { echo "install failed: the gdpr package does not import" >&2; exit 1; }
