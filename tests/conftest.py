@@ -211,3 +211,83 @@ def make_export_request(db: Database) -> Callable[..., uuid.UUID]:
         return request_id
 
     return make
+
+
+def make_export_zip(files: dict[str, bytes]) -> bytes:
+    """A small export-like ZIP: the given files plus a manifest.json listing them."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    manifest = {
+        "format_version": 1,
+        "files": [
+            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in files.items()
+        ],
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("manifest.json", json.dumps(manifest, indent=2))
+    return buffer.getvalue()
+
+
+class DownloadSite:
+    """A running download service (waitress on an ephemeral port) with one live link."""
+
+    def __init__(self, settings: Settings, db: Database, storage: object, keyring: object) -> None:
+        self.settings, self.db, self.storage, self.keyring = settings, db, storage, keyring
+        self.zip_bytes = b""
+        self.token = ""
+        self.request_id: uuid.UUID | None = None
+        self.server: object = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}/d/{self.token}"  # type: ignore[attr-defined]
+
+    def store(self, request_id: uuid.UUID, plaintext: bytes, mangle: object = None) -> None:
+        from exporters.crypto import encrypt_stream, keyring_wrapper
+
+        chunks = [plaintext[i : i + 100_000] for i in range(0, len(plaintext), 100_000)]
+        cipher = b"".join(encrypt_stream(chunks, keyring_wrapper(self.keyring)))  # type: ignore[arg-type]
+        if callable(mangle):
+            cipher = mangle(cipher)
+        self.storage.upload(f"exports/{request_id}.zip.enc", [cipher])  # type: ignore[attr-defined]
+
+    def issue(self, request_id: uuid.UUID) -> str:
+        from compliance.db import utcnow
+        from exporters import links
+
+        with self.db.session() as session:
+            return links.issue_link(session, request_id, self.settings, utcnow())
+
+
+@pytest.fixture
+def download_site(
+    db: Database, settings: Settings, make_export_request: Callable[..., uuid.UUID]
+) -> Iterator[DownloadSite]:
+    """The download service over real sockets, serving one stored, encrypted export."""
+    from compliance.keyring import load_keyring
+    from exporters.storage import open_storage
+    from exporters.web import create_app
+    from exporters.web_server import start_in_thread
+
+    settings = settings.with_overrides(rate_limit_per_minute=1000)
+    site = DownloadSite(settings, db, open_storage(settings), load_keyring(settings))
+    files = {
+        "index.html": b"<!DOCTYPE html><title>Your data</title><p>Hello</p>",
+        "data/app/users.json": b'[{"id": 1}]',
+        "files/avatars/me.bin": secrets.token_bytes(300_000),
+    }
+    site.zip_bytes = make_export_zip(files)
+    site.request_id = make_export_request()
+    site.store(site.request_id, site.zip_bytes)
+    site.token = site.issue(site.request_id)
+    app = create_app(settings, db, site.storage, site.keyring)  # type: ignore[arg-type]
+    site.server = start_in_thread(app)
+    yield site
+    site.server.stop()  # type: ignore[attr-defined]

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compliance.config import load_settings
+from compliance.errors import ConfigError
+
+
+def test_defaults_are_embedded_and_need_no_servers(tmp_path: Path) -> None:
+    settings = load_settings({"GDPR_HOME": str(tmp_path)})
+    assert settings.embedded
+    assert settings.control_url == f"sqlite:///{tmp_path / 'control.db'}"
+    assert settings.broker.startswith("sqla+sqlite:///")
+    assert settings.storage.startswith("file://")
+    assert settings.mail.startswith("file://")
+
+
+def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "gdpr.toml"
+    config.write_text('[gdpr]\nlink_ttl_days = 3\nfour_eyes = false\noperator = "file"\n')
+    settings = load_settings({"GDPR_OPERATOR": "env"}, config_file=config)
+    assert (settings.link_ttl_days, settings.four_eyes, settings.operator) == (3, False, "env")
+
+
+def test_unknown_environment_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown environment variable GDPR_DATABSE_URL"):
+        load_settings({"GDPR_DATABSE_URL": "sqlite://"})
+
+
+def test_unknown_config_file_key_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "gdpr.toml"
+    config.write_text("[gdpr]\nlink_ttl = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'link_ttl'"):
+        load_settings({}, config_file=config)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GDPR_DATABASE_URL", "mysql://x/y"),
+        ("GDPR_BROKER_URL", "redis:/nohost"),
+        ("GDPR_STORAGE_URL", "ftp://bucket"),
+        ("GDPR_MAIL_URL", "smtp://"),
+    ],
+)
+def test_malformed_urls_are_refused_at_startup(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name[5:].lower()):
+        load_settings({name: value})
+
+
+def test_malformed_numbers_and_booleans_are_refused() -> None:
+    with pytest.raises(ConfigError, match="link_ttl_days"):
+        load_settings({"GDPR_LINK_TTL_DAYS": "seven"})
+    with pytest.raises(ConfigError, match="four_eyes"):
+        load_settings({"GDPR_FOUR_EYES": "maybe"})
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({"GDPR_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_unknown_timezone_is_refused() -> None:
+    with pytest.raises(ConfigError, match="time zone"):
+        load_settings({"GDPR_TIMEZONE": "Mars/Olympus"})

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from compliance import audit, requests
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.dispatch import RecordingDispatcher
+from compliance.errors import (
+    IllegalTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from compliance.models import AuditEvent, DsrIdentity, DsrRequest, RequestKind
+from tests.compliance.helpers import NOW, submit_request
+
+
+def test_export_is_auto_approved_and_dispatched_after_commit(
+    db: Database, settings: Settings
+) -> None:
+    dispatcher = RecordingDispatcher()
+    created = submit_request(db, settings, RequestKind.EXPORT, dispatcher=dispatcher)
+    assert created.status == "queued"
+    assert dispatcher.dispatched == [created.id]
+
+
+def test_erasure_waits_for_approval_and_is_not_dispatched(db: Database, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    created = submit_request(db, settings, dispatcher=dispatcher)
+    assert created.status == "awaiting_approval"
+    assert dispatcher.dispatched == []
+
+
+def test_due_date_is_one_calendar_month_clamped_to_month_end(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings)  # submitted 31 January
+    assert created.due_at == datetime(2026, 2, 28, 9, 0, tzinfo=UTC)
+
+
+def test_submitter_cannot_approve_their_own_erasure(db: Database, settings: Settings) -> None:
+    created = submit_request(db, settings, operator="alice")
+    with pytest.raises(PermissionDeniedError, match="four-eyes"):
+        requests.approve(
+            db, settings, created.id, operator="alice", now=NOW, dispatcher=RecordingDispatcher()
+        )
+    with db.session() as session:
+        assert session.get_one(DsrRequest, created.id).status == "awaiting_approval"
+
+
+def test_second_operator_approves_and_request_is_dispatched(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, operator="alice")
+    dispatcher = RecordingDispatcher()
+    approved = requests.approve(
+        db, settings, created.id, operator="bob", now=NOW, dispatcher=dispatcher
+    )
+    assert (approved.status, approved.approved_by) == ("queued", "bob")
+    assert dispatcher.dispatched == [created.id]
+
+
+def test_four_eyes_can_be_switched_off_for_small_teams(db: Database, settings: Settings) -> None:
+    solo = settings.with_overrides(four_eyes=False)
+    created = submit_request(db, solo, operator="alice")
+    approved = requests.approve(
+        db, solo, created.id, operator="alice", now=NOW, dispatcher=RecordingDispatcher()
+    )
+    assert approved.status == "queued"
+
+
+def test_illegal_transition_names_the_current_state_and_changes_nothing(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with db.session() as session:
+        events_before = session.query(AuditEvent).count()
+    with pytest.raises(IllegalTransitionError, match="it is queued"):
+        requests.retry(db, created.id, operator="bob", now=NOW, dispatcher=RecordingDispatcher())
+    with db.session() as session:
+        assert session.get_one(DsrRequest, created.id).status == "queued"
+        assert session.query(AuditEvent).count() == events_before
+
+
+def test_unknown_request_id_is_not_found(db: Database, settings: Settings) -> None:
+    import uuid
+
+    with pytest.raises(NotFoundError, match="no request with id"):
+        requests.cancel(db, uuid.uuid4(), operator="bob", now=NOW)
+
+
+def test_cancel_wipes_raw_identities_but_keeps_pseudonyms(db: Database, settings: Settings) -> None:
+    created = submit_request(db, settings)
+    requests.cancel(db, created.id, operator="bob", now=NOW, reason="duplicate")
+    with db.session() as session:
+        rows = session.scalars(
+            select(DsrIdentity).where(DsrIdentity.request_id == created.id)
+        ).all()
+    assert rows
+    assert all(r.value_sealed is None and r.value_hmac.startswith("ps_") for r in rows)
+
+
+def test_reject_needs_a_reason(db: Database, settings: Settings) -> None:
+    created = submit_request(db, settings)
+    with pytest.raises(ValidationError, match="reason is required"):
+        requests.reject(db, created.id, operator="bob", reason=" ", now=NOW)
+    rejected = requests.reject(db, created.id, operator="bob", reason="not verified", now=NOW)
+    assert rejected.status == "rejected"
+
+
+def test_extend_adds_at_most_two_months_in_total(db: Database, settings: Settings) -> None:
+    created = submit_request(db, settings)
+    once = requests.extend(db, created.id, months=1, reason="complex", operator="bob", now=NOW)
+    assert once.due_at == datetime(2026, 3, 28, 9, 0, tzinfo=UTC)
+    with pytest.raises(ValidationError, match="1 to 1 more"):
+        requests.extend(db, created.id, months=2, reason="more", operator="bob", now=NOW)
+    twice = requests.extend(db, created.id, months=1, reason="more", operator="bob", now=NOW)
+    assert twice.extended_months == 2
+    with pytest.raises(ValidationError, match="maximum two months"):
+        requests.extend(db, created.id, months=1, reason="again", operator="bob", now=NOW)
+
+
+def test_overdue_lists_only_open_requests_past_due(db: Database, settings: Settings) -> None:
+    open_one = submit_request(db, settings)
+    closed = submit_request(db, settings)
+    requests.cancel(db, closed.id, operator="bob", now=NOW)
+    later = NOW + timedelta(days=60)
+    overdue = requests.list_requests(db, now=later, overdue=True)
+    assert [r.id for r in overdue] == [open_one.id]
+
+
+def test_every_transition_is_audited_in_an_intact_chain_without_raw_identities(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings)
+    requests.approve(
+        db, settings, created.id, operator="bob", now=NOW, dispatcher=RecordingDispatcher()
+    )
+    with db.session() as session:
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        actions = [e.action for e in events]
+        assert actions == ["request.submit", "request.await_approval", "request.approve"]
+        assert {e.subject for e in events} == {created.subject}
+        dumped = " ".join(f"{e.details} {e.subject} {e.actor}" for e in events)
+        assert "ada" not in dumped
+        assert audit.verify_chain(session).ok
+
+
+def test_tampering_with_an_audit_event_is_detected(db: Database, settings: Settings) -> None:
+    submit_request(db, settings)
+    with db.session() as session:
+        first = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).first()
+        assert first is not None
+        first.actor = "mallory"
+    with db.session() as session:
+        report = audit.verify_chain(session)
+    assert not report.ok
+    assert report.broken_at == first.seq
+
+
+def test_note_with_control_characters_is_refused(db: Database, settings: Settings) -> None:
+    from compliance.keyring import load_keyring
+    from tests.compliance.helpers import ada
+
+    bad = requests.Submission(kind=RequestKind.EXPORT, identities=ada(), note="x\x1b[31m")
+    with pytest.raises(ValidationError, match="control characters"):
+        requests.submit(
+            db,
+            settings,
+            load_keyring(settings),
+            bad,
+            operator="a",
+            now=NOW,
+            dispatcher=RecordingDispatcher(),
+        )
+    assert requests.list_requests(db, now=NOW) == []

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from compliance import requests
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.dispatch import RecordingDispatcher
+from compliance.errors import SourceUnavailableError, ValidationError
+from compliance.execution import RunContext
+from compliance.keyring import load_keyring
+from compliance.maintenance import redispatch_queued, release_stale_claims
+from compliance.models import DsrIdentity, DsrRequest, RequestKind
+from compliance.worker import Outcome, Runner, Worker, execute
+from tests.compliance.helpers import NOW, submit_request
+
+
+def make_worker(db: Database, settings: Settings, runner: Runner) -> Worker:
+    return Worker(
+        settings=settings,
+        db=db,
+        keyring=load_keyring(settings),
+        sources=(),
+        runners={RequestKind.EXPORT: runner, RequestKind.ERASURE: runner},
+        clock=lambda: NOW,
+    )
+
+
+def status_of(db: Database, request: DsrRequest) -> DsrRequest:
+    with db.session() as session:
+        return session.get_one(DsrRequest, request.id)
+
+
+def test_completed_request_keeps_receipt_and_loses_raw_identities(
+    db: Database, settings: Settings
+) -> None:
+    seen: list[RunContext] = []
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        seen.append(ctx)
+        return {"sources": 0}
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.COMPLETED
+    assert seen[0].identities.values("email") == ["ada@example.com"]
+    done = status_of(db, created)
+    assert (done.status, done.receipt, done.attempts) == ("completed", {"sources": 0}, 1)
+    with db.session() as session:
+        sealed = session.scalars(
+            select(DsrIdentity.value_sealed).where(DsrIdentity.request_id == created.id)
+        ).all()
+    assert sealed == [None, None]
+
+
+def test_a_second_delivery_of_the_same_message_does_nothing(
+    db: Database, settings: Settings
+) -> None:
+    calls: list[int] = []
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    worker = make_worker(db, settings, lambda ctx: calls.append(1) or {})
+    assert execute(worker, created.id) == Outcome.COMPLETED
+    assert execute(worker, created.id) == Outcome.SKIPPED
+    assert calls == [1]
+
+
+def test_terminal_error_fails_the_request_with_its_message(
+    db: Database, settings: Settings
+) -> None:
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        raise ValidationError("manifest names table 'userz'; fix sources.toml")
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.FAILED
+    failed = status_of(db, created)
+    assert failed.status == "failed"
+    assert failed.last_error is not None and "userz" in failed.last_error
+    retried = requests.retry(
+        db, created.id, operator="bob", now=NOW, dispatcher=RecordingDispatcher()
+    )
+    assert retried.status == "queued"
+
+
+def test_unexpected_crash_fails_without_leaking_the_exception_text(
+    db: Database, settings: Settings
+) -> None:
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        raise KeyError("ada@example.com")
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.FAILED
+    assert status_of(db, created).last_error == "internal error (KeyError)"
+
+
+def test_transient_error_releases_the_request_back_to_the_queue(
+    db: Database, settings: Settings
+) -> None:
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        raise SourceUnavailableError("app database unavailable: connection refused")
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with pytest.raises(SourceUnavailableError):
+        execute(make_worker(db, settings, runner), created.id)
+    assert status_of(db, created).status == "queued"
+
+
+def test_stale_running_claim_is_released_and_then_redispatched(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with db.session() as session:  # a worker claimed it and died
+        row = session.get_one(DsrRequest, created.id)
+        row.status, row.updated_at = "running", NOW
+    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    assert release_stale_claims(db, settings, later) == [created.id]
+    assert status_of(db, created).status == "queued"
+    dispatcher = RecordingDispatcher()
+    even_later = later + timedelta(seconds=settings.redispatch_after_seconds + 1)
+    assert redispatch_queued(db, settings, dispatcher, even_later) == [created.id]
+    assert dispatcher.dispatched == [created.id]
+    # the sweep restarted the clock: the next sweep does not flood the broker
+    assert redispatch_queued(db, settings, RecordingDispatcher(), even_later) == []
+
+
+def test_fresh_claims_and_fresh_queue_entries_are_left_alone(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert release_stale_claims(db, settings, NOW) == []
+    assert redispatch_queued(db, settings, RecordingDispatcher(), NOW) == []
+    assert status_of(db, created).status == "queued"
