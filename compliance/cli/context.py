@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +14,9 @@ from compliance.config import Settings, load_settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
 from compliance.keyring import Keyring, load_keyring
+
+if TYPE_CHECKING:
+    from compliance.sources.registry import Registry
 
 
 @dataclass
@@ -56,6 +60,16 @@ class App:
             self._cache["dispatcher"] = CeleryDispatcher(configure(self.settings()))
         return self._cache["dispatcher"]  # type: ignore[no-any-return]
 
+    def registry(self) -> Registry:
+        """The data sources of the manifest, validated against the live systems."""
+        if "registry" not in self._cache:
+            from compliance.sources.registry import load_registry
+
+            self._cache["registry"] = load_registry(
+                self.settings(), environ=os.environ, pseudonym_key=self.keyring().pseudonym_key
+            )
+        return self._cache["registry"]  # type: ignore[no-any-return]
+
     def operator(self) -> str:
         return self.settings().operator
 
@@ -66,6 +80,9 @@ class App:
         db = self._cache.pop("db", None)
         if db is not None:
             db.dispose()
+        registry = self._cache.pop("registry", None)
+        if registry is not None:
+            registry.close()
 
 
 def current() -> App:

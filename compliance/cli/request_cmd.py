@@ -214,3 +214,45 @@ def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
         output.table(view["steps"], ["source", "action", "status", "counts", "attempts", "error"])
     if found.status == RequestStatus.FAILED:
         click.get_current_context().exit(1)
+
+
+@request.command()
+@identity_options
+@click.option(
+    "--action",
+    type=click.Choice(["export", "erase"]),
+    default="erase",
+    show_default=True,
+    help="Which request to plan.",
+)
+@json_option
+def plan(action: str, as_json: bool, **options: Any) -> None:
+    """Show what a request would export or erase, per source and location; writes nothing."""
+    from compliance import cascade
+    from compliance.sources.base import Action
+
+    app = current()
+    identities = identities_from(options)
+    sources = app.registry().sources
+    resolved = cascade.resolve(sources, identities)
+    plans = cascade.plan(sources, resolved, Action.ERASE if action == "erase" else Action.EXPORT)
+    rows = [
+        {
+            "source": p.source,
+            "kind": p.kind,
+            "location": loc.location,
+            "action": loc.disposition.value,
+            "count": loc.count,
+            "legal_basis": loc.legal_basis or None,
+        }
+        for p in plans
+        for loc in p.locations
+    ]
+    if as_json:
+        output.emit_json({"identity_types": sorted(resolved.types()), "locations": rows})
+        return
+    if not sources:
+        click.echo("No data sources are registered (see GDPR_SOURCES); nothing would change.")
+        return
+    click.echo(f"identities found: {', '.join(sorted(resolved.types()))}")
+    output.table(rows, ["source", "location", "action", "count", "legal_basis"])

@@ -1,0 +1,55 @@
+"""A request submitted through the CLI is run by a real Celery worker process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import make_test_keys
+from tests.tasks.workers import environment, gdpr, running_worker, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_defaults_run_an_export_and_an_erasure_end_to_end(tmp_path: Path) -> None:
+    env = environment(tmp_path, {})
+    export = gdpr(tmp_path, env, "request", "export", "--email", "ada@example.com")
+    erasure = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
+    gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", erasure["id"])
+    with running_worker(tmp_path, env, tmp_path / "worker.log"):
+        done_export = wait_for_status(tmp_path, env, export["id"], {"completed", "failed"})
+        done_erasure = wait_for_status(tmp_path, env, erasure["id"], {"completed", "failed"})
+    assert done_export["status"] == "completed", done_export["last_error"]
+    assert done_erasure["status"] == "completed", done_erasure["last_error"]
+    assert done_erasure["receipt"] is not None
+    logs = (tmp_path / "worker.log").read_text()
+    assert "ada@example.com" not in logs
+
+
+def test_postgres_and_redis_run_an_approved_erasure_end_to_end(
+    tmp_path: Path, pg_settings: object, pg_url: str, redis_url: str
+) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+    keys = make_test_keys()
+    env = environment(
+        tmp_path,
+        {
+            "GDPR_DATABASE_URL": pg_url,
+            "GDPR_BROKER_URL": redis_url,
+            "GDPR_KEYS": keys["keys"],
+            "GDPR_PSEUDONYM_KEY": keys["pseudonym_key"],
+        },
+    )
+    created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
+    approved = gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
+    assert approved["status"] == "queued"
+    # the message is waiting in Redis: it carries the request id and nothing personal
+    payloads = b" ".join(redis.Redis.from_url(redis_url).lrange("requests", 0, -1))
+    assert created["id"].encode() in payloads
+    assert b"ada@example.com" not in payloads
+    with running_worker(tmp_path, env, tmp_path / "worker.log"):
+        done = wait_for_status(tmp_path, env, created["id"], {"completed", "failed"})
+    assert done["status"] == "completed", done["last_error"]
+    assert "ada@example.com" not in (tmp_path / "worker.log").read_text()

@@ -1,0 +1,92 @@
+"""Run real `gdpr` processes (CLI commands and Celery workers) for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+GDPR = str(Path(sys.executable).with_name("gdpr"))
+
+
+def environment(base: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GDPR_")}
+    env.update({"GDPR_HOME": str(base / ".gdpr"), "GDPR_OPERATOR": "alice", **extra})
+    return env
+
+
+def gdpr(cwd: Path, env: Mapping[str, str], *args: str, check: bool = True) -> Any:
+    """Run one `gdpr ... --json` command; return its parsed output."""
+    done = subprocess.run(
+        [GDPR, *args, "--json"],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"gdpr {' '.join(args)} exited {done.returncode}: {done.stderr}")
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+@contextmanager
+def running_worker(
+    cwd: Path, env: Mapping[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process; stopped (or killed) when the block ends."""
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [GDPR, "worker", "-c", "1", "-l", "INFO"],
+        cwd=cwd,
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_text(log, "ready.", timeout=60)
+        yield process
+    finally:
+        stop(process)
+        handle.close()
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    tail = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+    raise AssertionError(f"{text!r} not seen in {path} within {timeout}s:\n{tail}")
+
+
+def wait_for_status(
+    cwd: Path, env: Mapping[str, str], request_id: str, statuses: set[str], timeout: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    shown: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        shown = gdpr(cwd, env, "request", "show", request_id, check=False) or {}
+        if shown.get("status") in statuses:
+            return shown
+        time.sleep(0.5)
+    raise AssertionError(f"request {request_id} stuck in {shown.get('status')}: {shown}")
