@@ -77,3 +77,28 @@ def keys_generate(key_id: str) -> None:
     """
     click.echo(f"GDPR_KEYS={new_key_line(key_id)}")
     click.echo(f"GDPR_PSEUDONYM_KEY={base64.b64encode(secrets.token_bytes(32)).decode()}")
+
+
+@click.group()
+def maintenance() -> None:
+    """Sweeps that beat runs on schedule, on demand."""
+
+
+@maintenance.command(name="sweep")
+@click.option("--json", "as_json", is_flag=True)
+def maintenance_sweep(as_json: bool) -> None:
+    """Release stale claims and re-dispatch requests stuck in the queue."""
+    from compliance.maintenance import redispatch_queued, release_stale_claims
+
+    app = current()
+    now = app.now()
+    released = release_stale_claims(app.db(), app.settings(), now)
+    redispatched = redispatch_queued(app.db(), app.settings(), app.dispatcher(), now)
+    if as_json:
+        output.emit_json(
+            {"released": [str(i) for i in released], "redispatched": [str(i) for i in redispatched]}
+        )
+    elif not released and not redispatched:
+        click.echo("Nothing to do.")
+    else:
+        click.echo(f"released {len(released)} stale claim(s), re-dispatched {len(redispatched)}")

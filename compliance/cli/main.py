@@ -36,6 +36,7 @@ COMMANDS = [
     ("compliance.cli.admin_cmd", "db"),
     ("compliance.cli.admin_cmd", "audit"),
     ("compliance.cli.admin_cmd", "keys"),
+    ("compliance.cli.admin_cmd", "maintenance"),
     ("compliance.cli.worker_cmd", "worker"),
     ("compliance.cli.worker_cmd", "beat"),
     ("compliance.cli.sources_cmd", "sources"),
