@@ -1,0 +1,75 @@
+"""Delete expired export packages from storage (run by the maintenance task).
+
+Idempotent and safe to interrupt: the object is deleted first (deleting a missing
+object is fine), then the row is marked with one conditional UPDATE, so a package is
+counted and audited once however many workers run the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from compliance import audit
+from compliance.db import Database
+from compliance.models import ExportPackage
+from exporters.storage import ObjectStorage
+
+log = logging.getLogger("gdpr.exporters.cleanup")
+BATCH = 100
+ACTOR = "maintenance"
+
+
+def purge_expired_packages(
+    db: Database, storage: ObjectStorage, now: datetime, batch: int = BATCH
+) -> int:
+    """Delete every package whose `expires_at` is past; returns how many this call marked."""
+    purged = 0
+    after = 0
+    while True:
+        due = _due(db, now, after, batch)
+        if not due:
+            return purged
+        for package_id, key in due:
+            storage.delete(key)
+            purged += _mark_deleted(db, package_id, now)
+            after = package_id
+
+
+def _due(db: Database, now: datetime, after: int, batch: int) -> list[tuple[int, str]]:
+    with db.session() as session:
+        rows = session.execute(
+            select(ExportPackage.id, ExportPackage.object_key)
+            .where(
+                ExportPackage.deleted_at.is_(None),
+                ExportPackage.expires_at <= now,
+                ExportPackage.id > after,
+            )
+            .order_by(ExportPackage.id)
+            .limit(batch)
+        ).all()
+        return [(row.id, row.object_key) for row in rows]
+
+
+def _mark_deleted(db: Database, package_id: int, now: datetime) -> int:
+    with db.session() as session:
+        result = session.execute(
+            update(ExportPackage)
+            .where(ExportPackage.id == package_id, ExportPackage.deleted_at.is_(None))
+            .values(deleted_at=now)
+        )
+        if not getattr(result, "rowcount", 0):
+            return 0  # another sweep got there first
+        package = session.get_one(ExportPackage, package_id)
+        audit.record(
+            session,
+            actor=ACTOR,
+            action="export.package.deleted",
+            now=now,
+            request_id=package.request_id,
+            details={"size": package.size, "reason": "expired"},
+        )
+    log.info("dsr.export.package_deleted", extra={"request_id": str(package.request_id)})
+    return 1

@@ -1,0 +1,208 @@
+"""Run one export request: sources -> package -> encryption -> storage, exactly once.
+
+Idempotent: when the request already has a package, its summary is returned and nothing
+is built again. The object key is deterministic, so a retry after a crash overwrites the
+same object instead of leaving a second one. The upload is all-or-nothing; each source
+gets a durable `export` step holding its counts (and its error, if it failed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from compliance import audit
+from compliance.errors import ComplianceError
+from compliance.execution import RunContext, fail_step, load_step, set_counts
+from compliance.identities import Identities, IdentityType
+from compliance.models import DsrStep, ExportPackage
+from compliance.sources.base import Action, DataSource, ExportItem, FileItem, RowsItem
+from exporters.crypto import encrypt_stream, wrapper_for
+from exporters.package import write_package
+from exporters.storage import open_storage
+
+log = logging.getLogger("gdpr.exporters.job")
+
+
+def package_key(request_id: uuid.UUID) -> str:
+    return f"exports/{request_id}.zip.enc"
+
+
+def run_export(ctx: RunContext) -> dict[str, Any]:
+    """Build, encrypt and upload the request's package; returns a PII-free summary."""
+    existing = _existing(ctx)
+    if existing is not None:
+        return _summary(ctx, existing, created=False)
+    identities = _identities(ctx)
+    if ctx.dry_run:
+        return _plan(ctx, identities)
+    now = ctx.clock()
+    wrapper = wrapper_for(ctx.settings, ctx.keyring)
+    digest = hashlib.sha256()
+    plaintext = write_package(
+        _all_items(ctx, identities),
+        request_id=ctx.request_id,
+        generated_at=now,
+        subject_label=", ".join(identities.values(IdentityType.EMAIL)),
+    )
+    key = package_key(ctx.request_id)
+    size = open_storage(ctx.settings).upload(
+        key, _hashed(encrypt_stream(plaintext, wrapper), digest)
+    )
+    row = ExportPackage(
+        request_id=ctx.request_id,
+        object_key=key,
+        size=size,
+        sha256=digest.hexdigest(),
+        key_id=wrapper.key_id,
+        created_at=now,
+        expires_at=now + timedelta(days=ctx.settings.package_ttl_days),
+    )
+    return _record(ctx, row)
+
+
+def _identities(ctx: RunContext) -> Identities:
+    try:
+        from compliance.cascade import discover
+    except ImportError:  # the cascade is optional: fall back to the given identities
+        return ctx.identities
+    found: Identities = discover(ctx)
+    return found
+
+
+def _existing(ctx: RunContext) -> ExportPackage | None:
+    with ctx.db.session() as session:
+        return session.scalars(
+            select(ExportPackage).where(ExportPackage.request_id == ctx.request_id)
+        ).one_or_none()
+
+
+def _record(ctx: RunContext, row: ExportPackage) -> dict[str, Any]:
+    counts = _step_counts(ctx)
+    try:
+        with ctx.db.session() as session:
+            session.add(row)
+            session.flush()
+            audit.record(
+                session,
+                actor=ctx.actor,
+                action="export.packaged",
+                now=row.created_at,
+                request_id=ctx.request_id,
+                subject=ctx.subject,
+                details={"size": row.size, "key_id": row.key_id, **_totals(counts)},
+            )
+    except SAIntegrityError:  # a concurrent run recorded it first: report that one
+        existing = _existing(ctx)
+        if existing is None:
+            raise
+        return _summary(ctx, existing, created=False)
+    log.info("dsr.export.uploaded", extra={"request_id": str(ctx.request_id), "size": row.size})
+    return _summary(ctx, row, created=True)
+
+
+def _summary(ctx: RunContext, row: ExportPackage, *, created: bool) -> dict[str, Any]:
+    counts = _step_counts(ctx)
+    return {
+        "request_id": str(row.request_id),
+        "object_key": row.object_key,
+        "size": row.size,
+        "sha256": row.sha256,
+        "key_id": row.key_id,
+        "expires_at": row.expires_at.isoformat(),
+        "created": created,
+        "sources": counts,
+        **_totals(counts),
+    }
+
+
+def _step_counts(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    with ctx.db.session() as session:
+        steps = session.scalars(
+            select(DsrStep).where(
+                DsrStep.request_id == ctx.request_id, DsrStep.action == Action.EXPORT
+            )
+        ).all()
+        return {step.source: dict(step.counts or {}) for step in steps}
+
+
+def _totals(counts: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {
+        "sources": len(counts),
+        "rows": sum(int(c.get("rows", 0)) for c in counts.values()),
+        "files": sum(int(c.get("files", 0)) for c in counts.values()),
+    }
+
+
+def _plan(ctx: RunContext, identities: Identities) -> dict[str, Any]:
+    plans = {s.name: s.plan(identities, Action.EXPORT).total for s in ctx.sources}
+    return {"request_id": str(ctx.request_id), "dry_run": True, "sources": plans}
+
+
+def _all_items(ctx: RunContext, identities: Identities) -> Iterator[ExportItem]:
+    for source in ctx.sources:
+        yield from _source_items(ctx, source, identities)
+
+
+def _source_items(
+    ctx: RunContext, source: DataSource, identities: Identities
+) -> Iterator[ExportItem]:
+    step = load_step(ctx, source.name, Action.EXPORT)
+    tally = {"collections": 0, "rows": 0, "files": 0, "bytes": 0}
+
+    def guard() -> AbstractContextManager[None]:
+        return _failing_step(ctx, step.id)
+
+    with guard():
+        for item in source.export(identities):
+            yield _counted(item, tally, guard)
+    set_counts(ctx, step.id, tally, done=True)
+
+
+def _counted(
+    item: ExportItem, tally: dict[str, int], guard: Callable[[], AbstractContextManager[None]]
+) -> ExportItem:
+    if isinstance(item, RowsItem):
+        tally["collections"] += 1
+
+        def rows() -> Iterator[Any]:
+            with guard():
+                for row in item.rows:
+                    tally["rows"] += 1
+                    yield row
+
+        return RowsItem(item.source, item.collection, rows(), item.meta)
+    tally["files"] += 1
+
+    def chunks() -> Iterator[bytes]:
+        with guard():
+            for chunk in item.chunks():
+                tally["bytes"] += len(chunk)
+                yield chunk
+
+    return FileItem(item.source, item.path, chunks, item.size, item.meta)
+
+
+@contextmanager
+def _failing_step(ctx: RunContext, step_id: int) -> Iterator[None]:
+    """Record a source's failure on its step (type and safe message only), then re-raise."""
+    try:
+        yield
+    except Exception as exc:
+        detail = f": {exc}" if isinstance(exc, ComplianceError) else ""
+        fail_step(ctx, step_id, f"{type(exc).__name__}{detail}")
+        raise
+
+
+def _hashed(chunks: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
