@@ -1,0 +1,197 @@
+"""The download service: a Flask app serving the link a data subject receives by email.
+
+GET /d/<token> shows a landing page with a Download button (mail scanners prefetch GETs,
+so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP. Every
+response carries strict security headers and is never cached. Bad tokens of every kind
+(unknown, expired, revoked, used up, malformed) get one identical page. No exception
+detail reaches a client, and no token reaches a log line.
+
+Run it with `gdpr serve` (waitress); see `exporters.web_server`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from compliance.config import Settings
+from compliance.db import Database, utcnow
+from compliance.errors import ComplianceError, RetryableError, TokenError
+from compliance.keyring import Keyring
+from exporters.crypto import wrapper_for
+from exporters.links import Verdict
+from exporters.ratelimit import SlidingWindowLimiter
+from exporters.storage import ObjectStorage
+from exporters.web_download import DownloadService
+from exporters.web_server import redact_tokens_in_logs
+
+log = logging.getLogger("gdpr.web")
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "compliance" / "templates" / "web"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+GONE_STATUS = 404  # the same for every kind of bad token
+
+
+class DownloadApp(Flask):
+    """Flask, but an unhandled error is logged by type only: the request path holds a token."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        kind = exc_info[0].__name__ if exc_info and exc_info[0] else "unknown"
+        self.logger.error("web.error", extra={"error": kind}, exc_info=exc_info)
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    storage: ObjectStorage,
+    keyring: Keyring,
+    clock: Callable[[], datetime] = utcnow,
+) -> Flask:
+    """The download service for one installation."""
+    redact_tokens_in_logs()
+    app = DownloadApp(
+        "gdpr-download",
+        template_folder=str(TEMPLATES),
+        static_folder=str(TEMPLATES / "static"),
+        static_url_path="/static",
+    )
+    app.config.update(MAX_CONTENT_LENGTH=4096, TEMPLATES_AUTO_RELOAD=False)
+    service = DownloadService(settings, db, storage, wrapper_for(settings, keyring), clock)
+    limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, 60.0)
+    _routes(app, service, limiter, clock)
+    _error_pages(app)
+    app.after_request(_secure_headers)
+    return app
+
+
+def _routes(
+    app: Flask,
+    service: DownloadService,
+    limiter: SlidingWindowLimiter,
+    clock: Callable[[], datetime],
+) -> None:
+    @app.before_request
+    def rate_limit() -> Response | None:
+        if not request.path.startswith("/d/"):
+            return None
+        client = request.remote_addr or "unknown"
+        now = clock().timestamp()
+        if limiter.allow(client, now):
+            return None
+        log.warning("download.rate_limited")
+        response = _page("error.html", 429, title="Too many attempts", message=_SLOW_DOWN)
+        response.headers["Retry-After"] = str(limiter.retry_after(client, now) or 60)
+        return response
+
+    @app.get("/d/<token>")
+    def landing(token: str) -> Response:
+        verdict = service.judge(token)
+        if not verdict.live:
+            return _gone()
+        return _page("landing.html", 200, **_landing_context(verdict))
+
+    @app.post("/d/<token>")
+    def download(token: str) -> Response:
+        verdict = service.judge(token)
+        if not verdict.live or verdict.package is None:
+            return _gone()
+        body = service.open(verdict)
+        try:
+            service.consume(verdict)
+        except TokenError:
+            getattr(body, "close", lambda: None)()
+            return _gone()
+        day = verdict.package.created_at.date().isoformat()
+        response = Response(body, status=200, mimetype="application/zip")
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="personal-data-export-{day}.zip"'
+        )
+        return response
+
+    @app.get("/healthz")
+    def health() -> Response:
+        return Response("ok\n", mimetype="text/plain")
+
+
+def _landing_context(verdict: Verdict) -> dict[str, Any]:
+    assert verdict.link is not None and verdict.package is not None
+    return {
+        "expires_at": verdict.link.expires_at,
+        "downloads_left": verdict.link.max_downloads - verdict.link.downloads,
+        "created_at": verdict.package.created_at,
+    }
+
+
+_GONE = (
+    "This download link is not valid. It may have expired, been used up or replaced by a "
+    "newer one. If you asked us for a copy of your data, reply to our email and we will "
+    "send you a new link."
+)
+_SLOW_DOWN = "You have tried too many times in a short while. Please wait a minute and try again."
+_BROKEN = (
+    "Something went wrong on our side while preparing this page. Please try again later; "
+    "if it keeps happening, reply to our email."
+)
+_UNAVAILABLE = "The download is temporarily unavailable. Please try again in a few minutes."
+
+
+def _gone() -> Response:
+    return _page("error.html", GONE_STATUS, title="Link not valid", message=_GONE)
+
+
+def _error_pages(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        if code == 404:
+            return _gone()
+        return _page("error.html", code, title=exc.name, message=_BROKEN)
+
+    @app.errorhandler(RetryableError)
+    def unavailable(exc: RetryableError) -> Response:
+        log.warning("web.unavailable", extra={"error": type(exc).__name__})
+        response = _page("error.html", 503, title="Temporarily unavailable", message=_UNAVAILABLE)
+        response.headers["Retry-After"] = "120"
+        return response
+
+    @app.errorhandler(ComplianceError)
+    def failed(exc: ComplianceError) -> Response:
+        log.error("web.failed", extra={"error": type(exc).__name__})
+        return _page("error.html", 500, title="Something went wrong", message=_BROKEN)
+
+    @app.errorhandler(Exception)
+    def crashed(exc: Exception) -> Response:
+        log.error("web.crashed", extra={"error": type(exc).__name__}, exc_info=exc)
+        return _page("error.html", 500, title="Something went wrong", message=_BROKEN)
+
+
+def _page(template: str, status: int, **context: Any) -> Response:
+    try:
+        html = render_template(template, **context)
+    except Exception:  # a broken template must not turn into a traceback either
+        log.exception("web.template_failed")
+        html = "<!DOCTYPE html><title>Error</title><p>Something went wrong.</p>"
+    return Response(html, status=status, mimetype="text/html")
+
+
+def _secure_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    return response

@@ -1,0 +1,303 @@
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from compliance.db import utcnow
+from compliance.models import AuditEvent, DownloadLink
+from exporters import links
+from exporters.crypto import SEGMENT_SIZE, TAG_BYTES
+from exporters.web import create_app
+from exporters.web_server import start_in_thread
+from tests.conftest import DownloadSite
+
+SECURE = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def call(url: str, method: str = "GET", path: str | None = None) -> Reply:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        body = b"" if method == "POST" else None
+        conn.request(method, path if path is not None else parts.path, body=body)
+        response = conn.getresponse()
+        return Reply(response.status, dict(response.getheaders()), response.read())
+    finally:
+        conn.close()
+
+
+def events(site: DownloadSite, action: str) -> list[AuditEvent]:
+    with site.db.session() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def downloads(site: DownloadSite) -> int:
+    with site.db.session() as session:
+        return session.scalars(
+            select(DownloadLink.downloads).where(DownloadLink.request_id == site.request_id)
+        ).one()
+
+
+def assert_secure(reply: Reply) -> None:
+    for name, value in SECURE.items():
+        assert reply.headers.get(name) == value, name
+    assert "default-src 'self'" in reply.headers["Content-Security-Policy"]
+
+
+def test_get_shows_a_landing_page_and_never_counts_a_download(download_site: DownloadSite) -> None:
+    for _ in range(5):  # a mail scanner prefetching the link, repeatedly
+        reply = call(download_site.url)
+        assert reply.status == 200
+    assert '<form method="post">' in reply.text and ">Download</button>" in reply.text
+    assert_secure(reply)
+    assert downloads(download_site) == 0
+    assert events(download_site, "link.downloaded") == []
+
+
+def test_post_streams_the_decrypted_zip_with_a_dated_filename(download_site: DownloadSite) -> None:
+    reply = call(download_site.url, "POST")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/zip"
+    day = utcnow().date().isoformat()
+    assert reply.headers["Content-Disposition"] == (
+        f'attachment; filename="personal-data-export-{day}.zip"'
+    )
+    assert reply.headers.get("Transfer-Encoding") == "chunked"
+    assert_secure(reply)
+    assert reply.body == download_site.zip_bytes
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(reply.body)).read("manifest.json"))
+    assert {f["path"] for f in manifest["files"]} >= {"index.html", "data/app/users.json"}
+    assert downloads(download_site) == 1
+    (event,) = events(download_site, "link.downloaded")
+    assert event.details == {"token": links.hash_token(download_site.token)[:8], "download": 1}
+
+
+def test_the_download_limit_holds_over_http(download_site: DownloadSite) -> None:
+    limit = download_site.settings.link_max_downloads
+    statuses = [call(download_site.url, "POST").status for _ in range(limit + 1)]
+    assert statuses == [200] * limit + [404]
+    assert call(download_site.url).status == 404
+
+
+def _bad_tokens(site: DownloadSite) -> Iterator[tuple[str, str]]:
+    yield "unknown", links.new_token()
+    yield "malformed", "not-a-token"
+    yield "huge", "A" * 60_000
+    yield "odd characters", "%00%0d%0a" + "A" * 40
+    expired_id, revoked_id, used_id = (_another_request(site) for _ in range(3))
+    with site.db.session() as session:
+        expired = links.issue_link(
+            session, expired_id, site.settings, utcnow() - timedelta(days=30)
+        )
+        revoked = links.issue_link(session, revoked_id, site.settings, utcnow())
+        links.revoke(session, revoked_id, utcnow(), actor="bob")
+        used = links.issue_link(session, used_id, site.settings, utcnow())
+        session.scalars(
+            select(DownloadLink).where(DownloadLink.request_id == used_id)
+        ).one().downloads = 99
+    yield "expired", expired
+    yield "revoked", revoked
+    yield "used up", used
+
+
+def _another_request(site: DownloadSite) -> Any:
+    import uuid
+
+    from compliance.models import DsrRequest, ExportPackage
+
+    now = utcnow() - timedelta(days=40)
+    request_id = uuid.uuid4()
+    with site.db.session() as session:
+        session.add(
+            DsrRequest(
+                id=request_id,
+                kind="export",
+                status="completed",
+                subject="ps_x",
+                submitted_by="a",
+                submitted_at=now,
+                due_at=now,
+                updated_at=now,
+            )
+        )
+        session.flush()
+        session.add(
+            ExportPackage(
+                request_id=request_id,
+                object_key="exports/none",
+                size=0,
+                sha256="0" * 64,
+                key_id="k",
+                created_at=now,
+                expires_at=now + timedelta(days=90),
+            )
+        )
+    return request_id
+
+
+def test_every_bad_token_gets_the_same_page_and_status_and_is_audited(
+    download_site: DownloadSite,
+) -> None:
+    pages = {}
+    for name, token in _bad_tokens(download_site):
+        for method in ("GET", "POST"):
+            reply = call(download_site.server.url, method, f"/d/{token}")  # type: ignore[attr-defined]
+            assert reply.status == 404, name
+            assert_secure(reply)
+            pages[(name, method)] = reply.text
+    assert len(set(pages.values())) == 1
+    assert "This download link is not valid" in next(iter(pages.values()))
+    reasons = {e.details["reason"] for e in events(download_site, "link.refused")}
+    assert reasons == {"unknown", "malformed", "expired", "revoked", "used_up"}
+    for event in events(download_site, "link.refused"):
+        assert len(event.details["token"]) in (1, 8)
+
+
+def test_a_mid_stream_decryption_failure_cuts_the_connection(
+    download_site: DownloadSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = download_site
+
+    def flip_in_third_segment(cipher: bytes) -> bytes:
+        position = len(cipher) - 2 * (SEGMENT_SIZE + TAG_BYTES)
+        return cipher[:position] + bytes([cipher[position] ^ 1]) + cipher[position + 1 :]
+
+    assert site.request_id is not None
+    site.store(site.request_id, site.zip_bytes, mangle=flip_in_third_segment)
+    parts = urlsplit(site.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    conn.request("POST", parts.path, body=b"")
+    response = conn.getresponse()
+    assert response.status == 200  # headers were already on the wire
+    with caplog.at_level(logging.INFO), pytest.raises(http.client.IncompleteRead) as caught:
+        response.read()
+    conn.close()
+    assert "Exception while serving /d/<token>" in caplog.text
+    assert site.token not in caplog.text
+    assert len(caught.value.partial) < len(site.zip_bytes)
+    (failed,) = events(site, "link.download_failed")
+    assert failed.details["error"] == "IntegrityError"
+
+
+def test_a_truncated_package_never_arrives_as_a_complete_looking_file(
+    download_site: DownloadSite,
+) -> None:
+    site = download_site
+    assert site.request_id is not None
+    # Drop the final segment: what remains ends exactly on a full-segment boundary.
+    full = SEGMENT_SIZE + TAG_BYTES
+    site.store(
+        site.request_id, site.zip_bytes, mangle=lambda c: c[: len(c) - (len(c) % full or full)]
+    )
+    parts = urlsplit(site.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    conn.request("POST", parts.path, body=b"")
+    with pytest.raises(http.client.IncompleteRead):
+        conn.getresponse().read()
+    conn.close()
+
+
+def test_a_package_that_fails_at_once_gets_an_error_page_and_keeps_its_download(
+    download_site: DownloadSite,
+) -> None:
+    site = download_site
+    assert site.request_id is not None
+    site.store(
+        site.request_id, site.zip_bytes, mangle=lambda c: c[:40] + bytes([c[40] ^ 1]) + c[41:]
+    )
+    reply = call(site.url, "POST")
+    assert reply.status == 500
+    assert_secure(reply)
+    assert "Traceback" not in reply.text and "IntegrityError" not in reply.text
+    assert "Something went wrong on our side" in reply.text
+    assert downloads(site) == 0
+
+
+def test_an_unexpected_exception_renders_a_plain_page_without_a_trace(
+    download_site: DownloadSite, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail at /srv/app.py line 12")
+
+    monkeypatch.setattr(links, "inspect", explode)
+    with caplog.at_level(logging.DEBUG):
+        reply = call(download_site.url)
+    assert reply.status == 500
+    assert_secure(reply)
+    assert "secret internal detail" not in reply.text and "Traceback" not in reply.text
+    assert download_site.token not in caplog.text
+
+
+def test_unknown_paths_and_methods_get_plain_pages_with_secure_headers(
+    download_site: DownloadSite,
+) -> None:
+    server_url = download_site.server.url  # type: ignore[attr-defined]
+    missing = call(server_url, "GET", "/nope")
+    assert missing.status == 404 and "<!DOCTYPE html>" in missing.text
+    assert_secure(missing)
+    wrong = call(server_url, "DELETE", f"/d/{download_site.token}")
+    assert wrong.status == 405 and "Traceback" not in wrong.text
+    assert_secure(wrong)
+    css = call(server_url, "GET", "/static/style.css")
+    assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+    assert_secure(css)
+
+
+def test_each_client_is_rate_limited_with_a_readable_page(download_site: DownloadSite) -> None:
+    site = download_site
+    app = create_app(
+        site.settings.with_overrides(rate_limit_per_minute=3),
+        site.db,
+        site.storage,  # type: ignore[arg-type]
+        site.keyring,  # type: ignore[arg-type]
+    )
+    server = start_in_thread(app)
+    try:
+        statuses = [call(f"{server.url}/d/{site.token}").status for _ in range(5)]
+        limited = call(f"{server.url}/d/{site.token}", "POST")
+    finally:
+        server.stop()
+    assert statuses == [200, 200, 200, 429, 429]
+    assert limited.status == 429 and "Too many attempts" in limited.text
+    assert int(limited.headers["Retry-After"]) > 0
+    assert_secure(limited)
+    assert downloads(site) == 0
+
+
+def test_logs_never_hold_the_token(
+    download_site: DownloadSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        call(download_site.url)
+        call(download_site.url, "POST")
+        call(download_site.server.url, "GET", f"/d/{links.new_token()}")  # type: ignore[attr-defined]
+    assert download_site.token not in caplog.text
+    for event in events(download_site, "link.downloaded"):
+        assert download_site.token not in json.dumps(event.details)
