@@ -48,21 +48,24 @@ class Template:
         return _FIELD.split(self.text)[::2]
 
     def expand(self, identities: Identities, escape: Escape) -> list[str]:
-        """One string per combination of values; [] when an identity type is absent."""
-        choices: list[list[str]] = []
-        for name in dict.fromkeys(self.fields):
-            values = [v for v in map(escape, identities.values(name)) if v is not None]
-            if not values:
-                return []
-            choices.append(values)
-        names = list(dict.fromkeys(self.fields))
-        return [
-            self._fill(dict(zip(names, combo, strict=True)))
-            for combo in itertools.product(*choices)
-        ]
+        """One string per combination of values; [] when an identity type is absent.
+        A combination with a refused value (escape gives None) is left out."""
+        filled = (self.fill(combo, escape) for combo in combinations(self.fields, identities))
+        return [text for text in filled if text is not None]
 
-    def _fill(self, mapping: Mapping[str, str]) -> str:
-        return _FIELD.sub(lambda m: mapping[m.group(1)], self.text)
+    def fill(self, values: Mapping[str, str], escape: Escape) -> str | None:
+        """The template with each field replaced by its escaped value; None if refused."""
+        escaped = {name: escape(values[name]) for name in self.fields}
+        if any(value is None for value in escaped.values()):
+            return None
+        return _FIELD.sub(lambda m: escaped[m.group(1)] or "", self.text)
+
+
+def combinations(fields: Iterable[str], identities: Identities) -> list[dict[str, str]]:
+    """Every assignment of the subject's values to `fields`; [] if one type is absent."""
+    names = list(dict.fromkeys(fields))
+    choices = [identities.values(name) for name in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*choices)]
 
 
 def parse_template(text: Any, where: str, *, require_field: bool = True) -> Template:
