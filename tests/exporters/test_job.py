@@ -1,0 +1,189 @@
+"""The export runner: one encrypted package per request, counted steps, PII-free records."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.errors import SourceUnavailableError
+from compliance.execution import RunContext
+from compliance.identities import Identities
+from compliance.keyring import load_keyring
+from compliance.models import AuditEvent, DsrStep, ExportPackage, RequestKind, StepStatus
+from compliance.sources.base import (
+    Action,
+    Art15,
+    Disposition,
+    EraseResult,
+    ExportItem,
+    FileItem,
+    LocationPlan,
+    Residue,
+    RowsItem,
+    SourcePlan,
+)
+from exporters.crypto import decrypt_stream, wrapper_for
+from exporters.job import package_key, run_export
+from exporters.storage import open_storage
+from tests.compliance.helpers import NOW, ada, submit_request
+
+EMAIL = "ada@example.com"
+
+
+@dataclass
+class ShopSource:
+    """A tiny in-test source: two orders and an invoice PDF for whoever asks."""
+
+    name: str = "shop"
+    kind: str = "test"
+    fail: bool = False
+    exported: int = 0
+    meta: Art15 = field(default_factory=lambda: Art15(purpose="Deliver your orders"))
+
+    def resolve(self, identities: Identities) -> Identities:
+        return identities
+
+    def plan(self, identities: Identities, action: Action) -> SourcePlan:
+        return SourcePlan(self.name, self.kind, (LocationPlan("orders", Disposition.EXPORT, 2),))
+
+    def export(self, identities: Identities) -> Iterator[ExportItem]:
+        self.exported += 1
+        yield RowsItem(self.name, "orders", self._orders(identities), self.meta)
+        yield FileItem(self.name, "invoices/1.pdf", lambda: iter([b"%PDF-1.7 invoice"]), 16)
+
+    def _orders(self, identities: Identities) -> Iterator[Mapping[str, Any]]:
+        yield {"id": 1, "email": identities.values("email")[0], "total": "9.99"}
+        if self.fail:
+            raise SourceUnavailableError("shop database unreachable; retry later")
+        yield {"id": 2, "email": identities.values("email")[0], "total": "5.00"}
+
+    def erase(
+        self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
+    ) -> EraseResult:
+        return EraseResult(done=True)
+
+    def verify(self, identities: Identities) -> list[Residue]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def context(
+    db: Database, settings: Settings, source: ShopSource, dry_run: bool = False
+) -> RunContext:
+    request = submit_request(db, settings, RequestKind.EXPORT)
+    return RunContext(
+        settings=settings,
+        db=db,
+        keyring=load_keyring(settings),
+        sources=[source],
+        request_id=request.id,
+        subject=request.subject,
+        identities=ada(),
+        dry_run=dry_run,
+        clock=lambda: NOW,
+    )
+
+
+def open_package(ctx: RunContext) -> zipfile.ZipFile:
+    storage = open_storage(ctx.settings)
+    plain = decrypt_stream(
+        storage.download(package_key(ctx.request_id)), wrapper_for(ctx.settings, ctx.keyring)
+    )
+    return zipfile.ZipFile(io.BytesIO(b"".join(plain)))
+
+
+def test_export_uploads_one_encrypted_package_and_records_it(
+    db: Database, settings: Settings
+) -> None:
+    ctx = context(db, settings, ShopSource())
+    summary = run_export(ctx)
+    assert summary["created"] is True
+    assert summary["rows"] == 2 and summary["files"] == 1
+    package = open_package(ctx)
+    orders = json.loads(package.read("data/shop/orders.json"))
+    assert [o["id"] for o in orders] == [1, 2]
+    assert package.read("files/shop/invoices/1.pdf") == b"%PDF-1.7 invoice"
+    with db.session() as session:
+        row = session.scalars(select(ExportPackage)).one()
+        assert row.object_key == f"exports/{ctx.request_id}.zip.enc"
+        assert row.size == open_storage(settings).size(row.object_key)
+        assert (row.expires_at - NOW).days == settings.package_ttl_days
+        step = session.scalars(select(DsrStep).where(DsrStep.action == "export")).one()
+        assert step.status == StepStatus.DONE
+        assert step.counts["rows"] == 2 and step.counts["files"] == 1
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "export.packaged")
+        ).one()
+        assert event.details["rows"] == 2
+    assert EMAIL not in json.dumps(summary)
+    assert EMAIL not in json.dumps(event.details)
+
+
+def test_running_again_returns_the_same_package_without_building_another(
+    db: Database, settings: Settings
+) -> None:
+    source = ShopSource()
+    ctx = context(db, settings, source)
+    first = run_export(ctx)
+    second = run_export(ctx)
+    assert second["created"] is False
+    assert second["sha256"] == first["sha256"]
+    assert source.exported == 1
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ExportPackage)) == 1
+        packaged = select(func.count()).where(AuditEvent.action == "export.packaged")
+        assert session.scalar(packaged) == 1
+
+
+def test_a_failing_source_fails_its_step_and_leaves_no_package(
+    db: Database, settings: Settings
+) -> None:
+    source = ShopSource(fail=True)
+    ctx = context(db, settings, source)
+    with pytest.raises(SourceUnavailableError):
+        run_export(ctx)
+    assert not open_storage(settings).exists(package_key(ctx.request_id))
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ExportPackage)) == 0
+        step = session.scalars(select(DsrStep).where(DsrStep.action == "export")).one()
+        assert step.status == StepStatus.FAILED
+        assert step.error is not None and "SourceUnavailableError" in step.error
+    source.fail = False
+    assert run_export(ctx)["rows"] == 2
+
+
+def test_a_dry_run_counts_and_stores_nothing(db: Database, settings: Settings) -> None:
+    ctx = context(db, settings, ShopSource(), dry_run=True)
+    summary = run_export(ctx)
+    assert summary == {"request_id": str(ctx.request_id), "dry_run": True, "sources": {"shop": 2}}
+    assert not open_storage(settings).exists(package_key(ctx.request_id))
+
+
+@pytest.mark.s3
+def test_export_to_s3_with_a_kms_wrapped_key(
+    db: Database, settings: Settings, s3_settings: Settings, s3_endpoint: str
+) -> None:
+    import boto3
+
+    kms_key = boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").create_key()
+    s3 = settings.with_overrides(
+        storage_url=s3_settings.storage_url,
+        s3_endpoint_url=s3_endpoint,
+        kms_endpoint_url=s3_endpoint,
+        kms_key_id=kms_key["KeyMetadata"]["KeyId"],
+    )
+    ctx = context(db, s3, ShopSource())
+    summary = run_export(ctx)
+    assert summary["key_id"].startswith("kms:")
+    assert open_package(ctx).read("files/shop/invoices/1.pdf") == b"%PDF-1.7 invoice"
