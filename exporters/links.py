@@ -57,6 +57,19 @@ class Verdict:
         return self.state is LinkState.LIVE
 
 
+def link_url(settings: Settings, token: str) -> str:
+    """The address a subject opens: the download service's base URL plus the token."""
+    return f"{settings.download_base_url.rstrip('/')}/d/{token}"
+
+
+def find_link(session: Session, token: str) -> DownloadLink | None:
+    if not well_formed(token):
+        return None
+    return session.scalars(
+        select(DownloadLink).where(DownloadLink.token_hash == hash_token(token))
+    ).one_or_none()
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
@@ -125,11 +138,8 @@ def inspect(session: Session, token: str, now: datetime) -> Verdict:
     """Judge a presented token without changing anything."""
     if not well_formed(token):
         return Verdict(LinkState.MALFORMED, "")
-    token_hash = hash_token(token)
-    prefix = token_hash[:PREFIX_LENGTH]
-    link = session.scalars(
-        select(DownloadLink).where(DownloadLink.token_hash == token_hash)
-    ).one_or_none()
+    prefix = hash_token(token)[:PREFIX_LENGTH]
+    link = find_link(session, token)
     if link is None:
         return Verdict(LinkState.UNKNOWN, prefix)
     package = session.scalars(
