@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from compliance.config import Settings
@@ -211,3 +213,58 @@ def test_refusals_are_audited_with_their_reason(
     assert revoked.request_id == request_id
     assert malformed.details == {"token": "-", "reason": "malformed"}
     assert malformed.request_id is None
+
+
+# --- gdpr link reissue / revoke -----------------------------------------------------------
+
+
+def _run(db: Database, settings: Settings, *args: str) -> Result:
+    from compliance.cli.context import App
+    from compliance.cli.main import cli
+
+    app = App()
+    app._cache.update(settings=settings.with_overrides(operator="bob"), db=db)
+    app.close = lambda: None  # type: ignore[method-assign]  # the fixture owns the db
+    return CliRunner().invoke(cli, list(args), obj=app)
+
+
+def test_link_reissue_prints_a_working_url_and_revokes_the_old_link(
+    db: Database, settings: Settings, make_export_request: MakeRequest
+) -> None:
+    request_id = make_export_request()
+    old = _issue(db, settings, request_id)
+    result = _run(db, settings, "link", "reissue", str(request_id))
+    assert result.exit_code == 0, result.output
+    url = result.stdout.strip()
+    assert url.startswith(f"{settings.download_base_url}/d/")
+    with db.session() as session:
+        assert links.check(session, url.rsplit("/", 1)[1], utcnow()).request_id == request_id
+        assert links.inspect(session, old, utcnow()).state is LinkState.REVOKED
+    as_json = json.loads(_run(db, settings, "link", "reissue", str(request_id), "--json").stdout)
+    assert as_json["request_id"] == str(request_id)
+    assert as_json["max_downloads"] == settings.link_max_downloads
+    assert as_json["url"] != url
+
+
+def test_link_revoke_revokes_everything_and_a_second_time_has_nothing_to_do(
+    db: Database, settings: Settings, make_export_request: MakeRequest
+) -> None:
+    request_id = make_export_request()
+    _issue(db, settings, request_id)
+    first = _run(db, settings, "link", "revoke", str(request_id), "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["revoked"] == 1
+    second = _run(db, settings, "link", "revoke", str(request_id))
+    assert second.exit_code == 0 and second.stdout.startswith("Nothing to revoke")
+    with db.session() as session:
+        assert links.live_links(session, request_id, utcnow()) == []
+    assert [e.actor for e in _events(db, "link.revoked")] == ["bob"]
+
+
+def test_link_commands_refuse_bad_ids_in_one_line(db: Database, settings: Settings) -> None:
+    malformed = _run(db, settings, "link", "reissue", "not-a-uuid")
+    assert malformed.exit_code == 2
+    assert malformed.output.strip().count("\n") == 0
+    unknown = _run(db, settings, "link", "revoke", str(uuid.uuid4()))
+    assert unknown.exit_code == 3 and "does not exist" in unknown.output
+    with db.session() as session:
+        assert session.scalars(select(AuditEvent)).all() == []

@@ -301,3 +301,30 @@ def test_logs_never_hold_the_token(
     assert download_site.token not in caplog.text
     for event in events(download_site, "link.downloaded"):
         assert download_site.token not in json.dumps(event.details)
+
+
+def test_gdpr_serve_runs_the_download_app_on_the_configured_address(
+    download_site: DownloadSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+    from flask import Flask
+
+    from compliance.cli.context import App
+    from compliance.cli.main import cli
+    from exporters import web_server
+
+    served: list[tuple[Any, str, int, int]] = []
+
+    def fake_serve(app: Any, host: str, port: int, threads: int) -> None:
+        served.append((app, host, port, threads))
+
+    monkeypatch.setattr(web_server, "serve", fake_serve)
+    app = App()
+    settings = download_site.settings.with_overrides(serve_host="127.0.0.2", serve_port=8123)
+    app._cache.update(settings=settings, db=download_site.db)
+    app.close = lambda: None  # type: ignore[method-assign]
+    result = CliRunner().invoke(cli, ["serve", "--threads", "3"], obj=app)
+    assert result.exit_code == 0, result.output
+    ((flask_app, host, port, threads),) = served
+    assert isinstance(flask_app, Flask) and (host, port, threads) == ("127.0.0.2", 8123, 3)
+    assert flask_app.test_client().get(f"/d/{download_site.token}").status_code == 200
