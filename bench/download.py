@@ -1,0 +1,177 @@
+"""Download service: decrypt-and-stream throughput of POST /d/<token> against serving the
+same bytes unencrypted from the same waitress server, in the same run.
+
+    .venv/bin/python bench/download.py [--mib 256] [--repeat 5] [--json]
+
+The server (this process) runs the real app (`exporters.web.create_app`) plus one extra
+route that exists only here and streams the plaintext file in 64 KiB chunks. The client
+is a separate process reading over a real socket, so it does not share the server's
+GIL. Runs alternate between the two routes; medians, their ratio (ours / unencrypted)
+and the server process's peak RSS are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flask import Response
+
+from compliance.config import Settings
+from compliance.db import Database, utcnow
+from compliance.keyring import load_keyring
+from compliance.models import DsrRequest, ExportPackage
+from exporters import links
+from exporters.crypto import SEGMENT_SIZE, encrypt_stream, keyring_wrapper
+from exporters.storage import open_storage
+from exporters.web import create_app
+from exporters.web_server import start_in_thread
+
+CLIENT = r"""
+import http.client, sys, time
+host, port, method, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+conn = http.client.HTTPConnection(host, port, timeout=600)
+start = time.perf_counter()
+conn.request(method, path, body=b"" if method == "POST" else None)
+response = conn.getresponse()
+total = 0
+while chunk := response.read(1 << 20):
+    total += len(chunk)
+elapsed = time.perf_counter() - start
+if response.status != 200:
+    sys.exit(f"HTTP {response.status}")
+print(total, elapsed)
+"""
+
+
+def plaintext(path: Path, mib: int) -> Iterator[bytes]:
+    """Write `mib` MiB of random bytes to `path`, yielding them as they are written."""
+    block = os.urandom(1 << 20)
+    with path.open("wb") as handle:
+        for index in range(mib):
+            chunk = index.to_bytes(8, "big") + block[8:]
+            handle.write(chunk)
+            yield chunk
+
+
+def prepare(home: Path, mib: int, repeat: int) -> tuple[Settings, Database, str, Path]:
+    settings = Settings(
+        home=home, rate_limit_per_minute=10_000, link_max_downloads=repeat + 1, operator="bench"
+    )
+    db = Database.connect(settings)
+    db.upgrade()
+    keyring = load_keyring(settings)
+    request_id = uuid.uuid4()
+    key = f"exports/{request_id}.zip.enc"
+    plain = home / "plain.bin"
+    size = open_storage(settings).upload(
+        key, encrypt_stream(plaintext(plain, mib), keyring_wrapper(keyring))
+    )
+    now = utcnow()
+    with db.session() as session:
+        session.add(
+            DsrRequest(
+                id=request_id,
+                kind="export",
+                status="completed",
+                subject="ps_bench",
+                submitted_by="bench",
+                submitted_at=now,
+                due_at=now + timedelta(days=30),
+                updated_at=now,
+            )
+        )
+        session.flush()
+        session.add(
+            ExportPackage(
+                request_id=request_id,
+                object_key=key,
+                size=size,
+                sha256="-",
+                key_id=keyring.newest_id,
+                created_at=now,
+                expires_at=now + timedelta(days=1),
+            )
+        )
+        session.flush()
+        token = links.issue_link(session, request_id, settings, now, actor="bench")
+    return settings, db, token, plain
+
+
+def unencrypted_route(app: object, plain: Path) -> None:
+    def stream() -> Iterator[bytes]:
+        with plain.open("rb") as handle:
+            while chunk := handle.read(SEGMENT_SIZE):
+                yield chunk
+
+    def serve_plain() -> Response:
+        return Response(stream(), mimetype="application/zip")
+
+    app.add_url_rule("/bench/plain", "bench_plain", serve_plain)  # type: ignore[attr-defined]
+
+
+def fetch(port: int, method: str, path: str) -> tuple[int, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, "127.0.0.1", str(port), method, path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=256, help="package size (MiB)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gdpr-bench-") as tmp:
+        settings, db, token, plain = prepare(Path(tmp), args.mib, args.repeat)
+        app = create_app(settings, db, open_storage(settings), load_keyring(settings))
+        unencrypted_route(app, plain)
+        server = start_in_thread(app)
+        anchor, measured = [], []
+        try:
+            for _ in range(args.repeat):  # interleaved, so drift affects both sides alike
+                size, seconds = fetch(server.port, "GET", "/bench/plain")
+                anchor.append(size / seconds)
+                got, seconds = fetch(server.port, "POST", f"/d/{token}")
+                if got != size:
+                    raise SystemExit(f"decrypted download has {got} bytes, expected {size}")
+                measured.append(got / seconds)
+        finally:
+            server.stop()
+            db.dispose()
+    result = {
+        "unencrypted_mb_s": round(statistics.median(anchor) / 1e6, 1),
+        "ours_mb_s": round(statistics.median(measured) / 1e6, 1),
+        "ratio": round(statistics.median(measured) / statistics.median(anchor), 3),
+        "server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "repeat": args.repeat,
+        "mib": args.mib,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"POST /d/<token> {result['ours_mb_s']} MB/s vs unencrypted {result['unencrypted_mb_s']}"
+        f" MB/s from the same waitress server ({args.mib} MiB, medians of {args.repeat}): "
+        f"ratio {result['ratio']}; server peak RSS {result['server_peak_rss_mb']} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
