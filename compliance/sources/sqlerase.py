@@ -1,0 +1,313 @@
+"""Erasure in a SQL source: one bounded, idempotent batch per call, children first.
+
+A run goes through the tables of `Graph.order` (children before parents), one batch of
+rows per call, each batch in its own transaction:
+
+- ``delete``: first detach what still points at the batch (set references from rows that
+  stay to NULL: link references such as ``users.referred_by``, anonymised or retained
+  children), then delete the batch;
+- ``anonymize``: rewrite the anonymised columns (values already anonymised are left as they
+  are, so a repeated batch changes nothing);
+- ``retain``: count the rows and touch nothing (the plan and receipt name the legal basis).
+
+The first call records which shared rows (addresses...) the subject's rows point at and
+nothing else uses: once those rows are deleted, nothing would lead to them any more.
+They are deleted in their table's turn, and only if still unreferenced then.
+
+The checkpoint is small JSON: the table index, the last key for anonymisation, and the
+orphaned shared keys. Because parents go last, the rows left to erase can always be found
+again from what remains, so a killed worker resumes from the checkpoint alone. Keys of the
+current table are read once and kept in memory between calls in the same process (an
+optimisation: without it every batch would search the table again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, func, select, update
+
+from compliance.identities import Identities
+from compliance.sources.base import Disposition, EraseResult, LocationPlan
+from compliance.sources.sqlgraph import Edge, Graph, Strategy
+from compliance.sources.sqlquery import (
+    Key,
+    Selector,
+    anonymized_value,
+    cols_expr,
+    from_json,
+    is_anonymized,
+    key_after,
+    key_columns,
+    key_in,
+    to_json,
+)
+
+if TYPE_CHECKING:
+    from compliance.sources.sql import SqlSource
+
+STREAM_ROWS = 5000
+
+
+def orphans(source: SqlSource, conn: Connection, identities: Identities) -> dict[str, list[Key]]:
+    """Keys of shared rows the subject's rows point at and nothing else uses."""
+    graph = source.graph
+    selector = Selector(graph, identities)
+    found: dict[str, list[Key]] = {}
+    for table in graph.order:
+        candidates = selector.candidates(table)
+        if candidates is None:
+            continue
+        query = (
+            select(*key_columns(graph, table))
+            .where(candidates, selector.unreferenced(table))
+            .order_by(*key_columns(graph, table))
+        )
+        keys = [tuple(row) for row in conn.execute(query)]
+        if keys:
+            found[table] = keys
+    return found
+
+
+def erase_plan(source: SqlSource, conn: Connection, identities: Identities) -> list[LocationPlan]:
+    """What erasure would do, per table (and per detached reference); writes nothing."""
+    graph = source.graph
+    selector = Selector(graph, identities, orphans(source, conn, identities))
+    plans = []
+    for table in graph.order:
+        rule = graph.rules[table]
+        count = source.count(conn, table, selector)
+        if count or rule.on_erase == Disposition.RETAIN:
+            basis = rule.legal_basis if rule.on_erase == Disposition.RETAIN else ""
+            plans.append(LocationPlan(table, rule.on_erase, count, basis))
+        if rule.on_erase == Disposition.DELETE and count:
+            plans.extend(_detach_plan(source, conn, table, selector))
+    return [p for p in plans if p.count or p.disposition == Disposition.RETAIN]
+
+
+def _detach_plan(
+    source: SqlSource, conn: Connection, table: str, selector: Selector
+) -> list[LocationPlan]:
+    """Rows that stay but point at rows erasure deletes (their reference is set to NULL)."""
+    graph = source.graph
+    parent = graph.tables[table]
+    plans = []
+    for e in graph.detach_edges(table):
+        child = graph.tables[e.child]
+        refs = select(*[parent.c[c] for c in e.parent_cols]).where(selector.rows(table))
+        where = cols_expr(child, e.child_cols).in_(refs)
+        going = selector.where(e.child) if graph.rules[e.child].on_erase == "delete" else None
+        if going is not None:
+            own = select(*key_columns(graph, e.child)).where(going)
+            where = and_(where, ~cols_expr(child, graph.keys[e.child]).in_(own))
+        count = conn.execute(select(func.count()).select_from(child).where(where)).scalar_one()
+        if count:
+            location = f"{e.child}.{','.join(e.child_cols)}"
+            plans.append(LocationPlan(location, Disposition.ANONYMIZE, int(count)))
+    return plans
+
+
+@dataclass
+class _Pending:
+    """Rows of the current table read ahead, and the checkpoint position they follow."""
+
+    scope: tuple[str, str]  # (table, fingerprint of identities and orphans)
+    after: Any  # the checkpoint's "after" these rows continue from
+    rows: deque[tuple[Any, ...]] = field(default_factory=deque)
+
+
+class Eraser:
+    """The erase state machine of one `SqlSource`."""
+
+    def __init__(self, source: SqlSource) -> None:
+        self.source = source
+        self._pending: _Pending | None = None
+
+    @property
+    def graph(self) -> Graph:
+        return self.source.graph
+
+    def step(
+        self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
+    ) -> EraseResult:
+        try:
+            return self._step(identities, checkpoint, batch_size)
+        except BaseException:
+            self._pending = None  # what was read ahead may not have been erased
+            raise
+
+    def _step(
+        self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
+    ) -> EraseResult:
+        if "table" not in checkpoint:
+            return self._prepare(identities)
+        index = int(checkpoint["table"])
+        if index >= len(self.graph.order):
+            return EraseResult(done=True, checkpoint=dict(checkpoint))
+        table = self.graph.order[index]
+        encoded = checkpoint.get("orphans") or {}
+        selector = Selector(self.graph, identities, self._decode_orphans(encoded))
+        disposition = self.graph.rules[table].on_erase
+        if disposition == Disposition.RETAIN:
+            with self.source.connect() as conn:
+                retained = self.source.count(conn, table, selector)
+            return self._next(checkpoint, index, retained=retained)
+        scope = (table, _fingerprint(identities, encoded))
+        rows = self._batch(scope, selector, checkpoint.get("after"), batch_size)
+        if not rows:
+            return self._next(checkpoint, index)
+        if disposition == Disposition.DELETE:
+            deleted, detached = self._delete(table, rows)
+            return self._progress(checkpoint, deleted=deleted, anonymized=detached)
+        changed = self._anonymize(table, rows)
+        last = [to_json(v) for v in rows[-1][: len(self.graph.keys[table])]]
+        assert self._pending is not None
+        self._pending.after = last
+        return self._progress(checkpoint, anonymized=changed, after=last)
+
+    # --- phases ---------------------------------------------------------------------
+
+    def _prepare(self, identities: Identities) -> EraseResult:
+        with self.source.connect() as conn:
+            found = orphans(self.source, conn, identities)
+        encoded = {t: [[to_json(v) for v in key] for key in keys] for t, keys in found.items()}
+        return EraseResult(done=False, checkpoint={"table": 0, "orphans": encoded})
+
+    def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
+        state = {**checkpoint, "table": index + 1, "after": None}
+        self._pending = None
+        done = index + 1 >= len(self.graph.order)
+        if done:
+            state.pop("orphans", None)  # nothing left to look up: drop the keys
+        return EraseResult(done=done, checkpoint=state, retained=retained)
+
+    def _progress(
+        self,
+        checkpoint: Mapping[str, Any],
+        *,
+        deleted: int = 0,
+        anonymized: int = 0,
+        after: list[Any] | None = None,
+    ) -> EraseResult:
+        state = {**checkpoint, "after": after}
+        return EraseResult(done=False, checkpoint=state, deleted=deleted, anonymized=anonymized)
+
+    # --- batches --------------------------------------------------------------------
+
+    def _columns(self, table: str) -> list[str]:
+        """Key columns, then every column a detached reference points at."""
+        names = list(self.graph.keys[table])
+        for e in self.graph.detach_edges(table):
+            names.extend(c for c in e.parent_cols if c not in names)
+        return names
+
+    def _batch(
+        self, scope: tuple[str, str], selector: Selector, after: Any, size: int
+    ) -> list[tuple[Any, ...]]:
+        """The next `size` rows (key + referenced columns) of the subject in the table."""
+        pending = self._pending
+        if pending is None or pending.scope != scope or pending.after != after or not pending.rows:
+            pending = self._pending = _Pending(scope, after, self._load(scope[0], selector, after))
+        return [pending.rows.popleft() for _ in range(min(size, len(pending.rows)))]
+
+    def _load(self, table: str, selector: Selector, after: Any) -> deque[tuple[Any, ...]]:
+        where = selector.where(table)
+        if where is None:
+            return deque()
+        t = self.graph.tables[table]
+        query = select(*[t.c[c] for c in self._columns(table)]).where(where)
+        start = self._decode_key(table, after)
+        if start is not None:
+            query = query.where(key_after(self.graph, table, start))
+        query = query.order_by(*key_columns(self.graph, table))
+        with self.source.connect() as conn:
+            result = conn.execution_options(yield_per=STREAM_ROWS).execute(query)
+            return deque(tuple(row) for row in result)
+
+    def _delete(self, table: str, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
+        graph = self.graph
+        columns = self._columns(table)
+        width = len(graph.keys[table])
+        keys = [row[:width] for row in rows]
+        detached = 0
+        with self.source.connect() as conn:
+            for e in graph.detach_edges(table):
+                detached += self._detach(conn, e, columns, rows)
+            deleted = conn.execute(delete(graph.tables[table]).where(key_in(graph, table, keys)))
+        return int(deleted.rowcount), detached
+
+    def _detach(
+        self, conn: Connection, e: Edge, columns: list[str], rows: Sequence[tuple[Any, ...]]
+    ) -> int:
+        positions = [columns.index(c) for c in e.parent_cols]
+        values = sorted({tuple(row[p] for p in positions) for row in rows})
+        child = self.graph.tables[e.child]
+        target = cols_expr(child, e.child_cols)
+        where = target.in_([v[0] for v in values] if len(values[0]) == 1 else values)
+        stmt = update(child).where(where).values(dict.fromkeys(e.child_cols))
+        return int(conn.execute(stmt).rowcount)
+
+    def _anonymize(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        graph = self.graph
+        t = graph.tables[table]
+        names = graph.keys[table]
+        keys = [row[: len(names)] for row in rows]
+        strategies = graph.rules[table].anonymize
+        cols = [c for c, _ in strategies]
+        with self.source.connect() as conn:
+            current = conn.execute(
+                select(*key_columns(graph, table), *[t.c[c] for c in cols]).where(
+                    key_in(graph, table, keys)
+                )
+            ).all()
+            params = []
+            for row in current:
+                values = row[len(names) :]
+                if all(is_anonymized(s, v) for (_, s), v in zip(strategies, values, strict=True)):
+                    continue
+                param = {f"k_{n}": row[i] for i, n in enumerate(names)}
+                for (column, strategy), value in zip(strategies, values, strict=True):
+                    keep = strategy == Strategy.HMAC and is_anonymized(strategy, value)
+                    where = f"{self.source.name}/{table}.{column}"
+                    new = (
+                        value
+                        if keep
+                        else anonymized_value(strategy, self.source.pseudonym_key, where, value)
+                    )
+                    param[f"v_{column}"] = new
+                params.append(param)
+            if params:
+                stmt = (
+                    update(t)
+                    .where(and_(*[t.c[n] == bindparam(f"k_{n}") for n in names]))
+                    .values({c: bindparam(f"v_{c}") for c in cols})
+                )
+                conn.execute(stmt, params)
+        return len(params)
+
+    # --- checkpoint codec -----------------------------------------------------------
+
+    def _decode_key(self, table: str, value: Any) -> Key | None:
+        if value is None:
+            return None
+        columns = key_columns(self.graph, table)
+        return tuple(from_json(c, v) for c, v in zip(columns, value, strict=True))
+
+    def _decode_orphans(self, encoded: Mapping[str, Any]) -> dict[str, list[Key]]:
+        decoded: dict[str, list[Key]] = {}
+        for table, keys in encoded.items():
+            found = [self._decode_key(table, key) for key in keys]
+            decoded[table] = [k for k in found if k is not None]
+        return decoded
+
+
+def _fingerprint(identities: Identities, orphans: Any) -> str:
+    """Which erasure a read-ahead belongs to (identities and orphaned keys), as a hash."""
+    items = sorted((i.type, i.value) for i in identities)
+    blob = json.dumps([items, orphans], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

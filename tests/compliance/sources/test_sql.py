@@ -1,0 +1,355 @@
+"""The SQL connector on the sample application, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from compliance import cascade
+from compliance.errors import ManifestError
+from compliance.sources.base import Action, Disposition, RowsItem
+from compliance.sources.sql import SqlSource
+from compliance.sources.sqlgraph import REDACTED
+from tests.compliance.sources.sqlsample import (
+    ada_email,
+    ada_resolved,
+    erase_all,
+    keys,
+    load,
+    raw,
+    rows,
+    snapshot,
+)
+from tests.sample_app import schema
+from tests.sample_app.fixtures import SampleDatabases
+
+SHOP_TABLES = [t for t in schema.SHOP.tables if t != "products"]
+
+
+def _shop_keys(dbs: SampleDatabases) -> dict[str, set[tuple[Any, ...]]]:
+    return {table: set(found) for table, found in snapshot(dbs.shop_url).items()}
+
+
+def test_resolve_follows_email_to_user_id_and_customer_number_across_databases(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        resolved = cascade.resolve(registry.sources, ada_email())
+    finally:
+        registry.close()
+    assert resolved == ada_resolved()
+
+
+def test_export_yields_exactly_the_subjects_rows(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        items = [i for s in registry.sources for i in s.export(ada_resolved())]
+        exported = {
+            (i.source, i.collection): [dict(r) for r in i.rows]
+            for i in items
+            if isinstance(i, RowsItem)
+        }
+    finally:
+        registry.close()
+    shop = registry.get("shop")
+    assert isinstance(shop, SqlSource)
+    by_key = {
+        table: {tuple(r[c] for c in shop.graph.keys[table]) for r in found}
+        for (source, table), found in exported.items()
+        if source == "shop"
+    }
+    assert by_key == schema.ADA_ROWS
+    assert [r["id"] for r in exported[("crm", "customers")]] == [1]
+    assert [r["id"] for r in exported[("crm", "tickets")]] == [1]
+
+
+def test_export_leaves_out_excluded_columns_and_carries_art15_facts(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        users = next(
+            i for i in registry.get("shop").export(ada_resolved()) if i.collection == "users"
+        )
+        assert isinstance(users, RowsItem)
+        (row,) = list(users.rows)
+    finally:
+        registry.close()
+    assert "password_hash" not in row
+    assert row["email"] == "Ada@Example.com"
+    assert users.meta.description == "Your account"
+    assert users.meta.purpose == "Selling and delivering what customers order"
+    assert users.meta.recipients == ("Parcel carriers",)
+
+
+def test_plan_counts_what_erasure_would_do_and_writes_nothing(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    before = _shop_keys(sample_dbs)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        plan = cascade.plan(registry.sources, ada_email(), Action.ERASE)
+    finally:
+        registry.close()
+    shop = {loc.location: loc for loc in plan.sources[0].locations}
+    assert {k: (v.disposition, v.count) for k, v in shop.items()} == {
+        "users": (Disposition.DELETE, 1),
+        "profiles": (Disposition.DELETE, 1),
+        "payment_methods": (Disposition.DELETE, 1),
+        "orders": (Disposition.DELETE, 2),
+        "order_items": (Disposition.DELETE, 3),
+        "returns": (Disposition.DELETE, 1),
+        "sessions": (Disposition.DELETE, 2),
+        "activity_log": (Disposition.DELETE, 2),
+        "newsletter": (Disposition.DELETE, 1),
+        "loyalty_cards": (Disposition.DELETE, 1),
+        "addresses": (Disposition.DELETE, 1),  # only hers; the one Bob uses stays
+        "payments": (Disposition.ANONYMIZE, 2),
+        "invoices": (Disposition.RETAIN, 1),
+        "payments.order_id": (Disposition.ANONYMIZE, 2),
+        "invoices.user_id": (Disposition.ANONYMIZE, 1),
+        "users.referred_by": (Disposition.ANONYMIZE, 1),  # Bob was referred by her
+    }
+    assert shop["invoices"].legal_basis.startswith("Art. 6(1)(c)")
+    assert plan.identity_types == {"email": 1, "user_id": 1, "customer_id": 1}
+    assert "ada" not in plan.render().lower()
+    assert _shop_keys(sample_dbs) == before
+
+
+def test_erasure_deletes_anonymizes_and_retains_exactly_the_subjects_rows(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    before = _shop_keys(sample_dbs)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        totals = erase_all(registry.sources, ada_resolved())
+    finally:
+        registry.close()
+    after = _shop_keys(sample_dbs)
+    kept = {"payments", "invoices"}
+    for table in SHOP_TABLES:
+        expected = before[table] - (set() if table in kept else schema.ADA_ROWS[table])
+        if table == "addresses":
+            expected = before[table] - {(11,)}
+        assert after[table] == expected, table
+    assert after["products"] == before["products"]
+    assert keys(sample_dbs.crm_url, "customers") == {(2,)}
+    assert keys(sample_dbs.crm_url, "tickets") == {(2,)}
+    assert totals["retained"] == 1
+    payments = rows(sample_dbs.shop_url, "payments")
+    for key in [(800,), (801,)]:
+        assert payments[key]["card_last4"] is None
+        assert payments[key]["order_id"] is None
+        assert len(payments[key]["billing_name"]) == 32
+        assert payments[key]["billing_name"] != "Ada Lovelace"
+    assert payments[(800,)]["billing_name"] == payments[(801,)]["billing_name"]  # joinable
+    invoice = rows(sample_dbs.shop_url, "invoices")[(900,)]
+    assert (invoice["number"], invoice["user_id"]) == ("INV-1", None)
+
+
+def test_erasure_leaves_other_subjects_untouched(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    before = snapshot(sample_dbs.shop_url)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        erase_all(registry.sources, ada_resolved())
+    finally:
+        registry.close()
+    after = snapshot(sample_dbs.shop_url)
+    for table, old in before.items():
+        new = after[table]
+        theirs = {k: v for k, v in old.items() if k not in schema.ADA_ROWS.get(table, set())}
+        if table == "users":  # Bob's referral pointed at her: detached, nothing else
+            theirs[(2,)] = {**theirs[(2,)], "referred_by": None}
+        if table == "addresses":  # shared with Bob: stays
+            theirs[(10,)] = old[(10,)]
+        assert {k: new[k] for k in theirs} == theirs, table
+    assert rows(sample_dbs.shop_url, "addresses")[(10,)]["street"] == "1 Shared Lane"
+
+
+def test_rerunning_erasure_is_a_no_op(sample_dbs: SampleDatabases, tmp_path: Path) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        erase_all(registry.sources, ada_resolved())
+        state = snapshot(sample_dbs.shop_url)
+        again = erase_all(registry.sources, ada_resolved())
+    finally:
+        registry.close()
+    assert again == {"deleted": 0, "anonymized": 0, "retained": 0}
+    assert snapshot(sample_dbs.shop_url) == state
+
+
+def test_erasure_resumes_from_its_checkpoint_in_a_new_process(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Each batch of one row runs on a freshly loaded source, as after a worker restart."""
+    checkpoint: dict[str, Any] = {}
+    calls = 0
+    while True:
+        registry = load(sample_dbs, tmp_path)
+        try:
+            result = registry.get("shop").erase(ada_resolved(), checkpoint, 1)
+        finally:
+            registry.close()
+        calls += 1
+        checkpoint = dict(result.checkpoint)
+        if result.done:
+            break
+    assert calls > 20
+    registry = load(sample_dbs, tmp_path)
+    try:
+        assert registry.get("shop").verify(ada_resolved()) == []
+        assert keys(sample_dbs.shop_url, "addresses") == {(10,), (12,)}
+    finally:
+        registry.close()
+
+
+def test_verify_reports_residue_by_location_without_values(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        shop = registry.get("shop")
+        before = {r.location: r.count for r in shop.verify(ada_resolved())}
+        erase_all([shop], ada_resolved())
+        engine = create_engine(sample_dbs.shop_url)
+        with engine.begin() as conn:  # the app logs her in again after the erasure
+            conn.execute(
+                text(
+                    "INSERT INTO activity_log (id, actor_email, action, at) VALUES (9, :e, 'x', :t)"
+                ),
+                {"e": "ada@example.com", "t": schema.T0},
+            )
+        engine.dispose()
+        residue = shop.verify(ada_resolved())
+    finally:
+        registry.close()
+    assert before["shop/users"] == 1
+    assert before["shop/payments"] == 2  # not anonymised yet
+    assert "shop/invoices" not in before  # retained rows are not residue
+    assert {(r.location, r.count) for r in residue} == {("shop/activity_log", 1)}
+    assert "ada" not in repr(residue).lower()
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("email", "x' OR 1=1 --"),
+        ("user_id", "1 OR 1=1"),
+        ("user_id", "1; DROP TABLE users; --"),
+        ("user_id", "99999999999999999999999"),
+        ("email", "a" * 10_000),
+        ("customer_id", "C-0001' OR '1'='1"),
+        ("custom:x", "%"),
+    ],
+)
+def test_hostile_identity_values_match_nothing_and_harm_nothing(
+    sample_dbs: SampleDatabases, tmp_path: Path, kind: str, value: str
+) -> None:
+    before = _shop_keys(sample_dbs)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        identities = raw(kind, value)
+        assert cascade.resolve(registry.sources, identities) == identities
+        plan = cascade.plan(registry.sources, identities, Action.ERASE)
+        assert [loc.count for p in plan.sources for loc in p.locations] == [0]  # invoices
+        assert erase_all(registry.sources, identities)["deleted"] == 0
+    finally:
+        registry.close()
+    assert _shop_keys(sample_dbs) == before
+
+
+def test_a_reference_cycle_without_a_declared_back_reference_is_refused(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    manifest = sample_dbs.manifest().replace(
+        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "link" }',
+        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "owned" }',
+    )
+    with pytest.raises(ManifestError, match="cycle") as caught:
+        load(sample_dbs, tmp_path, manifest=manifest)
+    assert "default_payment_method_id" in str(caught.value)
+    assert "kind = 'link'" in str(caught.value)
+
+
+def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Address 11 is orphaned when erasure starts; a new order ships there meanwhile."""
+    registry = load(sample_dbs, tmp_path)
+    try:
+        shop = registry.get("shop")
+        first = shop.erase(ada_resolved(), {}, 1000)
+        assert first.checkpoint["orphans"] == {"addresses": [[11]]}
+        engine = create_engine(sample_dbs.shop_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO orders (id, user_id, shipping_address_id, placed_at, total)"
+                    " VALUES (600, 3, 11, :t, 1)"
+                ),
+                {"t": schema.T0},
+            )
+        engine.dispose()
+        erase_all_from(shop, first.checkpoint)
+    finally:
+        registry.close()
+    assert (11,) in keys(sample_dbs.shop_url, "addresses")
+
+
+def erase_all_from(source: Any, checkpoint: Any) -> None:
+    while True:
+        result = source.erase(ada_resolved(), checkpoint, 1000)
+        checkpoint = result.checkpoint
+        if result.done:
+            return
+
+
+def test_anonymize_with_redact_writes_the_marker(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    manifest = sample_dbs.manifest().replace('billing_name = "hmac"', 'billing_name = "redact"')
+    registry = load(sample_dbs, tmp_path, manifest=manifest)
+    try:
+        erase_all(registry.sources, ada_resolved())
+    finally:
+        registry.close()
+    payments = rows(sample_dbs.shop_url, "payments")
+    assert payments[(800,)]["billing_name"] == REDACTED
+    assert payments[(802,)]["billing_name"] == "Bob"
+
+
+def test_sources_check_reports_unregistered_tables_with_personal_data(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    engine = create_engine(sample_dbs.shop_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE marketing_leads (id INTEGER PRIMARY KEY,"
+                " user_id INTEGER REFERENCES users(id), score INTEGER)"
+            )
+        )
+        conn.execute(text("CREATE TABLE shipping_labels (id INTEGER PRIMARY KEY, fullName TEXT)"))
+        conn.execute(text("CREATE TABLE warehouses (id INTEGER PRIMARY KEY, capacity INTEGER)"))
+    engine.dispose()
+    from compliance.sources.check import find_gaps
+
+    registry = load(sample_dbs, tmp_path)
+    try:
+        gaps = find_gaps(registry.sources)
+    finally:
+        registry.close()
+    assert {(g.source, g.location) for g in gaps} == {
+        ("shop", "marketing_leads"),
+        ("shop", "shipping_labels"),
+    }
+    lead = next(g for g in gaps if g.location == "marketing_leads")
+    assert "users" in lead.reason and lead.columns == ("user_id",)

@@ -1,0 +1,66 @@
+"""Fixtures that build the sample application's databases on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, require_service
+from tests.sample_app import schema
+
+
+@dataclass(frozen=True)
+class SampleDatabases:
+    backend: str
+    shop_url: str
+    crm_url: str
+
+    def manifest(self) -> str:
+        return schema.manifest(self.shop_url, self.crm_url)
+
+    def write_manifest(self, folder: Path, extra: str = "") -> Path:
+        path = folder / "sources.toml"
+        path.write_text(self.manifest() + extra, encoding="utf-8")
+        return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sample_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SampleDatabases]:
+    """The sample shop and CRM databases, filled, on each backend."""
+    if request.param == "sqlite":
+        shop = f"sqlite:///{tmp_path / 'shop.db'}"
+        crm = f"sqlite:///{tmp_path / 'crm.db'}"
+        _fill(shop, crm)
+        yield SampleDatabases("sqlite", shop, crm)
+        return
+    require_service("PostgreSQL", PG_PORT, PG_HOST)
+    names = [f"gdpr_sample_{secrets.token_hex(4)}_{kind}" for kind in ("shop", "crm")]
+    admin = create_engine(
+        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    urls = [f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}" for name in names]
+    try:
+        _fill(*urls)
+        yield SampleDatabases("postgres", *urls)
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _fill(shop_url: str, crm_url: str) -> None:
+    shop, crm = create_engine(shop_url), create_engine(crm_url)
+    try:
+        schema.create(shop, crm)
+    finally:
+        shop.dispose()
+        crm.dispose()
