@@ -150,7 +150,7 @@ class _PackageWriter:
         digest = hashlib.sha256()
         size = 0
         with self.zip.open(info, mode="w", force_zip64=True) as entry:
-            for piece in pieces:
+            for piece in _batched(pieces):
                 entry.write(piece)
                 digest.update(piece)
                 size += len(piece)
@@ -175,3 +175,20 @@ class _PackageWriter:
             candidate = f"{name}-{number}" if plain else f"{stem}-{number}.{suffix}"
         self.names.add(candidate)
         return candidate
+
+
+def _batched(pieces: Iterable[bytes], at_least: int = 64 * 1024) -> Iterator[bytes]:
+    """Join small pieces (one JSON row each) into blocks; large pieces pass through."""
+    held: list[bytes] = []
+    count = 0
+    for piece in pieces:
+        if not held and len(piece) >= at_least:
+            yield piece
+            continue
+        held.append(piece)
+        count += len(piece)
+        if count >= at_least:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)

@@ -22,7 +22,7 @@ from compliance.errors import NotFoundError, StorageAccessError, StorageUnavaila
 from exporters.storage import READ_CHUNK, check_key
 
 PART_SIZE = 8 * 1024 * 1024
-IN_FLIGHT = 4
+IN_FLIGHT = 8
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _RETRYABLE = {
     "SlowDown",

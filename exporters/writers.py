@@ -26,9 +26,13 @@ _UNSAFE_SEGMENT = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|]')
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def normalise(value: Any) -> Any:
     """A JSON-ready form of one value, exact and unambiguous."""
-    if value is None or isinstance(value, bool | int | str):
+    if type(value) in _PLAIN or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
@@ -58,7 +62,7 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def json_line(row: Mapping[str, Any]) -> bytes:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(row).encode()
 
 
 def json_array(rows: Iterable[bytes]) -> Iterator[bytes]:
@@ -72,6 +76,8 @@ def json_array(rows: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def csv_cell(value: Any) -> str:
+    if type(value) is str and not value.startswith(_FORMULA_START):
+        return value
     if value is None:
         return ""
     if isinstance(value, dict | list):
