@@ -51,11 +51,10 @@ class DownloadService:
     def open(self, verdict: Verdict) -> Iterator[bytes]:
         """The decrypted package, its first segment already authenticated."""
         assert verdict.package is not None
-        plain = decrypt_stream(self.storage.download(verdict.package.object_key), self.unwrapper)
         try:
-            first = next(plain)
-        except StopIteration:
-            first = b""
+            ciphertext = self.storage.download(verdict.package.object_key)
+            plain = decrypt_stream(ciphertext, self.unwrapper)
+            first = next(plain, b"")
         except ComplianceError as exc:
             self.record_failure(verdict, exc)
             raise

@@ -240,7 +240,7 @@ def test_logs_never_name_the_recipient_or_the_link(
 ) -> None:
     settings = Settings(home=tmp_path, mail_url=(tmp_path / "out").as_uri())
     to = _recipient()
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="gdpr"):
         notify.send_export_ready(
             settings, [to], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
         )

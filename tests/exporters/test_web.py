@@ -247,7 +247,7 @@ def test_an_unexpected_exception_renders_a_plain_page_without_a_trace(
         raise RuntimeError("secret internal detail at /srv/app.py line 12")
 
     monkeypatch.setattr(links, "inspect", explode)
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="gdpr"):
         reply = call(download_site.url)
     assert reply.status == 500
     assert_secure(reply)
@@ -294,10 +294,11 @@ def test_each_client_is_rate_limited_with_a_readable_page(download_site: Downloa
 def test_logs_never_hold_the_token(
     download_site: DownloadSite, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="gdpr"):
         call(download_site.url)
         call(download_site.url, "POST")
         call(download_site.server.url, "GET", f"/d/{links.new_token()}")  # type: ignore[attr-defined]
+    assert "download.started" in caplog.text  # the service did log
     assert download_site.token not in caplog.text
     for event in events(download_site, "link.downloaded"):
         assert download_site.token not in json.dumps(event.details)
@@ -328,3 +329,37 @@ def test_gdpr_serve_runs_the_download_app_on_the_configured_address(
     ((flask_app, host, port, threads),) = served
     assert isinstance(flask_app, Flask) and (host, port, threads) == ("127.0.0.2", 8123, 3)
     assert flask_app.test_client().get(f"/d/{download_site.token}").status_code == 200
+
+
+def test_a_missing_stored_package_gets_an_error_page_and_keeps_its_download(
+    download_site: DownloadSite,
+) -> None:
+    site = download_site
+    site.storage.delete(f"exports/{site.request_id}.zip.enc")  # type: ignore[attr-defined]
+    reply = call(site.url, "POST")
+    assert reply.status == 500 and "Something went wrong on our side" in reply.text
+    assert_secure(reply)
+    assert downloads(site) == 0
+    (failed,) = events(site, "link.download_failed")
+    assert failed.details["error"] == "NotFoundError"
+
+
+@pytest.mark.s3
+def test_a_package_in_s3_streams_decrypted_through_the_service(
+    download_site: DownloadSite, s3_endpoint: str, s3_bucket: str
+) -> None:
+    from exporters.storage import open_storage
+
+    site = download_site
+    settings = site.settings.with_overrides(
+        storage_url=f"s3://{s3_bucket}/gdpr", s3_endpoint_url=s3_endpoint
+    )
+    s3 = DownloadSite(settings, site.db, open_storage(settings), site.keyring)
+    assert site.request_id is not None
+    s3.store(site.request_id, site.zip_bytes)
+    server = start_in_thread(create_app(settings, site.db, s3.storage, site.keyring))  # type: ignore[arg-type]
+    try:
+        reply = call(f"{server.url}/d/{site.token}", "POST")
+    finally:
+        server.stop()
+    assert reply.status == 200 and reply.body == site.zip_bytes
