@@ -213,26 +213,23 @@ def make_export_request(db: Database) -> Callable[..., uuid.UUID]:
     return make
 
 
-def make_export_zip(files: dict[str, bytes]) -> bytes:
-    """A small export-like ZIP: the given files plus a manifest.json listing them."""
-    import hashlib
-    import io
-    import json
-    import zipfile
+def make_export_zip(request_id: uuid.UUID) -> bytes:
+    """A real export package (exporters.package): rows, a 300 KB file, index and manifest."""
+    from compliance.db import utcnow
+    from compliance.sources.base import Art15, FileItem, RowsItem
+    from exporters.package import write_package
 
-    manifest = {
-        "format_version": 1,
-        "files": [
-            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in files.items()
-        ],
-    }
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-    return buffer.getvalue()
+    avatar = secrets.token_bytes(300_000)  # incompressible: the package spans many segments
+    items = [
+        RowsItem(
+            source="app",
+            collection="users",
+            rows=[{"id": 1, "email": "ada@example.com", "name": "Ada"}],
+            meta=Art15(purpose="your account", legal_basis="contract"),
+        ),
+        FileItem(source="avatars", path="1/me.bin", chunks=lambda: iter([avatar]), size=300_000),
+    ]
+    return b"".join(write_package(items, request_id=request_id, generated_at=utcnow()))
 
 
 class DownloadSite:
@@ -278,13 +275,8 @@ def download_site(
 
     settings = settings.with_overrides(rate_limit_per_minute=1000)
     site = DownloadSite(settings, db, open_storage(settings), load_keyring(settings))
-    files = {
-        "index.html": b"<!DOCTYPE html><title>Your data</title><p>Hello</p>",
-        "data/app/users.json": b'[{"id": 1}]',
-        "files/avatars/me.bin": secrets.token_bytes(300_000),
-    }
-    site.zip_bytes = make_export_zip(files)
     site.request_id = make_export_request()
+    site.zip_bytes = make_export_zip(site.request_id)
     site.store(site.request_id, site.zip_bytes)
     site.token = site.issue(site.request_id)
     app = create_app(settings, db, site.storage, site.keyring)  # type: ignore[arg-type]
