@@ -1,0 +1,189 @@
+"""The cascade across sources: resolve identities, plan, verify.
+
+`resolve` asks every source for identities linked to the subject's, round after round,
+until nothing new turns up (email -> user_id in one database -> customer_id in another).
+`discover` does that once per request and keeps the result: identities found are stored
+sealed beside the given ones, because erasure removes the very rows that linked them
+(after the users row is gone, nothing leads from the email to the user id any more).
+
+Plans and reports here carry counts and location names only, never identity values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from compliance.errors import UnsupportedError
+from compliance.execution import RunContext, load_step, set_counts
+from compliance.identities import Identities, Identity, pseudonym
+from compliance.keyring import Keyring
+from compliance.models import DsrIdentity, StepStatus
+from compliance.requests import identity_aad
+from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
+
+MAX_ROUNDS = 10
+DISCOVER_SOURCE = "*"  # the discover step spans every source
+
+
+def resolve(sources: Iterable[DataSource], identities: Identities) -> Identities:
+    """The subject's identities across all sources, to a fixpoint."""
+    sources = list(sources)
+    current = identities
+    for _ in range(MAX_ROUNDS):
+        found = current
+        for source in sources:
+            found = found.union(source.resolve(found))
+        if found == current:
+            return current
+        current = found
+    raise UnsupportedError(
+        f"the subject's identities were still growing after {MAX_ROUNDS} rounds across "
+        "sources; an identity column probably links different people"
+    )
+
+
+def discover(ctx: RunContext) -> Identities:
+    """Resolve once per request and keep what was found (sealed, with its pseudonym);
+    later attempts read it back instead of resolving again."""
+    step = load_step(ctx, DISCOVER_SOURCE, Action.DISCOVER)
+    if step.status == StepStatus.DONE:
+        return ctx.identities.union(load_discovered(ctx))
+    identities = resolve(ctx.sources, ctx.identities)
+    added = [] if ctx.dry_run else store_discovered(ctx, identities)
+    counts = {"identities": dict(Counter(i.type for i in identities)), "discovered": len(added)}
+    set_counts(ctx, step.id, counts, done=not ctx.dry_run)
+    return identities
+
+
+def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
+    """Seal and store identities the request does not hold yet; returns those added."""
+    key = ctx.keyring.pseudonym_key
+    with ctx.db.session() as session:
+        known = set(
+            session.execute(
+                select(DsrIdentity.type, DsrIdentity.value_hmac).where(
+                    DsrIdentity.request_id == ctx.request_id
+                )
+            )
+        )
+        added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
+        for identity in added:
+            session.add(_sealed(ctx.keyring, ctx, identity))
+    return added
+
+
+def _sealed(keyring: Keyring, ctx: RunContext, identity: Identity) -> DsrIdentity:
+    return DsrIdentity(
+        request_id=ctx.request_id,
+        type=identity.type,
+        value_sealed=keyring.seal(
+            identity.value.encode(), identity_aad(ctx.request_id, identity.type)
+        ),
+        value_hmac=pseudonym(keyring.pseudonym_key, identity),
+        discovered=True,
+    )
+
+
+def load_discovered(ctx: RunContext) -> list[Identity]:
+    """The identities `discover` stored for this request (until they are wiped)."""
+    with ctx.db.session() as session:
+        rows = session.execute(
+            select(DsrIdentity.type, DsrIdentity.value_sealed).where(
+                DsrIdentity.request_id == ctx.request_id,
+                DsrIdentity.discovered.is_(True),
+                DsrIdentity.value_sealed.is_not(None),
+            )
+        )
+        return [
+            Identity(kind, ctx.keyring.unseal(sealed, identity_aad(ctx.request_id, kind)).decode())
+            for kind, sealed in rows
+            if sealed is not None
+        ]
+
+
+# --- plans -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """What an action would touch in every source (counts only)."""
+
+    action: Action
+    identity_types: Mapping[str, int]  # how many identities of each type were resolved
+    sources: tuple[SourcePlan, ...]
+
+    def __iter__(self) -> Iterator[SourcePlan]:
+        return iter(self.sources)
+
+    @property
+    def total(self) -> int:
+        return sum(p.total for p in self.sources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A PII-free, JSON-ready form (for `--json`, step counts and receipts)."""
+        return {
+            "action": str(self.action),
+            "identities": dict(self.identity_types),
+            "total": self.total,
+            "sources": [plan_dict(p) for p in self.sources],
+        }
+
+    def render(self) -> str:
+        """A plain-text table, one line per location."""
+        lines = [f"{'source':<16} {'location':<32} {'action':<10} {'rows':>8}  legal basis"]
+        for plan in self.sources:
+            if not plan.locations:
+                lines.append(f"{plan.source:<16} {'(nothing)':<32}")
+            for loc in plan.locations:
+                lines.append(
+                    f"{plan.source:<16} {loc.location:<32} {loc.disposition:<10} "
+                    f"{loc.count:>8}  {loc.legal_basis}".rstrip()
+                )
+        return "\n".join(lines)
+
+
+_COUNT_KEY = {
+    Disposition.DELETE: "deleted",
+    Disposition.ANONYMIZE: "anonymized",
+    Disposition.RETAIN: "retained",
+    Disposition.EXPORT: "exported",
+}
+
+
+def plan_dict(plan: SourcePlan) -> dict[str, Any]:
+    """One source's plan with a count key per location ("deleted": 3) and legal basis."""
+    return {
+        "source": plan.source,
+        "kind": plan.kind,
+        "locations": [
+            {
+                "location": loc.location,
+                "disposition": str(loc.disposition),
+                _COUNT_KEY[loc.disposition]: loc.count,
+                **({"legal_basis": loc.legal_basis} if loc.legal_basis else {}),
+            }
+            for loc in plan.locations
+        ],
+    }
+
+
+def plan(sources: Sequence[DataSource], identities: Identities, action: Action) -> CascadePlan:
+    """Resolve the identities, then ask every source what `action` would touch."""
+    resolved = resolve(sources, identities)
+    plans = tuple(source.plan(resolved, action) for source in sources)
+    return CascadePlan(action, dict(Counter(i.type for i in resolved)), plans)
+
+
+def verify(sources: Iterable[DataSource], identities: Identities) -> dict[str, list[Residue]]:
+    """Residue per source (only sources with some)."""
+    found = {}
+    for source in sources:
+        residue = source.verify(identities)
+        if residue:
+            found[source.name] = residue
+    return found

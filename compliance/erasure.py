@@ -1,0 +1,225 @@
+"""The erasure runner: discover, erase source by source in bounded chunks, verify, receipt.
+
+Every piece of progress is durable (`dsr_step` rows, see `compliance.execution`): the
+discover step keeps the resolved identities, each source's erase step its checkpoint and
+counts, so a killed worker resumes where it stopped and a finished step never runs again.
+`erase_chunk` does a bounded amount of work and says whether more is left (for a task
+that re-enqueues itself); `run_erasure` runs to the end and returns the receipt.
+
+Verification re-runs discovery at every source: any residue fails the request loudly,
+listing locations and counts (never values), and re-opens that source's erase step so a
+retry erases again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from compliance import audit
+from compliance.cascade import discover, plan_dict
+from compliance.errors import ComplianceError, ResidualDataError
+from compliance.execution import RunContext, fail_step, load_step, save_progress, set_counts
+from compliance.identities import Identities, pseudonym
+from compliance.models import DsrStep, StepStatus, Suppression
+from compliance.sources.base import Action, DataSource, EraseResult
+from compliance.sources.check import refuse_if_gaps
+
+log = logging.getLogger("gdpr.erasure")
+
+CHUNK_SECONDS = 20.0  # `erase_chunk` stops starting new batches after this long
+_COUNTS = ("deleted", "anonymized", "retained")
+
+
+def run_erasure(ctx: RunContext) -> dict[str, Any]:
+    """Erase the subject everywhere, verify, and return a PII-free receipt.
+
+    A dry run resolves the identities and returns the plan: nothing is written anywhere.
+    """
+    if ctx.settings.strict_sources:
+        refuse_if_gaps(ctx.sources)
+    identities = discover(ctx)
+    if ctx.dry_run:
+        plans = [s.plan(identities, Action.ERASE) for s in ctx.sources]
+        return {**_header(ctx), "sources": [plan_dict(p) for p in plans]}
+    while erase_chunk(ctx, identities, max_seconds=None):
+        pass
+    verify_erasure(ctx, identities)
+    _suppress(ctx, identities)
+    return receipt(ctx)
+
+
+def erase_chunk(
+    ctx: RunContext,
+    identities: Identities,
+    *,
+    max_seconds: float | None = CHUNK_SECONDS,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Erase for up to `max_seconds` (None: until done); True if more is left."""
+    deadline = None if max_seconds is None else monotonic() + max_seconds
+    for source in ctx.sources:
+        if not _erase_source(ctx, source, identities, deadline, monotonic):
+            return True
+    return False
+
+
+def _erase_source(
+    ctx: RunContext,
+    source: DataSource,
+    identities: Identities,
+    deadline: float | None,
+    monotonic: Callable[[], float],
+) -> bool:
+    """Run `source`'s erase step until done (True) or past the deadline (False)."""
+    step = load_step(ctx, source.name, Action.ERASE)
+    if step.status == StepStatus.DONE:
+        return True
+    try:
+        if "locations" not in (step.counts or {}):
+            planned = plan_dict(source.plan(identities, Action.ERASE))
+            set_counts(ctx, step.id, {"locations": planned["locations"]}, done=False)
+        checkpoint: Mapping[str, Any] = step.checkpoint or {}
+        while True:
+            result = source.erase(identities, checkpoint, ctx.settings.batch_size)
+            counts = _counts(result)
+            save_progress(
+                ctx, step.id, checkpoint=result.checkpoint, add_counts=counts, done=result.done
+            )
+            checkpoint = result.checkpoint
+            if result.done:
+                _audit_source(ctx, source.name, step.id)
+                return True
+            if deadline is not None and monotonic() >= deadline:
+                return False
+    except ComplianceError as exc:
+        fail_step(ctx, step.id, str(exc))
+        raise
+
+
+def _counts(result: EraseResult) -> dict[str, int]:
+    return {name: getattr(result, name) for name in _COUNTS}
+
+
+def _audit_source(ctx: RunContext, source: str, step_id: int) -> None:
+    with ctx.db.session() as session:
+        step = session.get_one(DsrStep, step_id)
+        audit.record(
+            session,
+            actor=ctx.actor,
+            action="erasure.source_erased",
+            now=ctx.clock(),
+            request_id=ctx.request_id,
+            subject=ctx.subject,
+            details={"source": source, **{k: int(step.counts.get(k, 0)) for k in _COUNTS}},
+        )
+    log.info("dsr.erasure.source_erased", extra={"request_id": str(ctx.request_id)})
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+def verify_erasure(ctx: RunContext, identities: Identities) -> None:
+    """Look for the subject again everywhere; raise `ResidualDataError` listing residue."""
+    residue: list[str] = []
+    for source in ctx.sources:
+        step = load_step(ctx, source.name, Action.VERIFY)
+        found = source.verify(identities)
+        total = sum(r.count for r in found)
+        locations = [{"location": r.location, "count": r.count} for r in found]
+        set_counts(ctx, step.id, {"residue": total, "locations": locations}, done=not found)
+        if found:
+            fail_step(ctx, step.id, f"{total} item(s) left")
+            _reopen(ctx, source.name)
+            residue.extend(f"{r.location}: {r.count}" for r in found)
+    with ctx.db.session() as session:
+        audit.record(
+            session,
+            actor=ctx.actor,
+            action="erasure.verified",
+            now=ctx.clock(),
+            request_id=ctx.request_id,
+            subject=ctx.subject,
+            details={"residue": len(residue)},
+        )
+    if residue:
+        raise ResidualDataError(
+            "personal data is still there after erasure (" + "; ".join(residue) + "); "
+            "retry the request to erase again, or fix the manifest"
+        )
+
+
+def _reopen(ctx: RunContext, source: str) -> None:
+    """Make a source's erase step run again from the start on the next attempt."""
+    with ctx.db.session() as session:
+        step = session.scalars(
+            select(DsrStep).where(
+                DsrStep.request_id == ctx.request_id,
+                DsrStep.source == source,
+                DsrStep.action == Action.ERASE,
+            )
+        ).one_or_none()
+        if step is not None:
+            step.status = StepStatus.PENDING
+            step.checkpoint = {}
+            step.finished_at = None
+
+
+def _suppress(ctx: RunContext, identities: Identities) -> None:
+    """Remember the erased subject by pseudonyms, to erase again after a backup restore."""
+    key = ctx.keyring.pseudonym_key
+    hmacs: dict[str, list[str]] = {}
+    for identity in identities:
+        hmacs.setdefault(identity.type, []).append(pseudonym(key, identity))
+    with ctx.db.session() as session:
+        row = session.get(Suppression, ctx.subject)
+        if row is None:
+            row = Suppression(subject=ctx.subject, identity_hmacs={})
+            session.add(row)
+        merged = {k: sorted(set(row.identity_hmacs.get(k, [])) | set(v)) for k, v in hmacs.items()}
+        row.identity_hmacs = {**row.identity_hmacs, **merged}
+        row.request_id = ctx.request_id
+        row.erased_at = ctx.clock()
+
+
+# --- receipt -------------------------------------------------------------------------------
+
+
+def receipt(ctx: RunContext) -> dict[str, Any]:
+    """Per source: counts and the planned locations (what was deleted, anonymised,
+    retained and on what legal basis). Names and counts only."""
+    with ctx.db.session() as session:
+        steps = {
+            step.source: dict(step.counts or {})
+            for step in session.scalars(
+                select(DsrStep).where(
+                    DsrStep.request_id == ctx.request_id, DsrStep.action == Action.ERASE
+                )
+            )
+        }
+    sources = []
+    for source in ctx.sources:
+        counts = steps.get(source.name, {})
+        sources.append(
+            {
+                "source": source.name,
+                "kind": source.kind,
+                **{k: int(counts.get(k, 0)) for k in _COUNTS},
+                "locations": counts.get("locations", []),
+            }
+        )
+    totals = {k: sum(s[k] for s in sources) for k in _COUNTS}
+    return {**_header(ctx), **totals, "sources": sources, "verified": True}
+
+
+def _header(ctx: RunContext) -> dict[str, Any]:
+    return {
+        "request_id": str(ctx.request_id),
+        "kind": "erasure",
+        "dry_run": ctx.dry_run,
+        "at": ctx.clock().isoformat(),
+    }

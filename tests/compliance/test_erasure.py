@@ -1,0 +1,244 @@
+"""The erasure runner on the sample application: control database and sample databases
+each on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from compliance.cascade import discover
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.dispatch import RecordingDispatcher
+from compliance.erasure import erase_chunk, run_erasure
+from compliance.errors import ResidualDataError, UnsupportedError
+from compliance.execution import RunContext
+from compliance.identities import Identities, parse_identity
+from compliance.keyring import load_keyring
+from compliance.models import AuditEvent, DsrIdentity, DsrStep, RequestKind, Suppression
+from compliance.requests import Submission, submit
+from compliance.sources.base import DataSource, EraseResult, Residue
+from compliance.sources.registry import Registry
+from compliance.worker import load_identities
+from tests.compliance.helpers import NOW
+from tests.compliance.sources.sqlsample import load, snapshot
+from tests.compliance.sources.test_registry import FakeSource
+from tests.sample_app.fixtures import SampleDatabases
+
+
+@pytest.fixture
+def registry(sample_dbs: SampleDatabases, tmp_path: Path) -> Iterator[Registry]:
+    loaded = load(sample_dbs, tmp_path)
+    yield loaded
+    loaded.close()
+
+
+def request_ctx(
+    db: Database,
+    settings: Settings,
+    sources: Sequence[DataSource],
+    *,
+    dry_run: bool = False,
+    request_id: Any = None,
+) -> RunContext:
+    """A context for an erasure of Ada submitted with her email only."""
+    keyring = load_keyring(settings)
+    if request_id is None:
+        request = submit(
+            db,
+            settings,
+            keyring,
+            Submission(
+                RequestKind.ERASURE,
+                Identities.of([parse_identity("email", "ada@example.com")]),
+                dry_run=dry_run,
+            ),
+            operator="alice",
+            now=NOW,
+            dispatcher=RecordingDispatcher(),
+        )
+        request_id = request.id
+    with db.session() as session:
+        from compliance.models import DsrRequest
+
+        subject = session.get_one(DsrRequest, request_id).subject
+    return RunContext(
+        settings=settings,
+        db=db,
+        keyring=keyring,
+        sources=sources,
+        request_id=request_id,
+        subject=subject,
+        identities=load_identities(db, keyring, request_id),
+        dry_run=dry_run,
+        clock=lambda: NOW,
+    )
+
+
+def test_erasure_erases_everywhere_verifies_and_returns_a_pii_free_receipt(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    ctx = request_ctx(db, settings, registry.sources)
+    receipt = run_erasure(ctx)
+
+    shop = snapshot(sample_dbs.shop_url)
+    assert set(shop["users"]) == {(2,), (3,)}
+    assert set(shop["loyalty_cards"]) == {(2,)}  # found through the CRM's customer number
+    assert set(snapshot(sample_dbs.crm_url)["customers"]) == {(2,)}
+    assert receipt["verified"] is True
+    assert receipt["request_id"] == str(ctx.request_id)
+    by_source = {s["source"]: s for s in receipt["sources"]}
+    assert by_source["shop"]["retained"] == 1
+    assert by_source["shop"]["anonymized"] >= 2
+    assert by_source["crm"]["deleted"] == 2
+    retained = [loc for loc in by_source["shop"]["locations"] if "retained" in loc]
+    assert retained == [
+        {
+            "location": "invoices",
+            "disposition": "retain",
+            "retained": 1,
+            "legal_basis": "Art. 6(1)(c) GDPR: commercial law, invoices kept 10 years",
+        }
+    ]
+    blob = json.dumps(receipt).lower()
+    for secret in ("ada@", "lovelace", "c-0001", "shared lane"):
+        assert secret not in blob
+    with db.session() as session:
+        actions = session.scalars(select(AuditEvent.action)).all()
+        suppressed = session.get_one(Suppression, ctx.subject)
+        assert set(suppressed.identity_hmacs) == {"email", "user_id", "customer_id"}
+    assert actions.count("erasure.source_erased") == 2
+    assert "erasure.verified" in actions
+
+
+def test_discovered_identities_carry_a_resumed_erasure_past_deleted_links(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    """The shop is erased first (the users row linking email -> user id is gone); a
+    later attempt still finds her CRM records through the stored user id."""
+    first = request_ctx(db, settings, [registry.get("shop")])
+    run_erasure(first)
+    assert set(snapshot(sample_dbs.crm_url)["customers"]) == {(1,), (2,)}
+
+    later = request_ctx(db, settings, registry.sources, request_id=first.request_id)
+    assert later.identities.types() == {"email", "user_id"}
+    run_erasure(later)
+    assert set(snapshot(sample_dbs.crm_url)["customers"]) == {(2,)}
+    assert set(snapshot(sample_dbs.crm_url)["tickets"]) == {(2,)}
+    with db.session() as session:
+        stored = session.scalars(
+            select(DsrIdentity).where(DsrIdentity.request_id == first.request_id)
+        ).all()
+        assert {(i.type, i.discovered) for i in stored} == {("email", False), ("user_id", True)}
+        assert all(b"ada" not in (i.value_sealed or b"") for i in stored)
+
+
+def test_discover_runs_once_per_request(
+    db: Database, settings: Settings, registry: Registry
+) -> None:
+    ctx = request_ctx(db, settings, registry.sources)
+    found = discover(ctx)
+    assert found.types() == {"email", "user_id", "customer_id"}
+    again = discover(request_ctx(db, settings, [], request_id=ctx.request_id))
+    assert again == found  # read back, not resolved (no sources were given)
+
+
+def test_a_dry_run_writes_nothing_and_returns_the_plan(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    before = snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)
+    ctx = request_ctx(db, settings, registry.sources, dry_run=True)
+    result = run_erasure(ctx)
+    assert result["dry_run"] is True
+    shop = next(s for s in result["sources"] if s["source"] == "shop")
+    assert {"location": "orders", "disposition": "delete", "deleted": 2} in shop["locations"]
+    assert (snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)) == before
+    with db.session() as session:
+        discovered = session.scalars(
+            select(DsrIdentity).where(DsrIdentity.discovered.is_(True))
+        ).all()
+    assert discovered == []
+
+
+class LeakySource(FakeSource):
+    """Erases nothing and says so when verified."""
+
+    def verify(self, identities: Any) -> list[Residue]:
+        return [Residue("leaky/things", 2)]
+
+
+def test_residue_fails_loudly_and_reopens_the_erase_step(
+    db: Database, settings: Settings, registry: Registry
+) -> None:
+    leaky = LeakySource("leaky", "")
+    ctx = request_ctx(db, settings, [*registry.sources, leaky])
+    with pytest.raises(ResidualDataError, match=r"leaky/things: 2") as caught:
+        run_erasure(ctx)
+    assert "ada" not in str(caught.value).lower()
+    with db.session() as session:
+        steps = {
+            (s.source, s.action): s
+            for s in session.scalars(select(DsrStep).where(DsrStep.request_id == ctx.request_id))
+        }
+        assert steps[("leaky", "erase")].status == "pending"
+        assert steps[("leaky", "verify")].status == "failed"
+        assert steps[("leaky", "verify")].counts["residue"] == 2
+        assert steps[("shop", "erase")].status == "done"
+        assert steps[("shop", "verify")].status == "done"
+
+
+def test_strict_mode_refuses_erasure_while_the_manifest_has_gaps(
+    db: Database, settings: Settings, sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    engine = create_engine(sample_dbs.shop_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE leads (id INTEGER PRIMARY KEY, email TEXT)"))
+    engine.dispose()
+    before = snapshot(sample_dbs.shop_url)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        ctx = request_ctx(db, settings.with_overrides(strict_sources=True), registry.sources)
+        with pytest.raises(UnsupportedError, match=r"shop: leads: columns that look personal"):
+            run_erasure(ctx)
+    finally:
+        registry.close()
+    assert snapshot(sample_dbs.shop_url) == before
+
+
+def test_erase_chunk_stops_at_its_deadline_and_the_next_chunk_resumes(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    ctx = request_ctx(db, settings.with_overrides(batch_size=1), registry.sources)
+    identities = discover(ctx)
+    chunks = 0
+    while erase_chunk(ctx, identities, max_seconds=0):
+        chunks += 1
+        assert chunks < 200
+    assert chunks > 20  # one batch per chunk
+    assert set(snapshot(sample_dbs.shop_url)["users"]) == {(2,), (3,)}
+    with db.session() as session:
+        erase_steps = session.scalars(
+            select(DsrStep).where(DsrStep.request_id == ctx.request_id, DsrStep.action == "erase")
+        ).all()
+    assert {s.status for s in erase_steps} == {"done"}
+    shop_step = next(s for s in erase_steps if s.source == "shop")
+    assert shop_step.counts["retained"] == 1
+    assert shop_step.checkpoint.get("orphans") is None  # keys dropped when done
+
+
+class OneShotSource(FakeSource):
+    def erase(self, identities: Any, checkpoint: Any, batch_size: int) -> EraseResult:
+        return EraseResult(done=True, deleted=3)
+
+
+def test_a_finished_source_is_never_erased_again(db: Database, settings: Settings) -> None:
+    source = OneShotSource("once", "")
+    ctx = request_ctx(db, settings, [source])
+    first = run_erasure(ctx)
+    second = run_erasure(request_ctx(db, settings, [source], request_id=ctx.request_id))
+    assert first["deleted"] == second["deleted"] == 3
