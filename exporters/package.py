@@ -93,9 +93,13 @@ class _PackageWriter:
 
             def encoded() -> Iterator[bytes]:
                 nonlocal count
+                last: tuple[str, ...] = ()
                 for row in item.rows:
                     clean = writers.normalise_row(row)
-                    columns.update(dict.fromkeys(clean))
+                    keys = tuple(clean)
+                    if keys != last:  # most tables repeat the same columns row after row
+                        columns.update(dict.fromkeys(keys))
+                        last = keys
                     line = writers.json_line(clean)
                     spool.write(line + b"\n")
                     count += 1

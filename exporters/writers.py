@@ -58,7 +58,10 @@ def normalise(value: Any) -> Any:
 
 
 def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(k): normalise(v) for k, v in row.items()}
+    return {
+        k if type(k) is str else str(k): v if type(v) in _PLAIN else normalise(v)
+        for k, v in row.items()
+    }
 
 
 def json_line(row: Mapping[str, Any]) -> bytes:
