@@ -152,7 +152,7 @@ def main() -> None:
     size = parse_size(args.size)
     if args.child:
         result = (child_ours if args.child == "ours" else child_anchor)(
-            args.endpoint, args.bucket, size
+            args.endpoint, args.bucket, size, args.row_share
         )
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
