@@ -248,3 +248,43 @@ def test_logs_never_name_the_recipient_or_the_link(
     for record in caplog.records:
         rendered = record.getMessage() + repr(record.__dict__)
         assert to not in rendered and URL not in rendered
+
+
+def test_the_erasure_runners_receipt_shape_is_summarised_per_location() -> None:
+    receipt = {
+        "request_id": "r",
+        "kind": "erasure",
+        "deleted": 5,
+        "anonymized": 2,
+        "retained": 1,
+        "sources": [
+            {
+                "source": "shop",
+                "kind": "sql",
+                "deleted": 5,
+                "anonymized": 2,
+                "retained": 1,
+                "locations": [
+                    {"location": "users", "disposition": "delete", "deleted": 5},
+                    {"location": "orders", "disposition": "anonymize", "anonymized": 2},
+                    {
+                        "location": "invoices",
+                        "disposition": "retain",
+                        "retained": 1,
+                        "legal_basis": "HGB §257",
+                    },
+                ],
+            }
+        ],
+        "verified": True,
+    }
+    summary = notify.summarise_receipt(receipt)
+    assert [(line.place, line.deleted, line.anonymized) for line in summary.lines] == [
+        ("shop / users", 5, 0),
+        ("shop / orders", 0, 2),
+        ("shop / invoices", 0, 0),
+    ]
+    assert [(line.place, line.legal_basis) for line in summary.retained] == [
+        ("shop / invoices", "HGB §257")
+    ]
+    assert summary.verified is True
