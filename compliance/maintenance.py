@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -22,6 +23,20 @@ from compliance.models import DsrRequest, RequestStatus
 
 SWEEP_LIMIT = 500
 ACTOR = "maintenance"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    released: list[uuid.UUID]
+    redispatched: list[uuid.UUID]
+
+
+def sweep(db: Database, settings: Settings, dispatcher: Dispatcher, now: datetime) -> SweepResult:
+    """Release stale claims and dispatch them at once, then re-dispatch old queued requests."""
+    released = release_stale_claims(db, settings, now)
+    sent = [request_id for request_id in released if dispatch_quietly(dispatcher, request_id)]
+    sent += [r for r in redispatch_queued(db, settings, dispatcher, now) if r not in sent]
+    return SweepResult(released, sent)
 
 
 def redispatch_queued(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compliance.maintenance import redispatch_queued, release_stale_claims
+from compliance import maintenance
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import CeleryDispatcher
@@ -11,10 +11,8 @@ from tasks.dispatch import CeleryDispatcher
 @app.task(name="gdpr.maintenance.sweep", acks_late=True)
 def sweep() -> dict[str, int]:
     worker = runtime.worker()
-    now = worker.clock()
-    released = release_stale_claims(worker.db, worker.settings, now)
-    redispatched = redispatch_queued(worker.db, worker.settings, CeleryDispatcher(app), now)
-    return {"released": len(released), "redispatched": len(redispatched)}
+    result = maintenance.sweep(worker.db, worker.settings, CeleryDispatcher(app), worker.clock())
+    return {"released": len(result.released), "redispatched": len(result.redispatched)}
 
 
 @app.task(name="gdpr.maintenance.purge_packages", acks_late=True)

@@ -88,12 +88,11 @@ def maintenance() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def maintenance_sweep(as_json: bool) -> None:
     """Release stale claims and re-dispatch requests stuck in the queue."""
-    from compliance.maintenance import redispatch_queued, release_stale_claims
+    from compliance.maintenance import sweep
 
     app = current()
-    now = app.now()
-    released = release_stale_claims(app.db(), app.settings(), now)
-    redispatched = redispatch_queued(app.db(), app.settings(), app.dispatcher(), now)
+    result = sweep(app.db(), app.settings(), app.dispatcher(), app.now())
+    released, redispatched = result.released, result.redispatched
     if as_json:
         output.emit_json(
             {"released": [str(i) for i in released], "redispatched": [str(i) for i in redispatched]}
