@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, func, select
 from sqlalchemy import exc as sa_exc
 
 from compliance.errors import (
@@ -52,11 +52,11 @@ def from_manifest(name: str, spec: Spec, ctx: LoadContext) -> SqlSource:
     manifest = parse_sql_manifest(spec, url)
     source = SqlSource(
         name,
-        make_source_engine(url, ctx.base_dir),
+        make_source_engine(
+            url, ctx.base_dir, ctx.settings.lock_timeout_ms, ctx.settings.statement_timeout_ms
+        ),
         manifest,
         pseudonym_key=ctx.pseudonym_key,
-        lock_timeout_ms=ctx.settings.lock_timeout_ms,
-        statement_timeout_ms=ctx.settings.statement_timeout_ms,
         entry=spec.path,
     )
     if ctx.connect:
@@ -68,9 +68,12 @@ def from_manifest(name: str, spec: Spec, ctx: LoadContext) -> SqlSource:
     return source
 
 
-def make_source_engine(url: str, base_dir: Path) -> Engine:
-    """An engine for an application database; relative SQLite paths resolve against
-    `base_dir` (the manifest's folder), and SQLite enforces foreign keys."""
+def make_source_engine(
+    url: str, base_dir: Path, lock_timeout_ms: int = 0, statement_timeout_ms: int = 0
+) -> Engine:
+    """An engine for an application database. Relative SQLite paths resolve against
+    `base_dir` (the manifest's folder) and SQLite enforces foreign keys; PostgreSQL
+    sessions start with `lock_timeout` and `statement_timeout` set (0: none)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -82,7 +85,15 @@ def make_source_engine(url: str, base_dir: Path) -> Engine:
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_foreign_keys)
             return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        args = {}
+        if url.startswith("postgresql"):
+            options = (
+                f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
+            )
+            args["options"] = options
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args
+        )
     except (sa_exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"malformed source database URL ({type(exc).__name__})") from exc
 
@@ -105,16 +116,12 @@ class SqlSource:
         manifest: SqlManifest,
         *,
         pseudonym_key: bytes,
-        lock_timeout_ms: int,
-        statement_timeout_ms: int,
         entry: str = "",
     ) -> None:
         self.name = name
         self.engine = engine
         self.manifest = manifest
         self.pseudonym_key = pseudonym_key
-        self.lock_timeout_ms = lock_timeout_ms
-        self.statement_timeout_ms = statement_timeout_ms
         self.entry = entry or f"sources.{name}"
         self._graph: Graph | None = None
         self._eraser: Any = None
@@ -136,7 +143,11 @@ class SqlSource:
                 if full not in metadata.tables:
                     raise ConfigError(f"{self.entry}.ignore_tables: no table {name!r}")
             self._graph = build_graph(
-                self.manifest.rules, metadata, self.manifest.schema, self.entry
+                self.manifest.rules,
+                metadata,
+                self.manifest.schema,
+                self.entry,
+                self.engine.dialect.name,
             )
         return self._graph
 
@@ -144,17 +155,10 @@ class SqlSource:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection in a transaction with lock and statement timeouts; database
-        errors come out as `ComplianceError`s (retryable when transient)."""
+        """A connection in a transaction; database errors come out as `ComplianceError`s
+        (retryable when transient). PostgreSQL sessions carry the lock and statement
+        timeouts from the moment they connect (see `make_source_engine`)."""
         with self.errors(), self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    text(
-                        "SELECT set_config('lock_timeout', :lock, true),"
-                        " set_config('statement_timeout', :stmt, true)"
-                    ),
-                    {"lock": f"{self.lock_timeout_ms}ms", "stmt": f"{self.statement_timeout_ms}ms"},
-                )
             yield conn
 
     @contextmanager

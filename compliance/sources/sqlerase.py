@@ -17,8 +17,9 @@ They are deleted in their table's turn, and only if still unreferenced then.
 The checkpoint is small JSON: the table index, the last key for anonymisation, and the
 orphaned shared keys. Because parents go last, the rows left to erase can always be found
 again from what remains, so a killed worker resumes from the checkpoint alone. Keys of the
-current table are read once and kept in memory between calls in the same process (an
-optimisation: without it every batch would search the table again).
+current table are read ahead (up to READ_AHEAD at a time) and kept in memory between
+calls in the same process: an optimisation, without which every batch would search the
+table again; a new process simply reads again from the checkpoint.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ from compliance.sources.sqlquery import (
     key_columns,
     key_in,
     to_json,
+    values_in,
 )
 
 if TYPE_CHECKING:
     from compliance.sources.sql import SqlSource
 
-STREAM_ROWS = 5000
+READ_AHEAD = 50_000  # keys read per query: bounds memory whatever the subject's size
 
 
 def orphans(source: SqlSource, conn: Connection, identities: Identities) -> dict[str, list[Key]]:
@@ -114,11 +116,13 @@ def _detach_plan(
 
 @dataclass
 class _Pending:
-    """Rows of the current table read ahead, and the checkpoint position they follow."""
+    """Rows of the current table read ahead (at most READ_AHEAD at a time)."""
 
     scope: tuple[str, str]  # (table, fingerprint of identities and orphans)
     after: Any  # the checkpoint's "after" these rows continue from
+    loaded_to: Key | None  # the last key read so far
     rows: deque[tuple[Any, ...]] = field(default_factory=deque)
+    exhausted: bool = False  # the last read found fewer rows than it asked for
 
 
 class Eraser:
@@ -210,24 +214,31 @@ class Eraser:
         self, scope: tuple[str, str], selector: Selector, after: Any, size: int
     ) -> list[tuple[Any, ...]]:
         """The next `size` rows (key + referenced columns) of the subject in the table."""
+        table = scope[0]
         pending = self._pending
-        if pending is None or pending.scope != scope or pending.after != after or not pending.rows:
-            pending = self._pending = _Pending(scope, after, self._load(scope[0], selector, after))
+        if pending is None or pending.scope != scope or pending.after != after:
+            pending = _Pending(scope, after, self._decode_key(table, after))
+            self._pending = pending
+        if len(pending.rows) < size and not pending.exhausted:
+            found = self._load(table, selector, pending.loaded_to)
+            pending.rows.extend(found)
+            pending.exhausted = len(found) < READ_AHEAD
+            if found:
+                pending.loaded_to = tuple(found[-1][: len(self.graph.keys[table])])
         return [pending.rows.popleft() for _ in range(min(size, len(pending.rows)))]
 
-    def _load(self, table: str, selector: Selector, after: Any) -> deque[tuple[Any, ...]]:
+    def _load(self, table: str, selector: Selector, start: Key | None) -> list[tuple[Any, ...]]:
+        """Up to READ_AHEAD rows of the subject after key `start`, in key order."""
         where = selector.where(table)
         if where is None:
-            return deque()
+            return []
         t = self.graph.tables[table]
         query = select(*[t.c[c] for c in self._columns(table)]).where(where)
-        start = self._decode_key(table, after)
         if start is not None:
             query = query.where(key_after(self.graph, table, start))
-        query = query.order_by(*key_columns(self.graph, table))
+        query = query.order_by(*key_columns(self.graph, table)).limit(READ_AHEAD)
         with self.source.connect() as conn:
-            result = conn.execution_options(yield_per=STREAM_ROWS).execute(query)
-            return deque(tuple(row) for row in result)
+            return list(conn.execute(query).all())
 
     def _delete(self, table: str, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
         graph = self.graph
@@ -247,8 +258,7 @@ class Eraser:
         positions = [columns.index(c) for c in e.parent_cols]
         values = sorted({tuple(row[p] for p in positions) for row in rows})
         child = self.graph.tables[e.child]
-        target = cols_expr(child, e.child_cols)
-        where = target.in_([v[0] for v in values] if len(values[0]) == 1 else values)
+        where = values_in([child.c[c] for c in e.child_cols], values, self.graph.dialect)
         stmt = update(child).where(where).values(dict.fromkeys(e.child_cols))
         return int(conn.execute(stmt).rowcount)
 

@@ -109,6 +109,7 @@ class Graph:
     foreign: tuple[Edge, ...]  # reflected FKs from unregistered tables into registered ones
     reachable: frozenset[str]  # tables that can hold a subject's rows
     order: tuple[str, ...]  # reachable tables, children before parents
+    dialect: str = ""  # the database's SQLAlchemy dialect name
 
     def incoming(self, table: str) -> list[Edge]:
         return [e for e in self.edges if e.parent == table]
@@ -141,7 +142,11 @@ class Graph:
 
 
 def build_graph(
-    rules: Iterable[TableRule], metadata: MetaData, schema: str | None, entry: str
+    rules: Iterable[TableRule],
+    metadata: MetaData,
+    schema: str | None,
+    entry: str,
+    dialect: str = "",
 ) -> Graph:
     """Check the rules against the reflected schema and build the graph."""
     rule_map = {rule.name: rule for rule in rules}
@@ -154,7 +159,9 @@ def build_graph(
     reachable = _reachable(rule_map, edges)
     order = _erase_order(reachable, edges, entry)
     everything = {t.name: t for t in metadata.tables.values() if t.schema == schema}
-    graph = Graph(tables, everything, rule_map, keys, tuple(edges), foreign, reachable, order)
+    graph = Graph(
+        tables, everything, rule_map, keys, tuple(edges), foreign, reachable, order, dialect
+    )
     _check_detachable(graph)
     return graph
 

@@ -20,11 +20,16 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     FromClause,
     String,
+    Text,
     and_,
+    any_,
+    bindparam,
+    cast,
     exists,
     false,
     func,
@@ -33,6 +38,7 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition
@@ -169,11 +175,39 @@ def cols_expr(table: FromClause, names: Sequence[str]) -> Any:
 
 def key_in(graph: Graph, table: str, keys: Sequence[Key]) -> ColumnElement[bool]:
     t = graph.tables[table]
-    names = graph.keys[table]
-    if len(names) == 1:
-        return t.c[names[0]].in_([k[0] for k in keys])
-    composite: ColumnElement[bool] = tuple_(*[t.c[n] for n in names]).in_([tuple(k) for k in keys])
-    return composite
+    return values_in([t.c[n] for n in graph.keys[table]], keys, graph.dialect)
+
+
+def values_in(
+    columns: Sequence[Column[Any]], values: Sequence[Key], dialect: str
+) -> ColumnElement[bool]:
+    """`columns` (one, or a row value of several) equal one of `values`.
+
+    On PostgreSQL one array parameter per column (``= ANY(:a)``; ``IN (SELECT unnest(:a),
+    unnest(:b))`` for several) keeps the statement text the same for every batch, so it
+    is planned and prepared once; elsewhere an ``IN`` list.
+    """
+    found: ColumnElement[bool]
+    if dialect == "postgresql":
+        arrays = [_array([v[i] for v in values], c) for i, c in enumerate(columns)]
+        if len(columns) == 1:
+            found = columns[0] == any_(arrays[0])
+        else:
+            found = tuple_(*columns).in_(select(*[func.unnest(a) for a in arrays]))
+    elif len(columns) == 1:
+        found = columns[0].in_([v[0] for v in values])
+    else:
+        found = tuple_(*columns).in_([tuple(v) for v in values])
+    return found
+
+
+def _array(values: list[Any], column: Column[Any]) -> ColumnElement[Any]:
+    """One PostgreSQL array parameter; integers go as one ``'{1,2,3}'`` string, which
+    psycopg passes through instead of adapting every element in Python."""
+    if all(type(v) is int for v in values):
+        text = "{" + ",".join(map(str, values)) + "}"
+        return cast(bindparam(None, text, type_=Text()), ARRAY(BigInteger()))
+    return bindparam(None, values, type_=ARRAY(column.type), expanding=False)
 
 
 def key_after(graph: Graph, table: str, after: Key) -> ColumnElement[bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,20 @@ class SampleDatabases:
 @pytest.fixture(params=["sqlite", "postgres"])
 def sample_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SampleDatabases]:
     """The sample shop and CRM databases, filled, on each backend."""
-    if request.param == "sqlite":
+    with sample_databases(request.param, tmp_path) as dbs:
+        yield dbs
+
+
+@pytest.fixture
+def pg_sample_dbs(tmp_path: Path) -> Iterator[SampleDatabases]:
+    """The sample databases on PostgreSQL only (for behaviour SQLite does not have)."""
+    with sample_databases("postgres", tmp_path) as dbs:
+        yield dbs
+
+
+@contextmanager
+def sample_databases(backend: str, tmp_path: Path) -> Iterator[SampleDatabases]:
+    if backend == "sqlite":
         shop = f"sqlite:///{tmp_path / 'shop.db'}"
         crm = f"sqlite:///{tmp_path / 'crm.db'}"
         _fill(shop, crm)

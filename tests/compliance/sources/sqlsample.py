@@ -32,10 +32,16 @@ def ada_resolved() -> Identities:
     )
 
 
-def load(dbs: SampleDatabases, folder: Path, extra: str = "", manifest: str = "") -> Registry:
+def load(
+    dbs: SampleDatabases,
+    folder: Path,
+    extra: str = "",
+    manifest: str = "",
+    lock_timeout_ms: int = 2000,
+) -> Registry:
     path = folder / "sources.toml"
     path.write_text(manifest or (dbs.manifest() + extra), encoding="utf-8")
-    settings = Settings(home=folder / ".gdpr", sources=str(path), lock_timeout_ms=2000)
+    settings = Settings(home=folder / ".gdpr", sources=str(path), lock_timeout_ms=lock_timeout_ms)
     return load_registry(settings, environ={}, pseudonym_key=PSEUDONYM_KEY)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from compliance import cascade
-from compliance.errors import ManifestError
+from compliance.errors import ManifestError, SourceUnavailableError
+from compliance.sources import sqlerase
 from compliance.sources.base import Action, Disposition, RowsItem
 from compliance.sources.sql import SqlSource
 from compliance.sources.sqlgraph import REDACTED
@@ -353,3 +355,36 @@ def test_sources_check_reports_unregistered_tables_with_personal_data(
     }
     lead = next(g for g in gaps if g.location == "marketing_leads")
     assert "users" in lead.reason and lead.columns == ("user_id",)
+
+
+def test_erasure_reads_ahead_in_bounded_slices(
+    sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlerase, "READ_AHEAD", 2)
+    registry = load(sample_dbs, tmp_path)
+    try:
+        erase_all(registry.sources, ada_resolved(), batch=1)
+        assert registry.get("shop").verify(ada_resolved()) == []
+    finally:
+        registry.close()
+    assert keys(sample_dbs.shop_url, "users") == {(2,), (3,)}
+
+
+def test_a_locked_row_times_out_as_a_retryable_error(
+    pg_sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Each batch runs with lock_timeout: a row the application holds does not hang us."""
+    registry = load(pg_sample_dbs, tmp_path, lock_timeout_ms=200)
+    holder = create_engine(pg_sample_dbs.shop_url)
+    try:
+        with holder.begin() as conn:
+            conn.execute(text("SELECT * FROM sessions WHERE token = 's-ada-1' FOR UPDATE"))
+            started = time.monotonic()
+            with pytest.raises(SourceUnavailableError, match=r"source shop: .*LockNotAvailable"):
+                erase_all(registry.sources, ada_resolved())
+            assert time.monotonic() - started < 5
+        erase_all(registry.sources, ada_resolved())  # and the next attempt goes through
+        assert registry.get("shop").verify(ada_resolved()) == []
+    finally:
+        holder.dispose()
+        registry.close()
