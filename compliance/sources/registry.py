@@ -31,7 +31,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 BUILTIN_KINDS: Mapping[str, str] = {
     "sql": "compliance.sources.sql:from_manifest",
     "objectstore": "compliance.sources.objectstore:from_manifest",
-    "rediskeys": "compliance.sources.rediskeys:from_manifest",
+    "redis": "compliance.sources.rediskeys:from_manifest",
     "http": "compliance.sources.http:from_manifest",
 }
 
