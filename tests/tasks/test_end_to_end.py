@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import make_test_keys
-from tests.tasks.workers import environment, gdpr, running_worker, wait_for_status
+from tests.tasks.workers import (
+    environment,
+    gdpr,
+    production_environment,
+    running_worker,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +36,7 @@ def test_embedded_defaults_run_an_export_and_an_erasure_end_to_end(tmp_path: Pat
 def test_postgres_and_redis_run_an_approved_erasure_end_to_end(
     tmp_path: Path, pg_settings: object, pg_url: str, redis_url: str
 ) -> None:
-    redis.Redis.from_url(redis_url).flushdb()
-    keys = make_test_keys()
-    env = environment(
-        tmp_path,
-        {
-            "GDPR_DATABASE_URL": pg_url,
-            "GDPR_BROKER_URL": redis_url,
-            "GDPR_KEYS": keys["keys"],
-            "GDPR_PSEUDONYM_KEY": keys["pseudonym_key"],
-        },
-    )
+    env = production_environment(tmp_path, pg_url, redis_url)
     created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
     approved = gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
     assert approved["status"] == "queued"

@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import ON_CI, make_test_keys
-from tests.tasks.workers import environment, gdpr, running_worker, wait_for_status
+from tests.conftest import ON_CI
+from tests.tasks.workers import (
+    environment,
+    gdpr,
+    production_environment,
+    running_worker,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -117,19 +123,7 @@ def test_worker_keeps_working_after_redis_restarts(
 def test_dropped_database_connections_do_not_fail_the_next_request(
     tmp_path: Path, pg_settings: object, pg_url: str, redis_url: str
 ) -> None:
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    keys = make_test_keys()
-    env = environment(
-        tmp_path,
-        {
-            "GDPR_DATABASE_URL": pg_url,
-            "GDPR_BROKER_URL": redis_url,
-            "GDPR_KEYS": keys["keys"],
-            "GDPR_PSEUDONYM_KEY": keys["pseudonym_key"],
-        },
-    )
+    env = production_environment(tmp_path, pg_url, redis_url)
     with running_worker(tmp_path, env, tmp_path / "worker.log"):
         first = gdpr(tmp_path, env, "request", "export", "--email", "ada@example.com")
         assert wait_for_status(tmp_path, env, first["id"], {"completed"})["status"] == "completed"

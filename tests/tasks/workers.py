@@ -22,6 +22,25 @@ def environment(base: Path, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def production_environment(base: Path, pg_url: str, redis_url: str) -> dict[str, str]:
+    """PostgreSQL control database, Redis broker (emptied) and a configured keyring."""
+    import redis
+
+    from tests.conftest import make_test_keys
+
+    redis.Redis.from_url(redis_url).flushdb()
+    keys = make_test_keys()
+    return environment(
+        base,
+        {
+            "GDPR_DATABASE_URL": pg_url,
+            "GDPR_BROKER_URL": redis_url,
+            "GDPR_KEYS": keys["keys"],
+            "GDPR_PSEUDONYM_KEY": keys["pseudonym_key"],
+        },
+    )
+
+
 def gdpr(cwd: Path, env: Mapping[str, str], *args: str, check: bool = True) -> Any:
     """Run one `gdpr ... --json` command; return its parsed output."""
     done = subprocess.run(
