@@ -21,7 +21,6 @@ from sqlalchemy import select
 from compliance.errors import UnsupportedError
 from compliance.execution import RunContext, load_step, set_counts
 from compliance.identities import Identities, Identity, pseudonym
-from compliance.keyring import Keyring
 from compliance.models import DsrIdentity, StepStatus
 from compliance.requests import identity_aad
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
@@ -64,20 +63,22 @@ def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
     """Seal and store identities the request does not hold yet; returns those added."""
     key = ctx.keyring.pseudonym_key
     with ctx.db.session() as session:
-        known = set(
-            session.execute(
+        known = {
+            tuple(row)
+            for row in session.execute(
                 select(DsrIdentity.type, DsrIdentity.value_hmac).where(
                     DsrIdentity.request_id == ctx.request_id
                 )
             )
-        )
+        }
         added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
         for identity in added:
-            session.add(_sealed(ctx.keyring, ctx, identity))
+            session.add(_sealed(ctx, identity))
     return added
 
 
-def _sealed(keyring: Keyring, ctx: RunContext, identity: Identity) -> DsrIdentity:
+def _sealed(ctx: RunContext, identity: Identity) -> DsrIdentity:
+    keyring = ctx.keyring
     return DsrIdentity(
         request_id=ctx.request_id,
         type=identity.type,

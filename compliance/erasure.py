@@ -38,7 +38,8 @@ _COUNTS = ("deleted", "anonymized", "retained")
 def run_erasure(ctx: RunContext) -> dict[str, Any]:
     """Erase the subject everywhere, verify, and return a PII-free receipt.
 
-    A dry run resolves the identities and returns the plan: nothing is written anywhere.
+    A dry run resolves the identities and returns the plan: no source is changed, and
+    no identity is stored.
     """
     if ctx.settings.strict_sources:
         refuse_if_gaps(ctx.sources)
@@ -46,8 +47,7 @@ def run_erasure(ctx: RunContext) -> dict[str, Any]:
     if ctx.dry_run:
         plans = [s.plan(identities, Action.ERASE) for s in ctx.sources]
         return {**_header(ctx), "sources": [plan_dict(p) for p in plans]}
-    while erase_chunk(ctx, identities, max_seconds=None):
-        pass
+    erase_chunk(ctx, identities, max_seconds=None)
     verify_erasure(ctx, identities)
     _suppress(ctx, identities)
     return receipt(ctx)

@@ -35,7 +35,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, select, update
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult, LocationPlan
-from compliance.sources.sqlgraph import Edge, Graph, Strategy
+from compliance.sources.sqlgraph import Edge, Graph
 from compliance.sources.sqlquery import (
     Key,
     Selector,
@@ -89,7 +89,7 @@ def erase_plan(source: SqlSource, conn: Connection, identities: Identities) -> l
             plans.append(LocationPlan(table, rule.on_erase, count, basis))
         if rule.on_erase == Disposition.DELETE and count:
             plans.extend(_detach_plan(source, conn, table, selector))
-    return [p for p in plans if p.count or p.disposition == Disposition.RETAIN]
+    return plans
 
 
 def _detach_plan(
@@ -103,10 +103,9 @@ def _detach_plan(
         child = graph.tables[e.child]
         refs = select(*[parent.c[c] for c in e.parent_cols]).where(selector.rows(table))
         where = cols_expr(child, e.child_cols).in_(refs)
-        going = selector.where(e.child) if graph.rules[e.child].on_erase == "delete" else None
-        if going is not None:
-            own = select(*key_columns(graph, e.child)).where(going)
-            where = and_(where, ~cols_expr(child, graph.keys[e.child]).in_(own))
+        staying = selector.staying(e.child, child)
+        if staying is not None:
+            where = and_(where, staying)
         count = conn.execute(select(func.count()).select_from(child).where(where)).scalar_one()
         if count:
             location = f"{e.child}.{','.join(e.child_cols)}"
@@ -282,14 +281,10 @@ class Eraser:
                     continue
                 param = {f"k_{n}": row[i] for i, n in enumerate(names)}
                 for (column, strategy), value in zip(strategies, values, strict=True):
-                    keep = strategy == Strategy.HMAC and is_anonymized(strategy, value)
-                    where = f"{self.source.name}/{table}.{column}"
-                    new = (
-                        value
-                        if keep
-                        else anonymized_value(strategy, self.source.pseudonym_key, where, value)
-                    )
-                    param[f"v_{column}"] = new
+                    if not is_anonymized(strategy, value):  # an earlier run did it already
+                        where = f"{self.source.name}/{table}.{column}"
+                        value = anonymized_value(strategy, self.source.pseudonym_key, where, value)
+                    param[f"v_{column}"] = value
                 params.append(param)
             if params:
                 stmt = (
@@ -311,8 +306,10 @@ class Eraser:
     def _decode_orphans(self, encoded: Mapping[str, Any]) -> dict[str, list[Key]]:
         decoded: dict[str, list[Key]] = {}
         for table, keys in encoded.items():
-            found = [self._decode_key(table, key) for key in keys]
-            decoded[table] = [k for k in found if k is not None]
+            columns = key_columns(self.graph, table)
+            decoded[table] = [
+                tuple(from_json(c, v) for c, v in zip(columns, key, strict=True)) for key in keys
+            ]
         return decoded
 
 

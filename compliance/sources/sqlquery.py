@@ -148,12 +148,21 @@ class Selector:
             child = self.graph.schema_tables[e.child].alias()
             pairs = zip(e.child_cols, e.parent_cols, strict=True)
             cond = and_(*[child.c[c] == t.c[p] for c, p in pairs])
-            going = plain.where(e.child) if self._deleted(e.child) else None
-            if going is not None:
-                keys = select(*key_columns(self.graph, e.child)).where(going)
-                cond = and_(cond, ~cols_expr(child, self.graph.keys[e.child]).in_(keys))
+            staying = plain.staying(e.child, child)
+            if staying is not None:
+                cond = and_(cond, staying)
             parts.append(~exists().where(cond))
         return and_(true(), *parts)
+
+    def staying(self, table: str, rows: FromClause) -> ColumnElement[bool] | None:
+        """Rows of `rows` (`table` or an alias of it) that erasure does not delete;
+        None: all of them stay."""
+        going = self.own(table) if self._deleted(table) else None
+        if going is None:
+            return None
+        keys = select(*key_columns(self.graph, table)).where(going)
+        staying: ColumnElement[bool] = ~cols_expr(rows, self.graph.keys[table]).in_(keys)
+        return staying
 
     def _deleted(self, table: str) -> bool:
         rule = self.graph.rules.get(table)
