@@ -1,0 +1,3 @@
+from tests.sample_app.fixtures import pg_sample_dbs
+
+__all__ = ["pg_sample_dbs"]
