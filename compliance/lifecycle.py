@@ -107,9 +107,7 @@ def transition(
     return request
 
 
-def _refusal(
-    session: Session, request_id: uuid.UUID, event: Event, rule: Transition
-) -> Exception:
+def _refusal(session: Session, request_id: uuid.UUID, event: Event, rule: Transition) -> Exception:
     current = session.scalar(select(DsrRequest.status).where(DsrRequest.id == request_id))
     if current is None:
         return NotFoundError(f"no request with id {request_id}; list them with `gdpr request list`")

@@ -269,9 +269,7 @@ def wipe_identities(session: Session, request_id: uuid.UUID) -> None:
     )
 
 
-def get_request(
-    session: Session, request_id: uuid.UUID, *, for_update: bool = False
-) -> DsrRequest:
+def get_request(session: Session, request_id: uuid.UUID, *, for_update: bool = False) -> DsrRequest:
     from compliance.errors import NotFoundError
 
     query = select(DsrRequest).where(DsrRequest.id == request_id)
