@@ -234,25 +234,25 @@ def plan(action: str, as_json: bool, **options: Any) -> None:
     app = current()
     identities = identities_from(options)
     sources = app.registry().sources
-    resolved = cascade.resolve(sources, identities)
-    plans = cascade.plan(sources, resolved, Action.ERASE if action == "erase" else Action.EXPORT)
+    found = cascade.plan(sources, identities, Action.ERASE if action == "erase" else Action.EXPORT)
+    if as_json:
+        output.emit_json(found.to_dict())
+        return
+    if not sources:
+        click.echo("No data sources are registered (see GDPR_SOURCES); nothing would change.")
+        return
+    click.echo(
+        f"identities found: {', '.join(f'{k} x{v}' for k, v in found.identity_types.items())}"
+    )
     rows = [
         {
             "source": p.source,
-            "kind": p.kind,
             "location": loc.location,
             "action": loc.disposition.value,
             "count": loc.count,
             "legal_basis": loc.legal_basis or None,
         }
-        for p in plans
+        for p in found
         for loc in p.locations
     ]
-    if as_json:
-        output.emit_json({"identity_types": sorted(resolved.types()), "locations": rows})
-        return
-    if not sources:
-        click.echo("No data sources are registered (see GDPR_SOURCES); nothing would change.")
-        return
-    click.echo(f"identities found: {', '.join(sorted(resolved.types()))}")
     output.table(rows, ["source", "location", "action", "count", "legal_basis"])

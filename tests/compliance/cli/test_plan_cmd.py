@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from compliance.cli.context import App
+from compliance.cli.main import cli
+from compliance.config import Settings
+from tests.sample_app.fixtures import SampleDatabases
+
+
+def invoke(settings: Settings, *args: str) -> tuple[int, str]:
+    app = App()
+    app._cache["settings"] = settings
+    result = CliRunner().invoke(cli, list(args), obj=app)
+    return result.exit_code, result.stdout
+
+
+def count_users(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = int(conn.execute(text("SELECT count(*) FROM users")).scalar_one())
+    engine.dispose()
+    return found
+
+
+def test_plan_lists_what_erasure_would_do_and_changes_nothing(
+    sqlite_settings: Settings, sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    manifest = sample_dbs.write_manifest(tmp_path)
+    settings = sqlite_settings.with_overrides(sources=str(manifest))
+    before = count_users(sample_dbs.shop_url)
+    code, out = invoke(settings, "request", "plan", "--email", "Ada@Example.com", "--json")
+    assert code == 0, out
+    plan = json.loads(out)
+    shop = next(s for s in plan["sources"] if s["source"] == "shop")
+    by_location = {loc["location"]: loc for loc in shop["locations"]}
+    assert by_location["users"]["deleted"] == 1
+    assert by_location["payments"]["disposition"] == "anonymize"
+    assert by_location["invoices"]["disposition"] == "retain"
+    assert "commercial law" in by_location["invoices"]["legal_basis"]
+    assert plan["identities"]["user_id"] == 1
+    assert "ada@example.com" not in out
+    assert count_users(sample_dbs.shop_url) == before
+
+    code, table = invoke(settings, "request", "plan", "--email", "ada@example.com")
+    assert code == 0
+    assert "invoices" in table and "retain" in table
+
+
+def test_plan_with_no_sources_says_nothing_would_change(sqlite_settings: Settings) -> None:
+    code, out = invoke(sqlite_settings, "request", "plan", "--email", "ada@example.com")
+    assert code == 0
+    assert "nothing would change" in out
