@@ -1,6 +1,7 @@
 """Erasure throughput of the SQL cascade against hand-written DELETE statements.
 
     .venv/bin/python bench/erasure_sql.py [--rows 100000] [--others 3] [--repeat 3] [--json]
+    GDPR_BENCH_BATCH=5000 .venv/bin/python bench/erasure_sql.py     (batch size; default 1000)
 
 One subject owns about `--rows` rows across ten tables of a PostgreSQL database (users,
 profiles, sessions, devices, orders, order_items, shipments, events, messages,
