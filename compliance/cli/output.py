@@ -56,3 +56,16 @@ def _cell(value: Any) -> str:
     if isinstance(value, str) and "T" in value and value[:4].isdigit():
         return value[:16].replace("T", " ")  # ISO timestamp, minutes are enough
     return str(value)
+
+
+def summarise(counts: Mapping[str, Any] | None) -> str:
+    """`deleted=16 anonymized=7` from a step's counts: the numbers, not the nested detail."""
+    parts = []
+    for key, value in sorted((counts or {}).items()):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            parts.append(f"{key}={value}")
+        elif isinstance(value, Mapping) and all(isinstance(v, int) for v in value.values()):
+            parts.append(f"{key}={sum(value.values())}")
+    return " ".join(parts) or "-"

@@ -211,7 +211,8 @@ def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     output.fields([(k, view[k]) for k in keys] + [("identities", ", ".join(types))])
     if steps:
         click.echo("")
-        output.table(view["steps"], ["source", "action", "status", "counts", "attempts", "error"])
+        rows = [step | {"counts": output.summarise(step["counts"])} for step in view["steps"]]
+        output.table(rows, ["source", "action", "status", "counts", "attempts", "error"])
     if found.status == RequestStatus.FAILED:
         click.get_current_context().exit(1)
 
