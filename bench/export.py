@@ -154,7 +154,9 @@ def main() -> None:
         result = (child_ours if args.child == "ours" else child_anchor)(
             args.endpoint, args.bucket, size, args.row_share
         )
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024
+        result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
         print(json.dumps(result))
         return
     bucket = args.bucket or f"gdpr-bench-{uuid.uuid4().hex[:10]}"
@@ -185,6 +187,8 @@ def report(
         "anchor_peak_rss_mb": round(max(r["peak_rss_mb"] for r in anchor), 1),
         "ours_seconds_median": round(statistics.median(r["seconds"] for r in ours), 2),
         "anchor_seconds_median": round(statistics.median(r["seconds"] for r in anchor), 2),
+        "ours_cpu_seconds_median": round(statistics.median(r["cpu_seconds"] for r in ours), 2),
+        "anchor_cpu_seconds_median": round(statistics.median(r["cpu_seconds"] for r in anchor), 2),
         "repeat": args.repeat,
         "goal_ratio": GOAL_RATIO,
         "goal_rss_mb": GOAL_RSS_MB,

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -86,7 +87,13 @@ _ONE: dict[type, Callable[[Any], tuple[str, str]]] = {
 
 
 def _texts(values: Sequence[str]) -> Cells:
-    return list(map(encode_basestring, values)), list(map(text_cell, values))
+    texts = list(map(encode_basestring, values))
+    joined = "".join(values)
+    if "," in joined or '"' in joined or "\n" in joined or "\r" in joined:
+        return texts, list(map(text_cell, values))
+    if any(map(str.startswith, values, repeat(_FORMULA_START))):
+        return texts, ["'" + v if v.startswith(_FORMULA_START) else v for v in values]
+    return texts, list(values)  # nothing to quote or guard: the text is the cell
 
 
 def _ints(values: Sequence[int]) -> Cells:
@@ -95,7 +102,9 @@ def _ints(values: Sequence[int]) -> Cells:
 
 
 def _temporals(values: Sequence[Any]) -> Cells:
-    return _texts([value.isoformat() for value in values])
+    # ISO 8601 text starts with a digit and holds no comma, quote or line break.
+    iso = [value.isoformat() for value in values]
+    return list(map(encode_basestring, iso)), iso
 
 
 def _floats(values: Sequence[float]) -> Cells | None:
