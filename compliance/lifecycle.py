@@ -80,15 +80,27 @@ def transition(
     now: datetime,
     values: Mapping[str, Any] | None = None,
     details: Mapping[str, Any] | None = None,
+    claim: int | None = None,
 ) -> DsrRequest:
-    """Apply `event` atomically; raise if the request is missing or in the wrong state."""
+    """Apply `event` atomically; raise if the request is missing or in the wrong state.
+
+    `claim` (the `attempts` value a worker's claim set) makes the update apply only while
+    that claim is still the current one: a worker whose claim went stale and was taken
+    over by another cannot finish or release the newer run.
+    """
     rule = TRANSITIONS[event]
     changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
     if rule.target in _TIMESTAMP_ON_ENTRY:
         changes.setdefault(_TIMESTAMP_ON_ENTRY[rule.target], now)
+    conditions = [
+        DsrRequest.id == request_id,
+        DsrRequest.status.in_([s.value for s in rule.sources]),
+    ]
+    if claim is not None:
+        conditions.append(DsrRequest.attempts == claim)
     result = session.execute(
         update(DsrRequest)
-        .where(DsrRequest.id == request_id, DsrRequest.status.in_([s.value for s in rule.sources]))
+        .where(*conditions)
         .values(**changes)
         .execution_options(synchronize_session=False)
     )
@@ -112,6 +124,11 @@ def _refusal(session: Session, request_id: uuid.UUID, event: Event, rule: Transi
     if current is None:
         return NotFoundError(f"no request with id {request_id}; list them with `gdpr request list`")
     allowed = ", ".join(sorted(s.value for s in rule.sources))
+    if current in {s.value for s in rule.sources}:
+        return IllegalTransitionError(
+            f"cannot {event.value.replace('_', ' ')} request {request_id}: another worker"
+            " took over its claim meanwhile"
+        )
     return IllegalTransitionError(
         f"cannot {event.value.replace('_', ' ')} request {request_id}: it is {current}"
         f" (allowed from: {allowed})"

@@ -20,7 +20,6 @@ from sqlalchemy import select
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import (
-    ComplianceError,
     IllegalTransitionError,
     RetryableError,
     TerminalError,
@@ -64,21 +63,27 @@ def execute(worker: Worker, request_id: uuid.UUID) -> Outcome:
     request = _claim(worker, request_id)
     if request is None:
         return Outcome.SKIPPED
+    claim = request.attempts
     ctx = _context(worker, request)
     log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": request.kind})
     try:
         receipt = worker.runners[RequestKind(request.kind)](ctx)
     except RetryableError as exc:
-        _finish(worker, request_id, Event.RELEASE, error=str(exc))
+        if not _finish(worker, request_id, claim, Event.RELEASE, error=str(exc)):
+            return Outcome.SKIPPED  # the run that took over the claim carries on
         raise
     except TerminalError as exc:
-        _finish(worker, request_id, Event.FAIL, error=str(exc))
+        if not _finish(worker, request_id, claim, Event.FAIL, error=str(exc)):
+            return Outcome.SKIPPED
         return Outcome.FAILED
     except Exception as exc:  # never leave a request running because of a bug
-        _finish(worker, request_id, Event.FAIL, error=f"internal error ({type(exc).__name__})")
         log.exception("dsr.run.crashed", extra={"request_id": str(request_id)})
+        error = f"internal error ({type(exc).__name__})"
+        if not _finish(worker, request_id, claim, Event.FAIL, error=error):
+            return Outcome.SKIPPED
         return Outcome.FAILED
-    _finish(worker, request_id, Event.COMPLETE, receipt=receipt)
+    if not _finish(worker, request_id, claim, Event.COMPLETE, receipt=receipt):
+        return Outcome.SKIPPED
     log.info("dsr.run.completed", extra={"request_id": str(request_id)})
     return Outcome.COMPLETED
 
@@ -132,11 +137,13 @@ def load_identities(db: Database, keyring: Keyring, request_id: uuid.UUID) -> Id
 def _finish(
     worker: Worker,
     request_id: uuid.UUID,
+    claim: int,
     event: Event,
     *,
     error: str | None = None,
     receipt: dict[str, Any] | None = None,
-) -> None:
+) -> bool:
+    """Record the outcome of our claim; False if the claim was lost (released or taken)."""
     now = worker.clock()
     values: dict[str, Any] = {"last_error": error[:2000] if error else None}
     if receipt is not None:
@@ -152,12 +159,16 @@ def _finish(
                 now=now,
                 values=values,
                 details=details,
+                claim=claim,
             )
             if event == Event.COMPLETE:
                 wipe_identities(session, request_id)
-    except ComplianceError:
-        # The claim was released by the maintenance sweep meanwhile; the next run resumes.
+    except IllegalTransitionError:
+        # The maintenance sweep released the claim meanwhile (and maybe another worker
+        # claimed it): that run, or the next one, resumes from the durable steps.
         log.warning("dsr.finish.lost_claim", extra={"request_id": str(request_id)})
+        return False
+    return True
 
 
 def type_of(error: str) -> str:

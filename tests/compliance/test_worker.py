@@ -15,7 +15,7 @@ from compliance.execution import RunContext
 from compliance.keyring import load_keyring
 from compliance.maintenance import redispatch_queued, release_stale_claims
 from compliance.models import DsrIdentity, DsrRequest, RequestKind
-from compliance.worker import Outcome, Runner, Worker, execute
+from compliance.worker import Outcome, Runner, Worker, _claim, execute
 from tests.compliance.helpers import NOW, submit_request
 
 
@@ -132,3 +132,42 @@ def test_fresh_claims_and_fresh_queue_entries_are_left_alone(
     assert release_stale_claims(db, settings, NOW) == []
     assert redispatch_queued(db, settings, RecordingDispatcher(), NOW) == []
     assert status_of(db, created).status == "queued"
+
+
+def test_a_worker_whose_claim_went_stale_cannot_finish_the_new_claim(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    second = make_worker(db, settings, lambda ctx: {})
+
+    def slow_runner(ctx: RunContext) -> dict[str, Any]:
+        # While this run looks dead, the sweep releases it and a second worker claims it.
+        assert release_stale_claims(db, settings, later) == [created.id]
+        assert _claim(second, created.id) is not None
+        return {"stale": True}
+
+    assert execute(make_worker(db, settings, slow_runner), created.id) == Outcome.SKIPPED
+    row = status_of(db, created)
+    assert (row.status, row.receipt, row.attempts) == ("running", None, 2)
+    with db.session() as session:
+        sealed = session.scalars(
+            select(DsrIdentity.value_sealed).where(DsrIdentity.request_id == created.id)
+        ).all()
+    assert None not in sealed  # the second run still needs them
+
+
+def test_a_stale_worker_failing_late_does_not_fail_the_new_claim(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    second = make_worker(db, settings, lambda ctx: {})
+
+    def failing_runner(ctx: RunContext) -> dict[str, Any]:
+        release_stale_claims(db, settings, later)
+        _claim(second, created.id)
+        raise SourceUnavailableError("shop database unavailable")
+
+    assert execute(make_worker(db, settings, failing_runner), created.id) == Outcome.SKIPPED
+    assert status_of(db, created).status == "running"
