@@ -106,6 +106,25 @@ def heartbeat(session: Session, ctx: RunContext) -> None:
     )
 
 
+HEARTBEAT_SECONDS = 60.0
+
+
+def pulse(ctx: RunContext, every: float = HEARTBEAT_SECONDS) -> Callable[[], None]:
+    """A heartbeat for work that records no checkpoints (an export streaming its package):
+    call it as often as you like; it touches the request at most once per `every` seconds."""
+    last: list[datetime] = []
+
+    def beat() -> None:
+        now = ctx.clock()
+        if last and (now - last[0]).total_seconds() < every:
+            return
+        last[:] = [now]
+        with ctx.db.session() as session:
+            heartbeat(session, ctx)
+
+    return beat
+
+
 def set_counts(ctx: RunContext, step_id: int, counts: Mapping[str, Any], done: bool) -> None:
     """Replace a step's counts (for steps whose counts are not cumulative, e.g. verify)."""
     with ctx.db.session() as session:

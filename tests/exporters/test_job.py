@@ -187,3 +187,30 @@ def test_export_to_s3_with_a_kms_wrapped_key(
     summary = run_export(ctx)
     assert summary["key_id"].startswith("kms:")
     assert open_package(ctx).read("files/shop/invoices/1.pdf") == b"%PDF-1.7 invoice"
+
+
+def test_a_long_export_keeps_its_claim_fresh_so_it_is_not_run_twice(
+    db: Database, settings: Settings
+) -> None:
+    from datetime import timedelta
+
+    from compliance.lifecycle import Event, transition
+    from compliance.maintenance import release_stale_claims
+
+    times = [NOW]
+    released: list[list[Any]] = []
+
+    @dataclass
+    class SlowSource(ShopSource):
+        def _orders(self, identities: Identities) -> Iterator[Mapping[str, Any]]:
+            for n in range(3):  # each row takes longer than a claim may stay silent
+                times.append(times[-1] + timedelta(seconds=settings.stale_claim_seconds + 1))
+                yield {"id": n, "email": EMAIL, "total": "1.00"}
+                released.append(release_stale_claims(db, settings, times[-1]))
+
+    ctx = context(db, settings, SlowSource())
+    ctx = RunContext(**{**ctx.__dict__, "clock": lambda: times[-1]})
+    with db.session() as session:
+        transition(session, ctx.request_id, Event.CLAIM, actor="worker", now=NOW)
+    run_export(ctx)
+    assert released == [[], [], []]
