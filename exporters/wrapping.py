@@ -17,6 +17,7 @@ from exporters import kms
 
 _AAD = b"gdpr-export-data-key\x00"
 _NONCE = 12
+_WRAPPED = _NONCE + 32 + 16  # nonce, data key, tag
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class KeyringWrapper:
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         kek = AESGCM(self.keyring.key(key_id))
         try:
+            if len(wrapped) != _WRAPPED:  # AESGCM raises ValueError on a short nonce
+                raise InvalidTag
             return kek.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], _AAD + key_id.encode())
         except InvalidTag:
             raise IntegrityError(

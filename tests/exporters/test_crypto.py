@@ -173,3 +173,13 @@ def test_an_unknown_kms_key_is_a_configuration_error(s3_settings: Settings) -> N
     settings_ = s3_settings.with_overrides(kms_key_id="00000000-0000-0000-0000-000000000000")
     with pytest.raises(ConfigError, match="KMS refused key"):
         encrypt(b"x", wrapper_for(settings_, make_keyring("k1")))
+
+
+@pytest.mark.parametrize("length", [0, 4, 11, 12, 27])
+def test_a_shortened_wrapped_key_is_an_integrity_error(wrapper, length: int) -> None:  # type: ignore[no-untyped-def]
+    blob = encrypt(os.urandom(1000), wrapper)
+    header = read_header([blob])
+    length_at = len(header.raw) - len(header.wrapped_key) - 2
+    edited = blob[:length_at] + struct.pack(">H", length) + blob[length_at + 2 :]
+    with pytest.raises(IntegrityError, match="wrapped data key"):
+        decrypt(edited, wrapper)
