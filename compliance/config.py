@@ -22,9 +22,13 @@ from compliance.errors import ConfigError
 ENV_PREFIX = "GDPR_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything configurable. Build with `load_settings()`; pass it down explicitly."""
+    """Everything configurable. Build with `load_settings()`; pass it down explicitly.
+
+    Its repr hides secrets: fields marked ``repr=False`` are left out, and passwords in
+    URLs (``postgresql://user:secret@host``) are masked.
+    """
 
     home: Path = Path(defaults.HOME)
     database_url: str = ""
@@ -99,6 +103,26 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _URL_FIELDS:
+                value = mask_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+def mask_password(url: str) -> str:
+    """`url` with the password of its user info replaced by ``***`` (for display only)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -190,7 +214,13 @@ def _validate(settings: Settings) -> None:
         url = getattr(settings, name)
         if not url:
             continue
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # parsing the port raises on a malformed one
+        except ValueError:
+            raise ConfigError(
+                f"setting '{name}' is not a valid URL (check brackets, port and characters)"
+            ) from None
         if parts.scheme not in schemes:
             allowed = ", ".join(f"{s}://" for s in schemes)
             raise ConfigError(f"setting '{name}' has a malformed URL; expected one of {allowed}")
@@ -198,9 +228,22 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting '{name}' has no host (or bucket); fix the URL")
     if settings.s3_sse not in {"", "AES256", "aws:kms"}:
         raise ConfigError("setting 's3_sse' must be '', 'AES256' or 'aws:kms'")
-    for name in ("link_ttl_days", "link_max_downloads", "package_ttl_days", "batch_size"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"setting '{name}' must be at least 1")
+    at_least = {
+        "link_ttl_days": 1,
+        "link_max_downloads": 1,
+        "package_ttl_days": 1,
+        "batch_size": 1,
+        "rate_limit_per_minute": 1,
+        "stale_claim_seconds": 1,
+        "redispatch_after_seconds": 0,
+        "lock_timeout_ms": 0,
+        "statement_timeout_ms": 0,
+    }
+    for name, low in at_least.items():
+        if getattr(settings, name) < low:
+            raise ConfigError(f"setting '{name}' must be at least {low}")
+    if not 1 <= settings.serve_port <= 65535:
+        raise ConfigError("setting 'serve_port' must be between 1 and 65535")
     if not 0 <= settings.retention_hour <= 23:
         raise ConfigError("setting 'retention_hour' must be between 0 and 23")
     _validate_timezone(settings.timezone)

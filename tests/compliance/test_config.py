@@ -65,3 +65,44 @@ def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
 def test_unknown_timezone_is_refused() -> None:
     with pytest.raises(ConfigError, match="time zone"):
         load_settings({"GDPR_TIMEZONE": "Mars/Olympus"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GDPR_RATE_LIMIT_PER_MINUTE", "0"),
+        ("GDPR_SERVE_PORT", "99999"),
+        ("GDPR_STALE_CLAIM_SECONDS", "0"),
+        ("GDPR_REDISPATCH_AFTER_SECONDS", "-5"),
+        ("GDPR_LOCK_TIMEOUT_MS", "-1"),
+        ("GDPR_STATEMENT_TIMEOUT_MS", "-1"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_at_startup(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name[5:].lower()):
+        load_settings({name: value})
+
+
+@pytest.mark.parametrize("name", ["GDPR_BASE_URL", "GDPR_DATABASE_URL", "GDPR_S3_ENDPOINT_URL"])
+def test_an_unparsable_url_is_a_config_error_that_does_not_echo_it(name: str) -> None:
+    with pytest.raises(ConfigError, match=name[5:].lower()) as caught:
+        load_settings({name: "http://user:s3cret@[::1/x"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_passwords_in_urls_and_secrets_never_appear_in_the_settings_repr() -> None:
+    settings = load_settings(
+        {
+            "GDPR_DATABASE_URL": "postgresql+psycopg://gdpr:pg-s3cret@db.internal:5432/gdpr",
+            "GDPR_BROKER_URL": "redis://:redis-s3cret@cache.internal:6379/0",
+            "GDPR_MAIL_URL": "smtp://mailer:mail-s3cret@smtp.internal:587",
+            "GDPR_MAIL_PASSWORD": "other-s3cret",
+            "GDPR_KEYS": "k1:" + "A" * 44,
+            "GDPR_PSEUDONYM_KEY": "B" * 44,
+        }
+    )
+    shown = repr(settings) + str(settings)
+    for secret in ("pg-s3cret", "redis-s3cret", "mail-s3cret", "other-s3cret", "A" * 44, "B" * 44):
+        assert secret not in shown
+    assert "db.internal" in shown and "gdpr:***@" in shown
+    assert settings.database_url.endswith("pg-s3cret@db.internal:5432/gdpr")  # value intact
