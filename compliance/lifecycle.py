@@ -7,7 +7,10 @@ or in a state the table does not allow; the error names the current state.
 
     received -> awaiting_approval -> queued -> running -> completed
                     |                   |         |-> failed -> queued (retry)
-                    |-> rejected        |-> cancelled (only before running)
+                    |-> rejected        |-> cancelled (never while running)
+
+A failed request may also be cancelled (given up): otherwise nothing would ever close it,
+and its sealed identities would stay in the control database for good.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ TRANSITIONS: Mapping[Event, Transition] = {
     Event.AUTO_APPROVE: Transition(frozenset({S.RECEIVED}), S.QUEUED),
     Event.APPROVE: Transition(frozenset({S.AWAITING_APPROVAL}), S.QUEUED),
     Event.REJECT: Transition(frozenset({S.RECEIVED, S.AWAITING_APPROVAL}), S.REJECTED),
-    Event.CANCEL: Transition(frozenset({S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED}), S.CANCELLED),
+    Event.CANCEL: Transition(
+        frozenset({S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED, S.FAILED}), S.CANCELLED
+    ),
     Event.CLAIM: Transition(frozenset({S.QUEUED}), S.RUNNING),
     Event.COMPLETE: Transition(frozenset({S.RUNNING}), S.COMPLETED),
     Event.FAIL: Transition(frozenset({S.RUNNING}), S.FAILED),

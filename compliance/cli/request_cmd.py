@@ -114,7 +114,7 @@ def reject(request_id: str, reason: str, as_json: bool) -> None:
 @click.option("--reason", help="Why (kept with the request).")
 @json_option
 def cancel(request_id: str, reason: str | None, as_json: bool) -> None:
-    """Cancel a request that has not started running."""
+    """Cancel a request that is not running (also gives up a failed one)."""
     app = current()
     rid = _id(request_id)
     service.cancel(app.db(), rid, operator=app.operator(), now=app.now(), reason=reason)

@@ -178,3 +178,40 @@ def test_note_with_control_characters_is_refused(db: Database, settings: Setting
             dispatcher=RecordingDispatcher(),
         )
     assert requests.list_requests(db, now=NOW) == []
+
+
+def test_a_failed_request_can_be_given_up_which_wipes_every_sealed_identity(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.lifecycle import Event, transition
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with db.session() as session:
+        transition(session, created.id, Event.CLAIM, actor="worker", now=NOW)
+        session.add(
+            DsrIdentity(
+                request_id=created.id,
+                type="customer_id",
+                value_sealed=b"\x01ksealed",
+                value_hmac="ps_discovered",
+                discovered=True,
+            )
+        )
+        transition(session, created.id, Event.FAIL, actor="worker", now=NOW)
+    cancelled = requests.cancel(db, created.id, operator="bob", now=NOW, reason="subject withdrew")
+    assert cancelled.status == "cancelled"
+    with db.session() as session:
+        sealed = session.scalars(
+            select(DsrIdentity.value_sealed).where(DsrIdentity.request_id == created.id)
+        ).all()
+    assert len(sealed) == 3 and set(sealed) == {None}
+
+
+def test_a_running_request_cannot_be_cancelled(db: Database, settings: Settings) -> None:
+    from compliance.lifecycle import Event, transition
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with db.session() as session:
+        transition(session, created.id, Event.CLAIM, actor="worker", now=NOW)
+    with pytest.raises(IllegalTransitionError, match="it is running"):
+        requests.cancel(db, created.id, operator="bob", now=NOW)
