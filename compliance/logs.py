@@ -9,9 +9,11 @@ put in its message, before it reaches the output.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
+import traceback
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -21,6 +23,21 @@ REDACTED = "<redacted>"
 
 def scrub(text: str) -> str:
     return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, text))
+
+
+def stack_summary(exc: BaseException, depth: int = 8) -> str:
+    """Where an exception (and its causes) came from: types, files, lines and functions,
+    never messages or source lines, which may hold the values being processed."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 5:
+        frames = traceback.extract_tb(current.__traceback__)[-depth:]
+        where = " < ".join(
+            f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames)
+        )
+        parts.append(f"{type(current).__name__} at {where or '?'}")
+        current = current.__cause__ or current.__context__
+    return " | from ".join(parts)
 
 
 class ScrubFilter(logging.Filter):

@@ -28,6 +28,7 @@ from compliance.execution import RunContext
 from compliance.identities import Identities, Identity
 from compliance.keyring import Keyring
 from compliance.lifecycle import Event, transition
+from compliance.logs import stack_summary
 from compliance.models import DsrIdentity, DsrRequest, RequestKind
 from compliance.requests import identity_aad, wipe_identities
 from compliance.sources.base import DataSource
@@ -77,7 +78,9 @@ def execute(worker: Worker, request_id: uuid.UUID) -> Outcome:
             return Outcome.SKIPPED
         return Outcome.FAILED
     except Exception as exc:  # never leave a request running because of a bug
-        log.exception("dsr.run.crashed", extra={"request_id": str(request_id)})
+        log.error(  # the place only: an exception's text may hold personal data
+            "dsr.run.crashed", extra={"request_id": str(request_id), "trace": stack_summary(exc)}
+        )
         error = f"internal error ({type(exc).__name__})"
         if not _finish(worker, request_id, claim, Event.FAIL, error=error):
             return Outcome.SKIPPED

@@ -171,3 +171,22 @@ def test_a_stale_worker_failing_late_does_not_fail_the_new_claim(
 
     assert execute(make_worker(db, settings, failing_runner), created.id) == Outcome.SKIPPED
     assert status_of(db, created).status == "running"
+
+
+def test_a_crash_is_logged_with_its_place_but_without_the_exception_text(
+    db: Database, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        try:
+            {}["customer-4711"]
+        except KeyError as exc:
+            raise RuntimeError("while exporting user 4711") from exc
+        return {}
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with caplog.at_level("INFO", logger="gdpr"):
+        assert execute(make_worker(db, settings, runner), created.id) == Outcome.FAILED
+    logged = caplog.text + " ".join(str(vars(record)) for record in caplog.records)
+    assert "dsr.run.crashed" in logged
+    assert "RuntimeError at test_worker.py" in logged and "from KeyError" in logged
+    assert "4711" not in logged
