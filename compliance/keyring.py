@@ -15,6 +15,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from compliance.config import Settings
-from compliance.errors import ConfigError, IntegrityError
+from compliance.errors import ConfigError, IntegrityError, ValidationError
 
 log = logging.getLogger("gdpr.keyring")
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 DEV_KEYRING_FILE = "dev-keys.json"
+_NEW_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ def parse_keys(text: str, origin: str) -> dict[str, bytes]:
 
 def new_key_line(key_id: str) -> str:
     """A fresh ``kid:base64key`` entry, for `gdpr keys generate`."""
+    if not _NEW_KEY_ID.fullmatch(key_id):
+        raise ValidationError(
+            "key id must be 1 to 64 letters, digits, '.', '_' or '-' (e.g. 2026-01)"
+        )
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
 
 
