@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from compliance.errors import UnsupportedError
+from compliance.errors import IllegalTransitionError, UnsupportedError
 from compliance.execution import RunContext, load_step, set_counts
 from compliance.identities import Identities, Identity, pseudonym
-from compliance.models import DsrIdentity, StepStatus
+from compliance.lifecycle import FINAL
+from compliance.models import DsrIdentity, DsrRequest, RequestStatus, StepStatus
 from compliance.requests import identity_aad
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
 
@@ -60,9 +61,22 @@ def discover(ctx: RunContext) -> Identities:
 
 
 def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
-    """Seal and store identities the request does not hold yet; returns those added."""
+    """Seal and store identities the request does not hold yet; returns those added.
+
+    Refused once the request is closed: its identities were wiped, and a stale run
+    (released, then finished by another worker) must not seal new ones. The request row
+    is locked, so a concurrent completion wipes after this commit, never before it.
+    """
     key = ctx.keyring.pseudonym_key
     with ctx.db.session() as session:
+        status = session.scalar(
+            select(DsrRequest.status).where(DsrRequest.id == ctx.request_id).with_for_update()
+        )
+        if status is None or RequestStatus(status) in FINAL:
+            raise IllegalTransitionError(
+                f"request {ctx.request_id} is {status or 'gone'}; its identities were wiped"
+                " and are not stored again"
+            )
         known = {
             tuple(row)
             for row in session.execute(

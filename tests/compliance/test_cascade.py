@@ -1,0 +1,69 @@
+"""Discovery keeps what it found sealed, and never after the request was closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from compliance.cascade import store_discovered
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.errors import IllegalTransitionError
+from compliance.execution import RunContext
+from compliance.identities import Identities, parse_identity
+from compliance.keyring import load_keyring
+from compliance.lifecycle import Event, transition
+from compliance.models import DsrIdentity, RequestKind
+from compliance.requests import wipe_identities
+from compliance.worker import load_identities
+from tests.compliance.helpers import NOW, submit_request
+
+
+def context(db: Database, settings: Settings, request_id: Any, subject: str) -> RunContext:
+    keyring = load_keyring(settings)
+    return RunContext(
+        settings=settings,
+        db=db,
+        keyring=keyring,
+        sources=(),
+        request_id=request_id,
+        subject=subject,
+        identities=load_identities(db, keyring, request_id),
+        clock=lambda: NOW,
+    )
+
+
+def sealed(db: Database, request_id: Any) -> list[bytes | None]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(DsrIdentity.value_sealed).where(DsrIdentity.request_id == request_id)
+            )
+        )
+
+
+def test_discovered_identities_are_stored_sealed_while_the_request_runs(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    ctx = context(db, settings, created.id, created.subject)
+    found = ctx.identities.union([parse_identity("customer_id", "C-77")])
+    assert [i.type for i in store_discovered(ctx, found)] == ["customer_id"]
+    assert len(sealed(db, created.id)) == 3 and None not in sealed(db, created.id)
+
+
+def test_a_stale_run_cannot_store_identities_after_the_request_was_closed(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    ctx = context(db, settings, created.id, created.subject)  # a run that went stale
+    with db.session() as session:  # the run that took over finished and wiped
+        transition(session, created.id, Event.CLAIM, actor="worker-2", now=NOW)
+        transition(session, created.id, Event.COMPLETE, actor="worker-2", now=NOW)
+        wipe_identities(session, created.id)
+    late = Identities.of([parse_identity("customer_id", "C-77")])
+    with pytest.raises(IllegalTransitionError, match="completed"):
+        store_discovered(ctx, late)
+    assert sealed(db, created.id) == [None, None]
