@@ -16,13 +16,13 @@ and its sealed identities would stay in the control database for good.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from compliance import audit
@@ -86,12 +86,14 @@ def transition(
     values: Mapping[str, Any] | None = None,
     details: Mapping[str, Any] | None = None,
     claim: int | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> DsrRequest:
     """Apply `event` atomically; raise if the request is missing or in the wrong state.
 
     `claim` (the `attempts` value a worker's claim set) makes the update apply only while
     that claim is still the current one: a worker whose claim went stale and was taken
-    over by another cannot finish or release the newer run.
+    over by another cannot finish or release the newer run. `where` adds conditions that
+    must still hold at the moment of the update (e.g. that a claim is still stale).
     """
     rule = TRANSITIONS[event]
     changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
@@ -103,6 +105,7 @@ def transition(
     ]
     if claim is not None:
         conditions.append(DsrRequest.attempts == claim)
+    conditions.extend(where)
     result = session.execute(
         update(DsrRequest)
         .where(*conditions)
@@ -131,8 +134,8 @@ def _refusal(session: Session, request_id: uuid.UUID, event: Event, rule: Transi
     allowed = ", ".join(sorted(s.value for s in rule.sources))
     if current in {s.value for s in rule.sources}:
         return IllegalTransitionError(
-            f"cannot {event.value.replace('_', ' ')} request {request_id}: another worker"
-            " took over its claim meanwhile"
+            f"cannot {event.value.replace('_', ' ')} request {request_id}: it changed"
+            " meanwhile (another worker took over its claim, or it made progress)"
         )
     return IllegalTransitionError(
         f"cannot {event.value.replace('_', ' ')} request {request_id}: it is {current}"

@@ -87,6 +87,7 @@ def release_stale_claims(db: Database, settings: Settings, now: datetime) -> lis
                     actor=ACTOR,
                     now=now,
                     values={"last_error": "claim went stale (worker lost); resuming"},
+                    where=[DsrRequest.updated_at < cutoff],  # no heartbeat since the select
                 )
             released.append(request_id)
         except IllegalTransitionError:

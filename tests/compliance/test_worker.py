@@ -190,3 +190,23 @@ def test_a_crash_is_logged_with_its_place_but_without_the_exception_text(
     assert "dsr.run.crashed" in logged
     assert "RuntimeError at test_worker.py" in logged and "from KeyError" in logged
     assert "4711" not in logged
+
+
+def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compliance import maintenance
+    from compliance.lifecycle import transition
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+
+    def heartbeat_then_transition(session: Any, request_id: Any, *args: Any, **kw: Any) -> Any:
+        with db.session() as other:  # the worker reports progress just after the select
+            other.get_one(DsrRequest, request_id).updated_at = later
+        return transition(session, request_id, *args, **kw)
+
+    monkeypatch.setattr(maintenance, "transition", heartbeat_then_transition)
+    assert release_stale_claims(db, settings, later) == []
+    assert status_of(db, created).status == "running"
