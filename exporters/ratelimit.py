@@ -7,8 +7,27 @@ each enforce their own window; put a shared limiter in the reverse proxy if that
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import deque
+
+IPV6_PREFIX = 64  # one subscriber usually holds a whole /64: count it as one client
+
+
+def client_key(address: str | None) -> str:
+    """The rate-limit key of a client address: an IPv4 address, or an IPv6 /64 network
+    (rotating addresses inside one's own /64 must not buy fresh attempts)."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class SlidingWindowLimiter:

@@ -26,7 +26,7 @@ from compliance.errors import ComplianceError, RetryableError, TokenError
 from compliance.keyring import Keyring
 from exporters.crypto import wrapper_for
 from exporters.links import Verdict
-from exporters.ratelimit import SlidingWindowLimiter
+from exporters.ratelimit import SlidingWindowLimiter, client_key
 from exporters.storage import ObjectStorage
 from exporters.web_download import DownloadService
 from exporters.web_server import redact_tokens_in_logs
@@ -91,7 +91,7 @@ def _routes(
     def rate_limit() -> Response | None:
         if not request.path.startswith("/d/"):
             return None
-        client = request.remote_addr or "unknown"
+        client = client_key(request.remote_addr)
         now = clock().timestamp()
         if limiter.allow(client, now):
             return None

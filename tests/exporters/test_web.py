@@ -363,3 +363,26 @@ def test_a_package_in_s3_streams_decrypted_through_the_service(
     finally:
         server.stop()
     assert reply.status == 200 and reply.body == site.zip_bytes
+
+
+def test_rotating_ipv6_addresses_within_one_network_does_not_escape_the_rate_limit(
+    download_site: DownloadSite,
+) -> None:
+    site = download_site
+    app = create_app(
+        site.settings.with_overrides(rate_limit_per_minute=3),
+        site.db,
+        site.storage,  # type: ignore[arg-type]
+        site.keyring,  # type: ignore[arg-type]
+    )
+    client = app.test_client()
+    statuses = [
+        client.get(
+            f"/d/{site.token}", environ_base={"REMOTE_ADDR": f"2001:db8:1:2::{n:x}"}
+        ).status_code
+        for n in range(1, 6)
+    ]
+    elsewhere = client.get(f"/d/{site.token}", environ_base={"REMOTE_ADDR": "2001:db8:9:9::1"})
+    ipv4 = client.get(f"/d/{site.token}", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert statuses == [200, 200, 200, 429, 429]
+    assert elsewhere.status_code == 200 and ipv4.status_code == 200
