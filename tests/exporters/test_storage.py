@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +98,22 @@ def test_large_bodies_use_multipart_upload(s3_settings: Settings, s3_bucket: str
     head = client.head_object(Bucket=s3_bucket, Key="packages/exports/big")
     assert head["ETag"].strip('"').endswith("-3")  # 8 + 8 + 4 MiB parts
     assert b"".join(storage.download("exports/big")) == data
+
+
+@pytest.mark.s3
+def test_multipart_parts_carry_crc32_checksums_the_object_keeps(
+    s3_settings: Settings, s3_bucket: str
+) -> None:
+    storage = open_storage(s3_settings)
+    data = os.urandom(17 * MIB)
+    storage.upload("exports/sum", (data[i : i + MIB] for i in range(0, len(data), MIB)))
+    client = boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url, region_name="us-east-1")
+    head = client.head_object(Bucket=s3_bucket, Key="packages/exports/sum", ChecksumMode="ENABLED")
+    part_sums = b"".join(
+        zlib.crc32(data[i : i + 8 * MIB]).to_bytes(4, "big") for i in range(0, len(data), 8 * MIB)
+    )
+    composite = base64.b64encode(zlib.crc32(part_sums).to_bytes(4, "big")).decode()
+    assert head["ChecksumCRC32"].removesuffix("-3") == composite  # AWS adds the part count
 
 
 @pytest.mark.s3
