@@ -24,6 +24,7 @@ from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import ComplianceError, RetryableError, TokenError
 from compliance.keyring import Keyring
+from compliance.logs import stack_summary
 from exporters.crypto import wrapper_for
 from exporters.links import Verdict
 from exporters.ratelimit import SlidingWindowLimiter, client_key
@@ -50,11 +51,13 @@ GONE_STATUS = 404  # the same for every kind of bad token
 
 
 class DownloadApp(Flask):
-    """Flask, but an unhandled error is logged by type only: the request path holds a token."""
+    """Flask, but an unhandled error is logged by place only: the request path holds a token,
+    and an exception's text may hold anything."""
 
     def log_exception(self, exc_info: Any) -> None:
-        kind = exc_info[0].__name__ if exc_info and exc_info[0] else "unknown"
-        self.logger.error("web.error", extra={"error": kind}, exc_info=exc_info)
+        exc = exc_info[1] if exc_info else None
+        trace = stack_summary(exc) if isinstance(exc, BaseException) else "unknown"
+        self.logger.error("web.error", extra={"trace": trace})
 
 
 def create_app(
@@ -178,7 +181,7 @@ def _error_pages(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def crashed(exc: Exception) -> Response:
-        log.error("web.crashed", extra={"error": type(exc).__name__}, exc_info=exc)
+        log.error("web.crashed", extra={"trace": stack_summary(exc)})  # never its text
         return _page("error.html", 500, title="Something went wrong", message=_BROKEN)
 
 
