@@ -234,7 +234,7 @@ def _validate(settings: Settings) -> None:
         "package_ttl_days": 1,
         "batch_size": 1,
         "rate_limit_per_minute": 1,
-        "stale_claim_seconds": 1,
+        "stale_claim_seconds": 0,
         "redispatch_after_seconds": 0,
         "lock_timeout_ms": 0,
         "statement_timeout_ms": 0,
