@@ -188,6 +188,8 @@ class SqlSource:
             ) from exc
 
     def close(self) -> None:
+        if self._eraser is not None:
+            self._eraser.deleter.discard()  # a connection held between delete batches
         self.engine.dispose()
 
     # --- DataSource -----------------------------------------------------------------

@@ -26,28 +26,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult, LocationPlan
-from compliance.sources.sqlgraph import Edge, Graph
+from compliance.sources.sqldelete import Deleter
+from compliance.sources.sqlgraph import Graph
 from compliance.sources.sqlquery import (
     Key,
     Selector,
     anonymized_value,
     cols_expr,
+    fetch_all,
     from_json,
     is_anonymized,
     key_after,
     key_columns,
     key_in,
     to_json,
-    values_in,
 )
 
 if TYPE_CHECKING:
@@ -120,8 +120,27 @@ class _Pending:
     scope: tuple[str, str]  # (table, fingerprint of identities and orphans)
     after: Any  # the checkpoint's "after" these rows continue from
     loaded_to: Key | None  # the last key read so far
-    rows: deque[tuple[Any, ...]] = field(default_factory=deque)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    taken: int = 0  # rows[:taken] were handed out
     exhausted: bool = False  # the last read found fewer rows than it asked for
+
+    @property
+    def left(self) -> int:
+        return len(self.rows) - self.taken
+
+    @property
+    def drained(self) -> bool:
+        """Nothing left to read or hand out: the batch just handed out was the last."""
+        return self.exhausted and not self.left
+
+    def take(self, size: int) -> list[tuple[Any, ...]]:
+        batch = self.rows[self.taken : self.taken + size]
+        self.taken += len(batch)
+        return batch
+
+    def add(self, found: list[tuple[Any, ...]]) -> None:
+        self.rows = self.rows[self.taken :] + found
+        self.taken = 0
 
 
 class Eraser:
@@ -129,6 +148,7 @@ class Eraser:
 
     def __init__(self, source: SqlSource) -> None:
         self.source = source
+        self.deleter = Deleter(source)
         self._pending: _Pending | None = None
 
     @property
@@ -142,6 +162,7 @@ class Eraser:
             return self._step(identities, checkpoint, batch_size)
         except BaseException:
             self._pending = None  # what was read ahead may not have been erased
+            self.deleter.release()
             raise
 
     def _step(
@@ -165,7 +186,9 @@ class Eraser:
         if not rows:
             return self._next(checkpoint, index)
         if disposition == Disposition.DELETE:
-            deleted, detached = self._delete(table, rows)
+            final = self._pending is not None and self._pending.drained
+            columns = self._columns(table)
+            deleted, detached = self.deleter.delete(table, columns, rows, last=final)
             return self._progress(checkpoint, deleted=deleted, anonymized=detached)
         changed = self._anonymize(table, rows)
         last = [to_json(v) for v in rows[-1][: len(self.graph.keys[table])]]
@@ -184,6 +207,7 @@ class Eraser:
     def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
         state = {**checkpoint, "table": index + 1, "after": None}
         self._pending = None
+        self.deleter.release()
         done = index + 1 >= len(self.graph.order)
         if done:
             state.pop("orphans", None)  # nothing left to look up: drop the keys
@@ -218,13 +242,22 @@ class Eraser:
         if pending is None or pending.scope != scope or pending.after != after:
             pending = _Pending(scope, after, self._decode_key(table, after))
             self._pending = pending
-        if len(pending.rows) < size and not pending.exhausted:
-            found = self._load(table, selector, pending.loaded_to)
-            pending.rows.extend(found)
-            pending.exhausted = len(found) < READ_AHEAD
-            if found:
-                pending.loaded_to = tuple(found[-1][: len(self.graph.keys[table])])
-        return [pending.rows.popleft() for _ in range(min(size, len(pending.rows)))]
+        if pending.left < size:
+            self._fill(pending, selector)
+        batch = pending.take(size)
+        if not pending.left:
+            self._fill(pending, selector)  # so that `drained` tells the last batch
+        return batch
+
+    def _fill(self, pending: _Pending, selector: Selector) -> None:
+        if pending.exhausted:
+            return
+        table = pending.scope[0]
+        found = self._load(table, selector, pending.loaded_to)
+        pending.add(found)
+        pending.exhausted = len(found) < READ_AHEAD
+        if found:
+            pending.loaded_to = tuple(found[-1][: len(self.graph.keys[table])])
 
     def _load(self, table: str, selector: Selector, start: Key | None) -> list[tuple[Any, ...]]:
         """Up to READ_AHEAD rows of the subject after key `start`, in key order."""
@@ -237,29 +270,7 @@ class Eraser:
             query = query.where(key_after(self.graph, table, start))
         query = query.order_by(*key_columns(self.graph, table)).limit(READ_AHEAD)
         with self.source.connect() as conn:
-            return list(conn.execute(query).all())
-
-    def _delete(self, table: str, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
-        graph = self.graph
-        columns = self._columns(table)
-        width = len(graph.keys[table])
-        keys = [row[:width] for row in rows]
-        detached = 0
-        with self.source.connect() as conn:
-            for e in graph.detach_edges(table):
-                detached += self._detach(conn, e, columns, rows)
-            deleted = conn.execute(delete(graph.tables[table]).where(key_in(graph, table, keys)))
-        return int(deleted.rowcount), detached
-
-    def _detach(
-        self, conn: Connection, e: Edge, columns: list[str], rows: Sequence[tuple[Any, ...]]
-    ) -> int:
-        positions = [columns.index(c) for c in e.parent_cols]
-        values = sorted({tuple(row[p] for p in positions) for row in rows})
-        child = self.graph.tables[e.child]
-        where = values_in([child.c[c] for c in e.child_cols], values, self.graph.dialect)
-        stmt = update(child).where(where).values(dict.fromkeys(e.child_cols))
-        return int(conn.execute(stmt).rowcount)
+            return fetch_all(conn, query)
 
     def _anonymize(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
         graph = self.graph

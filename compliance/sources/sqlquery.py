@@ -23,7 +23,9 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
+    Connection,
     FromClause,
+    Select,
     String,
     Text,
     and_,
@@ -217,6 +219,18 @@ def _array(values: list[Any], column: Column[Any]) -> ColumnElement[Any]:
         text = "{" + ",".join(map(str, values)) + "}"
         return cast(bindparam(None, text, type_=Text()), ARRAY(BigInteger()))
     return bindparam(None, values, type_=ARRAY(column.type), expanding=False)
+
+
+def fetch_all(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """Every row of `query` as plain tuples. On PostgreSQL straight from the driver's
+    cursor: psycopg already returns the Python types of reflected columns, and that is about
+    a fifth of the client time SQLAlchemy's row objects take for many keys."""
+    result = conn.execute(query)
+    if conn.dialect.name != "postgresql":
+        return [tuple(row) for row in result]
+    rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
+    result.close()
+    return rows
 
 
 def key_after(graph: Graph, table: str, after: Key) -> ColumnElement[bool]:
