@@ -19,7 +19,8 @@ orphaned shared keys. Because parents go last, the rows left to erase can always
 again from what remains, so a killed worker resumes from the checkpoint alone. Keys of the
 current table are read ahead (up to READ_AHEAD at a time) and kept in memory between
 calls in the same process: an optimisation, without which every batch would search the
-table again; a new process simply reads again from the checkpoint.
+table again; a new process simply reads again from the checkpoint. How a delete batch
+runs and commits is in `sqldelete`.
 """
 
 from __future__ import annotations

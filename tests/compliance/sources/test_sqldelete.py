@@ -1,0 +1,62 @@
+"""Delete batches on PostgreSQL: one autocommitted statement on a held connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import text
+
+from compliance.sources.sql import SqlSource
+from compliance.sources.sqldelete import Deleter
+from tests.compliance.sources.sqlsample import keys, load
+from tests.sample_app.fixtures import SampleDatabases
+
+
+def _setting(source: SqlSource) -> list[str]:
+    """synchronous_commit of every connection the pool hands out."""
+    conns = [source.engine.connect() for _ in range(2)]
+    try:
+        return [str(c.execute(text("SHOW synchronous_commit")).scalar_one()) for c in conns]
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_batches_before_a_tables_last_commit_asynchronously_and_the_pool_gets_its_setting_back(
+    pg_sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(pg_sample_dbs, tmp_path)
+    try:
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        deleter = Deleter(shop)
+        assert shop.graph.detach_edges("sessions") == []
+        assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
+        held = deleter._held()
+        assert held.execute(text("SHOW synchronous_commit")).scalar_one() == "off"
+        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (1, 0)
+        assert deleter._conn is None  # the last batch gave the connection back
+        assert _setting(shop) == ["on", "on"]
+    finally:
+        registry.close()
+    assert not keys(pg_sample_dbs.shop_url, "sessions") & {("s-ada-1",), ("s-ada-2",)}
+
+
+def test_releasing_mid_table_restores_the_setting_and_discarding_closes_the_connection(
+    pg_sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(pg_sample_dbs, tmp_path)
+    try:
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        deleter = Deleter(shop)
+        assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
+        deleter.release()
+        assert _setting(shop) == ["on", "on"]
+        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=False) == (1, 0)
+        held = deleter._held()
+        deleter.discard()
+        assert held.closed
+        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (0, 0)
+    finally:
+        registry.close()
