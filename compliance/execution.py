@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
+from compliance.errors import LeaseHeldError
 from compliance.identities import Identities
 from compliance.keyring import Keyring
 from compliance.models import DsrRequest, DsrStep, RequestStatus, StepStatus
@@ -39,6 +40,7 @@ class RunContext:
     dry_run: bool = False
     clock: Callable[[], datetime] = utcnow
     actor: str = "worker"
+    claim: int | None = None  # the attempt number this run claimed; heartbeats check it
 
 
 def ensure_step(session: Session, request_id: uuid.UUID, source: str, action: str) -> DsrStep:
@@ -98,12 +100,21 @@ def save_progress(
 
 
 def heartbeat(session: Session, ctx: RunContext) -> None:
-    """Mark the request as making progress, so the stale-claim sweep leaves it alone."""
-    session.execute(
-        update(DsrRequest)
-        .where(DsrRequest.id == ctx.request_id, DsrRequest.status == RequestStatus.RUNNING)
-        .values(updated_at=ctx.clock())
+    """Mark the request as making progress, so the stale-claim sweep leaves it alone.
+
+    Raises `LeaseHeldError` when this run no longer holds the claim (the sweep released it
+    and another run may have taken over): the run must stop before doing more side effects.
+    """
+    query = update(DsrRequest).where(
+        DsrRequest.id == ctx.request_id, DsrRequest.status == RequestStatus.RUNNING
     )
+    if ctx.claim is not None:
+        query = query.where(DsrRequest.attempts == ctx.claim)
+    result = session.execute(query.values(updated_at=ctx.clock()))
+    if ctx.claim is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+        raise LeaseHeldError(
+            f"request {ctx.request_id} was handed to another run; this run stops here"
+        )
 
 
 HEARTBEAT_SECONDS = 60.0

@@ -115,6 +115,7 @@ def _context(worker: Worker, request: DsrRequest) -> RunContext:
         dry_run=request.dry_run,
         clock=worker.clock,
         actor=worker.name,
+        claim=request.attempts,
     )
 
 

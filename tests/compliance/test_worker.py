@@ -210,3 +210,26 @@ def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
     monkeypatch.setattr(maintenance, "transition", heartbeat_then_transition)
     assert release_stale_claims(db, settings, later) == []
     assert status_of(db, created).status == "running"
+
+
+def test_a_run_that_lost_its_claim_stops_at_its_next_heartbeat(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.execution import load_step, save_progress
+
+    progressed: list[str] = []
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        step = load_step(ctx, "app", "erase")
+        with db.session() as session:  # meanwhile: released as stale and claimed again
+            row = session.get_one(DsrRequest, ctx.request_id)
+            row.attempts += 1
+        save_progress(ctx, step.id, checkpoint={"at": 1})
+        progressed.append("after the lost claim")
+        return {}
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.SKIPPED
+    assert progressed == []
+    after = status_of(db, created)
+    assert (after.status, after.attempts) == ("running", 2)  # left to the run that took over
