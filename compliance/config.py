@@ -62,6 +62,7 @@ class Settings:
     batch_size: int = defaults.BATCH_SIZE
     lock_timeout_ms: int = defaults.LOCK_TIMEOUT_MS
     statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
+    sweep_every_seconds: int = defaults.SWEEP_EVERY_SECONDS
     redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
     stale_claim_seconds: int = defaults.STALE_CLAIM_SECONDS
     retention_hour: int = defaults.RETENTION_HOUR
@@ -234,6 +235,7 @@ def _validate(settings: Settings) -> None:
         "package_ttl_days": 1,
         "batch_size": 1,
         "rate_limit_per_minute": 1,
+        "sweep_every_seconds": 1,
         "stale_claim_seconds": 0,
         "redispatch_after_seconds": 0,
         "lock_timeout_ms": 0,

@@ -20,6 +20,7 @@ BATCH_SIZE = 1000
 LOCK_TIMEOUT_MS = 5_000
 STATEMENT_TIMEOUT_MS = 60_000
 
+SWEEP_EVERY_SECONDS = 60  # beat fires the maintenance sweep this often
 REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched again
 STALE_CLAIM_SECONDS = 3600  # running claims older than this are released
 

@@ -1,4 +1,4 @@
-"""Celery beat schedule: maintenance sweeps every minute, package expiry hourly."""
+"""Celery beat schedule: maintenance sweeps (every minute by default), package expiry hourly."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from typing import Any
 
 from compliance.config import Settings
 
-SWEEP_EVERY_SECONDS = 60.0
 PURGE_PACKAGES_EVERY_SECONDS = 3600.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    sweep_every = float(settings.sweep_every_seconds)
     return {
         "maintenance-sweep": {
             "task": "gdpr.maintenance.sweep",
-            "schedule": SWEEP_EVERY_SECONDS,
-            "options": {"queue": "maintenance", "expires": SWEEP_EVERY_SECONDS},
+            "schedule": sweep_every,
+            "options": {"queue": "maintenance", "expires": sweep_every},
         },
         "purge-expired-packages": {
             "task": "gdpr.maintenance.purge_packages",

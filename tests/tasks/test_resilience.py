@@ -142,3 +142,24 @@ def test_dropped_database_connections_do_not_fail_the_next_request(
         second = gdpr(tmp_path, env, "request", "export", "--email", "bob@example.com")
         done = wait_for_status(tmp_path, env, second["id"], {"completed", "failed"})
     assert done["status"] == "completed", done["last_error"]
+
+
+def test_beat_sweeps_a_request_whose_dispatch_was_lost(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    env = environment(
+        tmp_path,
+        {
+            "GDPR_BROKER_URL": private_redis.url,
+            "GDPR_REDISPATCH_AFTER_SECONDS": "0",
+            "GDPR_SWEEP_EVERY_SECONDS": "1",
+        },
+    )
+    private_redis.stop()
+    created = gdpr(tmp_path, env, "request", "export", "--email", "ada@example.com")
+    private_redis.start()  # the message was never sent; only the sweep can recover it
+    log = tmp_path / "worker.log"
+    with running_worker(tmp_path, env, log, "--beat"):
+        done = wait_for_status(tmp_path, env, created["id"], {"completed", "failed"}, timeout=90)
+    assert done["status"] == "completed", done["last_error"]
+    assert "gdpr.maintenance.sweep" in log.read_text()

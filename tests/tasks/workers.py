@@ -58,12 +58,12 @@ def gdpr(cwd: Path, env: Mapping[str, str], *args: str, check: bool = True) -> A
 
 @contextmanager
 def running_worker(
-    cwd: Path, env: Mapping[str, str], log: Path
+    cwd: Path, env: Mapping[str, str], log: Path, *extra: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process; stopped (or killed) when the block ends."""
     handle = log.open("ab")
     process = subprocess.Popen(
-        [GDPR, "worker", "-c", "1", "-l", "INFO"],
+        [GDPR, "worker", "-c", "1", "-l", "INFO", *extra],
         cwd=cwd,
         env=dict(env),
         stdout=handle,
