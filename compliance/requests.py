@@ -1,4 +1,4 @@
-"""Request services: submit, approve, reject, cancel, retry, extend, list, show.
+"""Request services: submit, approve, reject, cancel, retry, extend (reading: `queries`).
 
 The CLI and the tasks call these; they own the transaction boundaries and dispatch only
 after commit. Raw identity values are sealed with the keyring and wiped when a request
@@ -8,12 +8,10 @@ reaches a final state; the HMAC pseudonym stays for lookups and audit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from compliance import audit, defaults
@@ -26,6 +24,7 @@ from compliance.identities import Identities, pseudonym, subject_pseudonym
 from compliance.keyring import Keyring
 from compliance.lifecycle import FINAL, Event, transition
 from compliance.models import DsrIdentity, DsrRequest, DsrStep, RequestKind, RequestStatus
+from compliance.queries import get_request
 
 MAX_TICKET = 128
 MAX_NOTE = 2000
@@ -267,87 +266,3 @@ def wipe_identities(session: Session, request_id: uuid.UUID) -> None:
     session.execute(
         update(DsrIdentity).where(DsrIdentity.request_id == request_id).values(value_sealed=None)
     )
-
-
-def get_request(session: Session, request_id: uuid.UUID, *, for_update: bool = False) -> DsrRequest:
-    from compliance.errors import NotFoundError
-
-    query = select(DsrRequest).where(DsrRequest.id == request_id)
-    if for_update:
-        query = query.with_for_update()
-    request = session.scalars(query).one_or_none()
-    if request is None:
-        raise NotFoundError(f"no request with id {request_id}; list them with `gdpr request list`")
-    return request
-
-
-def list_requests(
-    db: Database,
-    *,
-    now: datetime,
-    status: str | None = None,
-    overdue: bool = False,
-    limit: int = 200,
-) -> Sequence[DsrRequest]:
-    query = select(DsrRequest).order_by(DsrRequest.submitted_at.desc()).limit(limit)
-    if status:
-        if status not in {s.value for s in RequestStatus}:
-            known = ", ".join(s.value for s in RequestStatus)
-            raise ValidationError(f"unknown status {status!r}; use one of {known}")
-        query = query.where(DsrRequest.status == status)
-    if overdue:
-        open_states = [s.value for s in RequestStatus if s not in FINAL]
-        query = query.where(DsrRequest.due_at < now, DsrRequest.status.in_(open_states))
-    with db.session() as session:
-        return session.scalars(query).all()
-
-
-def show(db: Database, request_id: uuid.UUID) -> tuple[DsrRequest, list[DsrStep], list[str]]:
-    """A request, its steps and its identity types (never values)."""
-    with db.session() as session:
-        request = get_request(session, request_id)
-        steps = session.scalars(
-            select(DsrStep).where(DsrStep.request_id == request_id).order_by(DsrStep.id)
-        ).all()
-        types = session.scalars(
-            select(DsrIdentity.type).where(DsrIdentity.request_id == request_id)
-        ).all()
-        return request, list(steps), sorted(set(types))
-
-
-def describe(request: DsrRequest, steps: Sequence[DsrStep] = ()) -> dict[str, Any]:
-    """A JSON-ready, PII-free view of a request."""
-
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "id": str(request.id),
-        "kind": request.kind,
-        "status": request.status,
-        "subject": request.subject,
-        "ticket": request.ticket,
-        "submitted_by": request.submitted_by,
-        "submitted_at": iso(request.submitted_at),
-        "due_at": iso(request.due_at),
-        "extended_months": request.extended_months,
-        "approved_by": request.approved_by,
-        "approved_at": iso(request.approved_at),
-        "started_at": iso(request.started_at),
-        "completed_at": iso(request.completed_at),
-        "attempts": request.attempts,
-        "last_error": request.last_error,
-        "dry_run": request.dry_run,
-        "receipt": request.receipt,
-        "steps": [
-            {
-                "source": s.source,
-                "action": s.action,
-                "status": s.status,
-                "counts": s.counts,
-                "attempts": s.attempts,
-                "error": s.error,
-            }
-            for s in steps
-        ],
-    }

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from compliance import queries
 from compliance import requests as service
 from compliance.cli import output
 from compliance.cli.context import App, current
@@ -43,7 +44,7 @@ def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
         dispatcher=app.dispatcher(),
     )
     if as_json:
-        output.emit_json(service.describe(created))
+        output.emit_json(queries.describe(created))
         return
     click.echo(f"{kind.value} request {created.id} {output.status(created.status)}")
     if created.status == RequestStatus.AWAITING_APPROVAL:
@@ -72,9 +73,9 @@ def _id(text: str) -> uuid.UUID:
 
 
 def _done(app: App, request_id: uuid.UUID, as_json: bool, verb: str) -> None:
-    found, steps, _ = service.show(app.db(), request_id)
+    found, steps, _ = queries.show(app.db(), request_id)
     if as_json:
-        output.emit_json(service.describe(found, steps))
+        output.emit_json(queries.describe(found, steps))
     else:
         click.echo(f"request {found.id} {verb}: {output.status(found.status)}")
 
@@ -147,7 +148,7 @@ def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
         app.db(), rid, months=months, reason=reason, operator=app.operator(), now=app.now()
     )
     if as_json:
-        output.emit_json(service.describe(found))
+        output.emit_json(queries.describe(found))
     else:
         click.echo(f"request {rid} now due {found.due_at:%Y-%m-%d}")
 
@@ -160,10 +161,10 @@ def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
 def list_(status: str | None, overdue: bool, limit: int, as_json: bool) -> None:
     """List requests, newest first."""
     app = current()
-    found = service.list_requests(
+    found = queries.list_requests(
         app.db(), now=app.now(), status=status, overdue=overdue, limit=limit
     )
-    rows = [service.describe(r) for r in found]
+    rows = [queries.describe(r) for r in found]
     if as_json:
         output.emit_json(rows)
         return
@@ -182,14 +183,14 @@ def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Show a request, its steps and its receipt."""
     app = current()
     rid = _id(request_id)
-    found, steps, types = service.show(app.db(), rid)
+    found, steps, types = queries.show(app.db(), rid)
     deadline = time.monotonic() + timeout
     while wait and RequestStatus(found.status) not in FINAL | {RequestStatus.FAILED}:
         if time.monotonic() > deadline:
             raise click.ClickException(f"request {rid} still {found.status} after {timeout:g}s")
         time.sleep(0.5)
-        found, steps, types = service.show(app.db(), rid)
-    view = service.describe(found, steps) | {"identity_types": types}
+        found, steps, types = queries.show(app.db(), rid)
+    view = queries.describe(found, steps) | {"identity_types": types}
     if as_json:
         output.emit_json(view)
         return

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from compliance import audit, requests
+from compliance import audit, queries, requests
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import RecordingDispatcher
@@ -129,7 +129,7 @@ def test_overdue_lists_only_open_requests_past_due(db: Database, settings: Setti
     closed = submit_request(db, settings)
     requests.cancel(db, closed.id, operator="bob", now=NOW)
     later = NOW + timedelta(days=60)
-    overdue = requests.list_requests(db, now=later, overdue=True)
+    overdue = queries.list_requests(db, now=later, overdue=True)
     assert [r.id for r in overdue] == [open_one.id]
 
 
@@ -177,7 +177,7 @@ def test_note_with_control_characters_is_refused(db: Database, settings: Setting
             now=NOW,
             dispatcher=RecordingDispatcher(),
         )
-    assert requests.list_requests(db, now=NOW) == []
+    assert queries.list_requests(db, now=NOW) == []
 
 
 def test_a_failed_request_can_be_given_up_which_wipes_every_sealed_identity(
