@@ -45,6 +45,10 @@ def send(settings: Settings, message: EmailMessage) -> None:
             "the SMTP server does not offer STARTTLS; use smtps:// or unset mail_starttls"
         ) from exc
     except smtplib.SMTPAuthenticationError as exc:
+        if 400 <= exc.smtp_code < 500:  # e.g. 454: authentication temporarily unavailable
+            raise MailUnavailableError(
+                f"the SMTP server cannot check the login right now ({exc.smtp_code})"
+            ) from exc
         raise ConfigError(
             f"the SMTP server rejected the login ({exc.smtp_code}); check mail_username/password"
         ) from exc

@@ -288,3 +288,45 @@ def test_the_erasure_runners_receipt_shape_is_summarised_per_location() -> None:
         ("shop / invoices", "HGB §257")
     ]
     assert summary.verified is True
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("454 4.7.0 Temporary authentication failure", MailUnavailableError),
+        ("535 5.7.8 Authentication credentials invalid", ConfigError),
+    ],
+)
+def test_a_temporary_login_failure_is_retried_and_a_wrong_password_is_not(
+    tmp_path: Path, reply: str, error: type[Exception]
+) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    def authenticator(*_: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, message=reply)
+
+    port = _free_port()
+    controller = Controller(
+        _Rejecting("250 OK"),
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        settings = Settings(
+            home=tmp_path,
+            mail_url=f"smtp://127.0.0.1:{port}",
+            mail_username="svc",
+            mail_password="not-this-one",
+        )
+        with pytest.raises(error) as caught:
+            notify.send_export_ready(
+                settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+            )
+    finally:
+        controller.stop()
+    assert reply[:3] in str(caught.value)
+    assert "not-this-one" not in str(caught.value)
