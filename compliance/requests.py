@@ -23,7 +23,14 @@ from compliance.errors import PermissionDeniedError, ValidationError
 from compliance.identities import Identities, pseudonym, subject_pseudonym
 from compliance.keyring import Keyring
 from compliance.lifecycle import FINAL, Event, transition
-from compliance.models import DsrIdentity, DsrRequest, DsrStep, RequestKind, RequestStatus
+from compliance.models import (
+    DownloadLink,
+    DsrIdentity,
+    DsrRequest,
+    DsrStep,
+    RequestKind,
+    RequestStatus,
+)
 from compliance.queries import get_request
 
 MAX_TICKET = 128
@@ -194,7 +201,17 @@ def cancel(
         if reason:
             request.note = _append_note(request.note, f"cancelled: {reason}")
         wipe_identities(session, request_id)
+        _revoke_links(session, request_id, now)
         return request
+
+
+def _revoke_links(session: Session, request_id: uuid.UUID, now: datetime) -> None:
+    """A cancelled (given-up) export must not stay downloadable."""
+    session.execute(
+        update(DownloadLink)
+        .where(DownloadLink.request_id == request_id, DownloadLink.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
 
 
 def retry(

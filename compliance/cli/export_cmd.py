@@ -37,8 +37,10 @@ def export() -> None:
 def decrypt(file: Path, out: Path | None, force: bool, as_json: bool) -> None:
     """Decrypt and verify FILE (an encrypted package) into a ZIP.
 
-    Uses the keyring from GDPR_KEYS (or KMS for KMS-wrapped packages). Nothing is
-    written unless the whole file authenticates.
+    Uses the keyring from GDPR_KEYS (or KMS for KMS-wrapped packages). With -o OUT,
+    nothing is written unless the whole file authenticates. With -o -, each segment goes
+    to stdout once it authenticates: a file that fails later leaves partial output and
+    exit code 7, so discard the output on a non-zero exit.
     """
     app = current()
     wrapper = wrapper_for(app.settings(), app.keyring())

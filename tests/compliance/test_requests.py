@@ -215,3 +215,29 @@ def test_a_running_request_cannot_be_cancelled(db: Database, settings: Settings)
         transition(session, created.id, Event.CLAIM, actor="worker", now=NOW)
     with pytest.raises(IllegalTransitionError, match="it is running"):
         requests.cancel(db, created.id, operator="bob", now=NOW)
+
+
+def test_giving_up_a_failed_export_revokes_its_download_links(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.lifecycle import Event, transition
+    from compliance.models import DownloadLink
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with db.session() as session:
+        transition(session, created.id, Event.CLAIM, actor="worker", now=NOW)
+        session.add(
+            DownloadLink(
+                token_hash="a" * 64,
+                request_id=created.id,
+                created_at=NOW,
+                expires_at=NOW + timedelta(days=7),
+                max_downloads=3,
+                downloads=0,
+            )
+        )
+        transition(session, created.id, Event.FAIL, actor="worker", now=NOW)
+    requests.cancel(db, created.id, operator="bob", now=NOW)
+    with db.session() as session:
+        link = session.scalars(select(DownloadLink)).one()
+    assert link.revoked_at == NOW
