@@ -191,6 +191,8 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "bool":
             return _to_bool(value)
         if kind == "int":
+            if isinstance(value, bool | float):  # TOML 2.5 or true: never truncate silently
+                raise ValueError(value)
             return int(value)
         if kind == "Path":
             return Path(value)

@@ -106,3 +106,13 @@ def test_passwords_in_urls_and_secrets_never_appear_in_the_settings_repr() -> No
         assert secret not in shown
     assert "db.internal" in shown and "gdpr:***@" in shown
     assert settings.database_url.endswith("pg-s3cret@db.internal:5432/gdpr")  # value intact
+
+
+def test_a_fraction_or_boolean_for_a_whole_number_is_refused_not_truncated(tmp_path: Path) -> None:
+    config = tmp_path / "gdpr.toml"
+    config.write_text("[gdpr]\nlink_ttl_days = 2.5\n")
+    with pytest.raises(ConfigError, match="link_ttl_days"):
+        load_settings({}, config_file=config)
+    config.write_text("[gdpr]\nbatch_size = true\n")
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_settings({}, config_file=config)
