@@ -88,7 +88,7 @@ def submit(
             subject=subject,
             details={"kind": submission.kind.value, "identity_types": _types(submission)},
         )
-        event = _first_event(settings, submission.kind)
+        event = _first_event(settings, submission)
         request = transition(session, request_id, event, actor=operator, now=now)
     if request.status == RequestStatus.QUEUED:
         dispatch_quietly(dispatcher, request_id)
@@ -136,8 +136,11 @@ def _types(submission: Submission) -> list[str]:
     return sorted(submission.identities.types())
 
 
-def _first_event(settings: Settings, kind: RequestKind) -> Event:
-    if kind == RequestKind.EXPORT and settings.auto_approve_exports:
+def _first_event(settings: Settings, submission: Submission) -> Event:
+    """Dry runs change nothing, so they need no approval; exports may be auto-approved."""
+    if submission.dry_run:
+        return Event.AUTO_APPROVE
+    if submission.kind == RequestKind.EXPORT and settings.auto_approve_exports:
         return Event.AUTO_APPROVE
     return Event.AWAIT_APPROVAL
 

@@ -48,3 +48,28 @@ def test_postgres_and_redis_run_an_approved_erasure_end_to_end(
         done = wait_for_status(tmp_path, env, created["id"], {"completed", "failed"})
     assert done["status"] == "completed", done["last_error"]
     assert "ada@example.com" not in (tmp_path / "worker.log").read_text()
+
+
+def test_a_dry_run_erasure_needs_no_approval_reports_counts_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from tests.sample_app import schema
+
+    shop, crm = (f"sqlite:///{tmp_path / name}" for name in ("shop.db", "crm.db"))
+    engines = [create_engine(shop), create_engine(crm)]
+    schema.create(*engines)
+    (tmp_path / "sources.toml").write_text(schema.manifest(shop, crm))
+    env = environment(tmp_path, {"GDPR_SOURCES": str(tmp_path / "sources.toml")})
+    created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com", "--dry-run")
+    assert created["status"] == "queued"
+    with running_worker(tmp_path, env, tmp_path / "worker.log"):
+        done = wait_for_status(tmp_path, env, created["id"], {"completed", "failed"})
+    assert done["status"] == "completed", done["last_error"]
+    assert "users" in str(done["receipt"])
+    with engines[0].connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM users WHERE id = 1")).scalar_one() == 1
+    for engine in engines:
+        engine.dispose()
+    assert not list((tmp_path / ".gdpr" / "outbox").glob("*.eml"))
