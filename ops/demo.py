@@ -164,8 +164,8 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=60)
     print(
-        f"\nEverything is in {DEMO}. Try: cd {DEMO} && GDPR_HOME=.gdpr "
-        "GDPR_SOURCES=sources.toml gdpr request list"
+        f"\nEverything is in {DEMO}. Try:\n  cd {DEMO} && GDPR_HOME=.gdpr "
+        f"GDPR_SOURCES=sources.toml {GDPR} request list"
     )
 
 
