@@ -61,7 +61,8 @@ def _submit_command(kind: RequestKind, help_text: str) -> click.Command:
         _submit(kind, options)
 
     command.__doc__ = help_text
-    return click.command(name="erase" if kind == RequestKind.ERASURE else "export")(command)
+    name = "erase" if kind == RequestKind.ERASURE else "export"
+    return click.command(name=name, short_help=help_text)(command)
 
 
 request.add_command(_submit_command(RequestKind.EXPORT, "Submit an export (Art. 15/20)."))
