@@ -37,8 +37,10 @@ from compliance.sources.check import Gap, looks_personal
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
 from compliance.sources.sqlgraph import Graph, build_graph
+from compliance.sources.sqlkeys import key_columns
 from compliance.sources.sqlmanifest import SqlManifest, parse_sql_manifest
-from compliance.sources.sqlquery import Selector, is_anonymized, key_columns
+from compliance.sources.sqlquery import Selector
+from compliance.sources.sqlvalues import all_anonymized
 from compliance.sources.templating import expand_env
 
 MAX_RESOLVE_ROUNDS = 10
@@ -323,7 +325,7 @@ class SqlSource:
         query = select(*[t.c[c] for c, _ in strategies]).where(where)
         count = 0
         for row in conn.execution_options(yield_per=STREAM_ROWS).execute(query):
-            if not all(is_anonymized(s, v) for (_, s), v in zip(strategies, row, strict=True)):
+            if not all_anonymized(strategies, row):
                 count += 1
         return count
 

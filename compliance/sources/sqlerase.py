@@ -37,18 +37,14 @@ from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult, LocationPlan
 from compliance.sources.sqldelete import Deleter
 from compliance.sources.sqlgraph import Graph
-from compliance.sources.sqlquery import (
-    Key,
-    Selector,
+from compliance.sources.sqlkeys import Key, fetch_all, in_rows, key_after, key_columns, key_in
+from compliance.sources.sqlquery import Selector
+from compliance.sources.sqlvalues import (
+    all_anonymized,
     anonymized_value,
-    cols_expr,
-    fetch_all,
-    from_json,
     is_anonymized,
-    key_after,
-    key_columns,
-    key_in,
-    to_json,
+    key_from_json,
+    key_to_json,
 )
 
 if TYPE_CHECKING:
@@ -102,8 +98,7 @@ def _detach_plan(
     plans = []
     for e in graph.detach_edges(table):
         child = graph.tables[e.child]
-        refs = select(*[parent.c[c] for c in e.parent_cols]).where(selector.rows(table))
-        where = cols_expr(child, e.child_cols).in_(refs)
+        where = in_rows(child, e.child_cols, parent, e.parent_cols, selector.rows(table))
         staying = selector.staying(e.child, child)
         if staying is not None:
             where = and_(where, staying)
@@ -192,7 +187,7 @@ class Eraser:
             deleted, detached = self.deleter.delete(table, columns, rows, last=final)
             return self._progress(checkpoint, deleted=deleted, anonymized=detached)
         changed = self._anonymize(table, rows)
-        last = [to_json(v) for v in rows[-1][: len(self.graph.keys[table])]]
+        last = key_to_json(rows[-1][: len(self.graph.keys[table])])
         assert self._pending is not None
         self._pending.after = last
         return self._progress(checkpoint, anonymized=changed, after=last)
@@ -202,7 +197,7 @@ class Eraser:
     def _prepare(self, identities: Identities) -> EraseResult:
         with self.source.connect() as conn:
             found = orphans(self.source, conn, identities)
-        encoded = {t: [[to_json(v) for v in key] for key in keys] for t, keys in found.items()}
+        encoded = {t: [key_to_json(key) for key in keys] for t, keys in found.items()}
         return EraseResult(done=False, checkpoint={"table": 0, "orphans": encoded})
 
     def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
@@ -289,7 +284,7 @@ class Eraser:
             params = []
             for row in current:
                 values = row[len(names) :]
-                if all(is_anonymized(s, v) for (_, s), v in zip(strategies, values, strict=True)):
+                if all_anonymized(strategies, values):
                     continue
                 param = {f"k_{n}": row[i] for i, n in enumerate(names)}
                 for (column, strategy), value in zip(strategies, values, strict=True):
@@ -312,16 +307,13 @@ class Eraser:
     def _decode_key(self, table: str, value: Any) -> Key | None:
         if value is None:
             return None
-        columns = key_columns(self.graph, table)
-        return tuple(from_json(c, v) for c, v in zip(columns, value, strict=True))
+        return key_from_json(key_columns(self.graph, table), value)
 
     def _decode_orphans(self, encoded: Mapping[str, Any]) -> dict[str, list[Key]]:
         decoded: dict[str, list[Key]] = {}
         for table, keys in encoded.items():
             columns = key_columns(self.graph, table)
-            decoded[table] = [
-                tuple(from_json(c, v) for c, v in zip(columns, key, strict=True)) for key in keys
-            ]
+            decoded[table] = [key_from_json(columns, key) for key in keys]
         return decoded
 
 

@@ -10,45 +10,15 @@ match nothing there anyway.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import uuid
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    ColumnElement,
-    Connection,
-    FromClause,
-    Select,
-    String,
-    Text,
-    and_,
-    any_,
-    bindparam,
-    cast,
-    exists,
-    false,
-    func,
-    or_,
-    select,
-    true,
-    tuple_,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, FromClause, and_, exists, false, func, or_, select, true
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition
-from compliance.sources.sqlgraph import HMAC_LENGTH, REDACTED, Edge, EdgeKind, Graph, Strategy
-
-Key = tuple[Any, ...]
-_INT = re.compile(r"^-?[0-9]{1,19}$")
-_HMAC = re.compile(rf"^[0-9a-f]{{{HMAC_LENGTH}}}$")
+from compliance.sources.sqlgraph import Edge, EdgeKind, Graph
+from compliance.sources.sqlkeys import Key, cols_expr, in_rows, key_columns, key_in
+from compliance.sources.sqlvalues import coerce_all
 
 
 class Selector:
@@ -99,7 +69,7 @@ class Selector:
             if resolving and not ident.resolve:
                 continue
             column = t.c[ident.column]
-            values = _coerce_all(column, self.identities.values(ident.type))
+            values = coerce_all(column, self.identities.values(ident.type))
             if not values:
                 continue
             if ident.lower:
@@ -120,8 +90,7 @@ class Selector:
             parent = self.own(e.parent)
             if parent is not None:
                 p = self.graph.tables[e.parent]
-                sub = select(*[p.c[c] for c in e.parent_cols]).where(parent)
-                parts.append(cols_expr(t, e.child_cols).in_(sub))
+                parts.append(in_rows(t, e.child_cols, p, e.parent_cols, parent))
         if isinstance(self.shared, Mapping) and self.shared.get(table):
             keys = key_in(self.graph, table, self.shared[table])
             parts.append(and_(keys, self.unreferenced(table)))
@@ -135,8 +104,7 @@ class Selector:
             child = self.own(e.child)
             if child is not None:
                 c = self.graph.tables[e.child]
-                sub = select(*[c.c[n] for n in e.child_cols]).where(child)
-                parts.append(cols_expr(t, e.parent_cols).in_(sub))
+                parts.append(in_rows(t, e.parent_cols, c, e.child_cols, child))
         return or_(*parts) if parts else None
 
     def unreferenced(self, table: str) -> ColumnElement[bool]:
@@ -172,152 +140,3 @@ class Selector:
 
     def _goes_with_parent(self, e: Edge) -> bool:
         return e.kind == EdgeKind.OWNED and self._deleted(e.child)
-
-
-# --- keys and columns ----------------------------------------------------------------
-
-
-def cols_expr(table: FromClause, names: Sequence[str]) -> Any:
-    """One column, or a row value of several (composite keys and references)."""
-    if len(names) == 1:
-        return table.c[names[0]]
-    return tuple_(*[table.c[n] for n in names])
-
-
-def key_in(graph: Graph, table: str, keys: Sequence[Key]) -> ColumnElement[bool]:
-    t = graph.tables[table]
-    return values_in([t.c[n] for n in graph.keys[table]], keys, graph.dialect)
-
-
-def values_in(
-    columns: Sequence[Column[Any]], values: Sequence[Key], dialect: str
-) -> ColumnElement[bool]:
-    """`columns` (one, or a row value of several) equal one of `values`.
-
-    On PostgreSQL one array parameter per column (``= ANY(:a)``; ``IN (SELECT unnest(:a),
-    unnest(:b))`` for several) keeps the statement text the same for every batch, so it
-    is planned and prepared once; elsewhere an ``IN`` list.
-    """
-    found: ColumnElement[bool]
-    if dialect == "postgresql":
-        arrays = [_array([v[i] for v in values], c) for i, c in enumerate(columns)]
-        if len(columns) == 1:
-            found = columns[0] == any_(arrays[0])
-        else:
-            found = tuple_(*columns).in_(select(*[func.unnest(a) for a in arrays]))
-    elif len(columns) == 1:
-        found = columns[0].in_([v[0] for v in values])
-    else:
-        found = tuple_(*columns).in_([tuple(v) for v in values])
-    return found
-
-
-def _array(values: list[Any], column: Column[Any]) -> ColumnElement[Any]:
-    """One PostgreSQL array parameter; integers go as one ``'{1,2,3}'`` string, which
-    psycopg passes through instead of adapting every element in Python."""
-    if all(type(v) is int for v in values):
-        text = "{" + ",".join(map(str, values)) + "}"
-        return cast(bindparam(None, text, type_=Text()), ARRAY(BigInteger()))
-    return bindparam(None, values, type_=ARRAY(column.type), expanding=False)
-
-
-def fetch_all(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
-    """Every row of `query` as plain tuples. On PostgreSQL straight from the driver's
-    cursor: psycopg already returns the Python types of reflected columns, and that is about
-    a fifth of the client time SQLAlchemy's row objects take for many keys."""
-    result = conn.execute(query)
-    if conn.dialect.name != "postgresql":
-        return [tuple(row) for row in result]
-    rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
-    result.close()
-    return rows
-
-
-def key_after(graph: Graph, table: str, after: Key) -> ColumnElement[bool]:
-    t = graph.tables[table]
-    names = graph.keys[table]
-    later: ColumnElement[bool]
-    if len(names) == 1:
-        later = t.c[names[0]] > after[0]
-    else:
-        later = tuple_(*[t.c[n] for n in names]) > tuple_(*after)
-    return later
-
-
-def key_columns(graph: Graph, table: str) -> list[Column[Any]]:
-    t = graph.tables[table]
-    return [t.c[n] for n in graph.keys[table]]
-
-
-# --- values ------------------------------------------------------------------------------
-
-
-def _python_type(column: Column[Any]) -> type | None:
-    try:
-        return column.type.python_type
-    except NotImplementedError:
-        return None
-
-
-def coerce(column: Column[Any], value: str) -> Any | None:
-    """`value` as a value of `column`, or None if it cannot be one."""
-    kind = _python_type(column)
-    if kind is int:
-        return int(value) if _INT.match(value) and -(2**63) <= int(value) < 2**63 else None
-    if kind is uuid.UUID:
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            return None
-    if kind is str or isinstance(column.type, String):
-        length = getattr(column.type, "length", None)
-        return value if length is None or len(value) <= length else None
-    return None  # dates, numbers, bytes: not identity columns
-
-
-def _coerce_all(column: Column[Any], values: Sequence[str]) -> list[Any]:
-    return [v for v in (coerce(column, value) for value in values) if v is not None]
-
-
-def to_json(value: Any) -> Any:
-    """A key value in a form a JSON checkpoint can hold."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
-def from_json(column: Column[Any], value: Any) -> Any:
-    """Undo `to_json` for a value of `column`."""
-    kind = _python_type(column)
-    if value is None or kind is None or isinstance(value, kind):
-        return value
-    if kind is uuid.UUID:
-        return uuid.UUID(value)
-    if kind is datetime:
-        return datetime.fromisoformat(value)
-    if kind is date:
-        return date.fromisoformat(value)
-    if kind is Decimal:
-        return Decimal(value)
-    return value
-
-
-def anonymized_value(strategy: Strategy, key: bytes, where: str, value: Any) -> Any:
-    if strategy == Strategy.NULL or value is None:
-        return None
-    if strategy == Strategy.REDACT:
-        return REDACTED
-    digest = hmac.new(key, f"{where}\x00{value}".encode(), hashlib.sha256).hexdigest()
-    return digest[:HMAC_LENGTH]
-
-
-def is_anonymized(strategy: Strategy, value: Any) -> bool:
-    if value is None:
-        return True
-    if strategy == Strategy.REDACT:
-        return bool(value == REDACTED)
-    if strategy == Strategy.HMAC:
-        return isinstance(value, str) and bool(_HMAC.match(value))
-    return False
