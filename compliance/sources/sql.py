@@ -40,6 +40,7 @@ from compliance.sources.sqlgraph import Graph, build_graph
 from compliance.sources.sqlkeys import key_columns
 from compliance.sources.sqlmanifest import SqlManifest, parse_sql_manifest
 from compliance.sources.sqlquery import Selector
+from compliance.sources.sqlrules import qualified
 from compliance.sources.sqlvalues import all_anonymized
 from compliance.sources.templating import expand_env
 
@@ -141,8 +142,7 @@ class SqlSource:
             with self.connect() as conn:
                 metadata.reflect(conn, schema=self.manifest.schema)
             for name in self.manifest.ignore_tables:
-                full = f"{self.manifest.schema}.{name}" if self.manifest.schema else name
-                if full not in metadata.tables:
+                if qualified(self.manifest.schema, name) not in metadata.tables:
                     raise ConfigError(f"{self.entry}.ignore_tables: no table {name!r}")
             self._graph = build_graph(
                 self.manifest.rules,

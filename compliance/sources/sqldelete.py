@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Delete, delete, text, update
 
-from compliance.sources.sqlgraph import Edge, Graph
+from compliance.sources.sqlgraph import Graph
 from compliance.sources.sqlkeys import key_in, values_in
+from compliance.sources.sqlrules import Edge
 
 if TYPE_CHECKING:
     from compliance.sources.sql import SqlSource

@@ -36,7 +36,7 @@ from compliance.errors import ValidationError
 from compliance.identities import IdentityType, validate_type
 from compliance.sources.base import Art15, Disposition
 from compliance.sources.manifest import Spec
-from compliance.sources.sqlgraph import EdgeKind, IdentityColumn, Reference, Strategy, TableRule
+from compliance.sources.sqlrules import EdgeKind, IdentityColumn, Reference, Strategy, TableRule
 
 _ON_ERASE = (Disposition.DELETE, Disposition.ANONYMIZE, Disposition.RETAIN)
 

@@ -16,8 +16,9 @@ from sqlalchemy import ColumnElement, FromClause, and_, exists, false, func, or_
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition
-from compliance.sources.sqlgraph import Edge, EdgeKind, Graph
+from compliance.sources.sqlgraph import Graph
 from compliance.sources.sqlkeys import Key, cols_expr, in_rows, key_columns, key_in
+from compliance.sources.sqlrules import Edge, EdgeKind
 from compliance.sources.sqlvalues import coerce_all
 
 

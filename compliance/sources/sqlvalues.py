@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Column, String
 
-from compliance.sources.sqlgraph import HMAC_LENGTH, REDACTED, Strategy
+from compliance.sources.sqlrules import HMAC_LENGTH, REDACTED, Strategy
 
 _INT = re.compile(r"^-?[0-9]{1,19}$")
 _HMAC = re.compile(rf"^[0-9a-f]{{{HMAC_LENGTH}}}$")

@@ -14,7 +14,7 @@ from compliance.errors import ManifestError, SourceUnavailableError
 from compliance.sources import sqlerase
 from compliance.sources.base import Action, Disposition, RowsItem
 from compliance.sources.sql import SqlSource
-from compliance.sources.sqlgraph import REDACTED
+from compliance.sources.sqlrules import REDACTED
 from tests.compliance.sources.sqlsample import (
     ada_email,
     ada_resolved,
