@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from compliance import cascade
 from compliance.errors import ManifestError, SourceUnavailableError
-from compliance.sources import sqlerase
+from compliance.sources import sqlreadahead
 from compliance.sources.base import Action, Disposition, RowsItem
 from compliance.sources.sql import SqlSource
 from compliance.sources.sqlrules import REDACTED
@@ -360,7 +360,7 @@ def test_sources_check_reports_unregistered_tables_with_personal_data(
 def test_erasure_reads_ahead_in_bounded_slices(
     sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlerase, "READ_AHEAD", 2)
+    monkeypatch.setattr(sqlreadahead, "READ_AHEAD", 2)
     registry = load(sample_dbs, tmp_path)
     try:
         erase_all(registry.sources, ada_resolved(), batch=1)

@@ -1,0 +1,89 @@
+"""Connecting to an application database, and translating its errors at the edge.
+
+`make_source_engine` builds the engine (SQLite paths relative to the manifest, foreign
+keys on; PostgreSQL sessions with lock and statement timeouts). `translate_errors` turns
+SQLAlchemy/DBAPI errors into `ComplianceError`s whose messages carry table and
+constraint names at most, never values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+
+from compliance.errors import ConfigError, SourceUnavailableError, TerminalError, UnsupportedError
+
+
+def make_source_engine(
+    url: str, base_dir: Path, lock_timeout_ms: int = 0, statement_timeout_ms: int = 0
+) -> Engine:
+    """An engine for an application database. Relative SQLite paths resolve against
+    `base_dir` (the manifest's folder) and SQLite enforces foreign keys; PostgreSQL
+    sessions start with `lock_timeout` and `statement_timeout` set (0: none)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            url = f"sqlite:///{base_dir / path}"
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30})
+            event.listen(engine, "connect", _sqlite_foreign_keys)
+            return engine
+        args = {}
+        if url.startswith("postgresql"):
+            options = (
+                f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
+            )
+            args["options"] = options
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args
+        )
+    except (sa_exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"malformed source database URL ({type(exc).__name__})") from exc
+
+
+def _sqlite_foreign_keys(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextmanager
+def translate_errors(source: str) -> Iterator[None]:
+    """Database errors of source `source` as `ComplianceError`s (retryable when transient)."""
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        where = _diag(exc)
+        raise UnsupportedError(
+            f"source {source}: the database refused a change{where}; a table that "
+            "is not in the manifest may still reference the subject's rows: "
+            "run `gdpr sources check`"
+        ) from exc
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise SourceUnavailableError(
+            f"source {source}: database unavailable or timed out ({type(exc.orig).__name__})"
+        ) from exc
+    except sa_exc.ProgrammingError as exc:
+        raise ConfigError(
+            f"source {source}: the database rejected a query{_diag(exc)} "
+            f"({type(exc.orig).__name__}); check the manifest and the user's grants"
+        ) from exc
+    except sa_exc.DBAPIError as exc:
+        raise TerminalError(f"source {source}: database error ({type(exc.orig).__name__})") from exc
+
+
+def _diag(exc: sa_exc.DBAPIError) -> str:
+    """Table and constraint names from a psycopg error, if any (never the values)."""
+    diag = getattr(exc.orig, "diag", None)
+    table = getattr(diag, "table_name", None)
+    constraint = getattr(diag, "constraint_name", None)
+    parts = [p for p in (f"table {table}" if table else "", constraint or "") if p]
+    return f" ({', '.join(parts)})" if parts else ""
