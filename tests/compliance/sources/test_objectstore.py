@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import boto3
@@ -23,6 +24,7 @@ from compliance.identities import Identities, Identity
 from compliance.sources.base import Action, DataSource, Disposition, FileItem
 from compliance.sources.objectstore import ObjectStoreSource, PrefixUsage, build
 from compliance.sources.objectstore_s3 import CHUNK_BYTES, Bucket, ObjectStoreConfig
+from tests.compliance.sources.chunks import erase_chunks
 
 pytestmark = pytest.mark.s3
 
@@ -79,17 +81,7 @@ SAMPLE = {
 }
 
 
-def erase_all(source: DataSource, identities: Identities, batch_size: int) -> list[int]:
-    """Run erase chunk by chunk; returns the deleted count of each chunk."""
-    checkpoint: Mapping[str, Any] = {}
-    counts = []
-    for _ in range(100):
-        result = source.erase(identities, checkpoint, batch_size)
-        counts.append(result.deleted)
-        checkpoint = result.checkpoint
-        if result.done:
-            return counts
-    raise AssertionError("erase never finished")
+erase_all = partial(erase_chunks, most=100)
 
 
 def test_source_satisfies_the_data_source_protocol(make: Build) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from compliance.errors import ManifestError, RetryableError, SourceUnavailableEr
 from compliance.identities import Identities, Identity
 from compliance.sources.base import Action, DataSource, Disposition, RowsItem
 from compliance.sources.rediskeys import RedisKeysSource, build
+from tests.compliance.sources.chunks import erase_chunks as erase_all
 
 pytestmark = pytest.mark.redis
 
@@ -56,18 +57,6 @@ def seed(r: redis.Redis, user: str) -> None:
 
 def all_keys(r: redis.Redis) -> set[str]:
     return {k.decode() for k in r.scan_iter(count=1000)}
-
-
-def erase_all(source: DataSource, identities: Identities, batch_size: int) -> list[int]:
-    checkpoint: Mapping[str, Any] = {}
-    counts = []
-    for _ in range(1000):
-        result = source.erase(identities, checkpoint, batch_size)
-        counts.append(result.deleted)
-        checkpoint = result.checkpoint
-        if result.done:
-            return counts
-    raise AssertionError("erase never finished")
 
 
 def rows_by_key(source: RedisKeysSource, identities: Identities) -> dict[str, dict[str, Any]]:
@@ -197,18 +186,8 @@ def test_erase_resumes_from_a_checkpoint_and_restarts_a_foreign_cursor(
     assert not first.done
     assert set(first.checkpoint) == {"next", "cursor", "run_id"}
     stale = {**first.checkpoint, "cursor": 987654, "run_id": "another-server"}
-    assert sum(erase_all_from(source, ADA, stale)) == 6
+    assert sum(erase_all(source, ADA, 1000, stale)) == 6
     assert source.verify(ADA) == []
-
-
-def erase_all_from(source: DataSource, identities: Identities, checkpoint: Any) -> list[int]:
-    counts = []
-    while True:
-        result = source.erase(identities, checkpoint, 1000)
-        counts.append(result.deleted)
-        checkpoint = result.checkpoint
-        if result.done:
-            return counts
 
 
 def test_subject_without_the_templated_identity_is_skipped(

@@ -15,6 +15,7 @@ from compliance.sources import sqlreadahead
 from compliance.sources.base import Action, Disposition, RowsItem
 from compliance.sources.sql import SqlSource
 from compliance.sources.sqlrules import REDACTED
+from tests.compliance.sources.chunks import erase_chunks
 from tests.compliance.sources.sqlsample import (
     ada_email,
     ada_resolved,
@@ -300,18 +301,10 @@ def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
                 {"t": schema.T0},
             )
         engine.dispose()
-        erase_all_from(shop, first.checkpoint)
+        erase_chunks(shop, ada_resolved(), 1000, first.checkpoint)
     finally:
         registry.close()
     assert (11,) in keys(sample_dbs.shop_url, "addresses")
-
-
-def erase_all_from(source: Any, checkpoint: Any) -> None:
-    while True:
-        result = source.erase(ada_resolved(), checkpoint, 1000)
-        checkpoint = result.checkpoint
-        if result.done:
-            return
 
 
 def test_anonymize_with_redact_writes_the_marker(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import text
@@ -10,6 +12,18 @@ from compliance.sources.sql import SqlSource
 from compliance.sources.sqldelete import Deleter
 from tests.compliance.sources.sqlsample import keys, load
 from tests.sample_app.fixtures import SampleDatabases
+
+
+@contextmanager
+def shop_deleter(dbs: SampleDatabases, folder: Path) -> Iterator[tuple[SqlSource, Deleter]]:
+    """The sample shop source and a `Deleter` on it; the registry is closed after."""
+    registry = load(dbs, folder)
+    try:
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        yield shop, Deleter(shop)
+    finally:
+        registry.close()
 
 
 def _setting(source: SqlSource) -> list[str]:
@@ -25,11 +39,7 @@ def _setting(source: SqlSource) -> list[str]:
 def test_batches_before_a_tables_last_commit_asynchronously_and_the_pool_gets_its_setting_back(
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
-    registry = load(pg_sample_dbs, tmp_path)
-    try:
-        shop = registry.get("shop")
-        assert isinstance(shop, SqlSource)
-        deleter = Deleter(shop)
+    with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
         assert shop.graph.detach_edges("sessions") == []
         assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
         held = deleter._held()
@@ -37,19 +47,13 @@ def test_batches_before_a_tables_last_commit_asynchronously_and_the_pool_gets_it
         assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (1, 0)
         assert deleter._conn is None  # the last batch gave the connection back
         assert _setting(shop) == ["on", "on"]
-    finally:
-        registry.close()
     assert not keys(pg_sample_dbs.shop_url, "sessions") & {("s-ada-1",), ("s-ada-2",)}
 
 
 def test_releasing_mid_table_restores_the_setting_and_discarding_closes_the_connection(
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
-    registry = load(pg_sample_dbs, tmp_path)
-    try:
-        shop = registry.get("shop")
-        assert isinstance(shop, SqlSource)
-        deleter = Deleter(shop)
+    with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
         assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
         deleter.release()
         assert _setting(shop) == ["on", "on"]
@@ -58,5 +62,3 @@ def test_releasing_mid_table_restores_the_setting_and_discarding_closes_the_conn
         deleter.discard()
         assert held.closed
         assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (0, 0)
-    finally:
-        registry.close()
