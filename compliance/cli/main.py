@@ -75,7 +75,7 @@ class GdprGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, operator: str | None, verbose: int) -> None:
-    """Data-subject requests (export, erasure) and retention for GDPR."""
+    """Data-subject requests for GDPR: export (Art. 15/20) and erasure (Art. 17)."""
     configure_logging(verbose)
     app = ctx.ensure_object(App)
     app.config_file = config_file
