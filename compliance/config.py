@@ -59,6 +59,7 @@ class Settings:
     serve_host: str = defaults.SERVE_HOST
     serve_port: int = defaults.SERVE_PORT
     rate_limit_per_minute: int = defaults.RATE_LIMIT_PER_MINUTE
+    trusted_proxy: str = ""  # address of the reverse proxy in front of `gdpr serve`, if any
     batch_size: int = defaults.BATCH_SIZE
     lock_timeout_ms: int = defaults.LOCK_TIMEOUT_MS
     statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
@@ -251,6 +252,20 @@ def _validate(settings: Settings) -> None:
     if not 0 <= settings.retention_hour <= 23:
         raise ConfigError("setting 'retention_hour' must be between 0 and 23")
     _validate_timezone(settings.timezone)
+    _validate_proxy(settings.trusted_proxy)
+
+
+def _validate_proxy(address: str) -> None:
+    import ipaddress
+
+    if not address:
+        return
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(
+            "setting 'trusted_proxy' must be the IP address of your reverse proxy"
+        ) from None
 
 
 def _validate_timezone(name: str) -> None:

@@ -47,10 +47,29 @@ def redact_tokens_in_logs() -> None:
             logger.addFilter(TokenRedactor())
 
 
-def serve(app: Any, host: str, port: int, threads: int = 8) -> None:
+def proxy_options(trusted_proxy: str) -> dict[str, Any]:
+    """Waitress options to take the client address from X-Forwarded-For, only when the
+    connection comes from `trusted_proxy` (waitress drops the header otherwise)."""
+    if not trusted_proxy:
+        return {}
+    return {
+        "trusted_proxy": trusted_proxy,
+        "trusted_proxy_count": 1,
+        "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+    }
+
+
+def serve(app: Any, host: str, port: int, threads: int = 8, trusted_proxy: str = "") -> None:
     """Serve `app` until interrupted."""
     redact_tokens_in_logs()
-    server = create_server(app, host=host, port=port, threads=threads, ident=SERVER_IDENT)
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident=SERVER_IDENT,
+        **proxy_options(trusted_proxy),
+    )
     server.print_listen("gdpr download service listening on http://{}:{}")
     server.run()
 
@@ -85,10 +104,14 @@ class BackgroundServer:
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
 
-def start_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
+def start_in_thread(
+    app: Any, host: str = "127.0.0.1", port: int = 0, trusted_proxy: str = ""
+) -> BackgroundServer:
     """Start waitress on an ephemeral port (by default) in a daemon thread."""
     redact_tokens_in_logs()
-    server = create_server(app, host=host, port=port, threads=8, ident=SERVER_IDENT)
+    server = create_server(
+        app, host=host, port=port, threads=8, ident=SERVER_IDENT, **proxy_options(trusted_proxy)
+    )
     thread = threading.Thread(target=server.run, name="gdpr-web", daemon=True)
     thread.start()
     return BackgroundServer(server, thread)

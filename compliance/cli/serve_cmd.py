@@ -20,4 +20,10 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     app = current()
     settings = app.settings()
     web = create_app(settings, app.db(), open_storage(settings), app.keyring())
-    run_server(web, host or settings.serve_host, port or settings.serve_port, threads=threads)
+    run_server(
+        web,
+        host or settings.serve_host,
+        port or settings.serve_port,
+        threads=threads,
+        trusted_proxy=settings.trusted_proxy,
+    )

@@ -116,3 +116,9 @@ def test_a_fraction_or_boolean_for_a_whole_number_is_refused_not_truncated(tmp_p
     config.write_text("[gdpr]\nbatch_size = true\n")
     with pytest.raises(ConfigError, match="batch_size"):
         load_settings({}, config_file=config)
+
+
+def test_trusted_proxy_must_be_an_ip_address() -> None:
+    assert load_settings({"GDPR_TRUSTED_PROXY": "10.0.0.5"}).trusted_proxy == "10.0.0.5"
+    with pytest.raises(ConfigError, match="trusted_proxy"):
+        load_settings({"GDPR_TRUSTED_PROXY": "*"})

@@ -318,19 +318,24 @@ def test_gdpr_serve_runs_the_download_app_on_the_configured_address(
     from exporters import web_server
 
     served: list[tuple[Any, str, int, int]] = []
+    proxies: list[str] = []
 
-    def fake_serve(app: Any, host: str, port: int, threads: int) -> None:
+    def fake_serve(app: Any, host: str, port: int, threads: int, trusted_proxy: str) -> None:
         served.append((app, host, port, threads))
+        proxies.append(trusted_proxy)
 
     monkeypatch.setattr(web_server, "serve", fake_serve)
     app = App()
-    settings = download_site.settings.with_overrides(serve_host="127.0.0.2", serve_port=8123)
+    settings = download_site.settings.with_overrides(
+        serve_host="127.0.0.2", serve_port=8123, trusted_proxy="127.0.0.9"
+    )
     app._cache.update(settings=settings, db=download_site.db)
     app.close = lambda: None  # type: ignore[method-assign]
     result = CliRunner().invoke(cli, ["serve", "--threads", "3"], obj=app)
     assert result.exit_code == 0, result.output
     ((flask_app, host, port, threads),) = served
     assert isinstance(flask_app, Flask) and (host, port, threads) == ("127.0.0.2", 8123, 3)
+    assert proxies == ["127.0.0.9"]
     assert flask_app.test_client().get(f"/d/{download_site.token}").status_code == 200
 
 
@@ -389,3 +394,38 @@ def test_rotating_ipv6_addresses_within_one_network_does_not_escape_the_rate_lim
     ipv4 = client.get(f"/d/{site.token}", environ_base={"REMOTE_ADDR": "192.0.2.7"})
     assert statuses == [200, 200, 200, 429, 429]
     assert elsewhere.status_code == 200 and ipv4.status_code == 200
+
+
+def _get_as(url: str, forwarded_for: str) -> int:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", parts.path, headers={"X-Forwarded-For": forwarded_for})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("proxy", "expected"), [("", [200, 200, 429, 429]), ("127.0.0.1", [200, 200, 200, 200])]
+)
+def test_forwarded_for_counts_only_behind_the_configured_proxy(
+    download_site: DownloadSite, proxy: str, expected: list[int]
+) -> None:
+    site = download_site
+    app = create_app(
+        site.settings.with_overrides(rate_limit_per_minute=2),
+        site.db,
+        site.storage,  # type: ignore[arg-type]
+        site.keyring,  # type: ignore[arg-type]
+    )
+    server = start_in_thread(app, trusted_proxy=proxy)
+    try:
+        url = f"{server.url}/d/{site.token}"
+        statuses = [_get_as(url, f"203.0.113.{n}") for n in range(4)]  # four clients
+    finally:
+        server.stop()
+    # Without a trusted proxy the header is ignored: the four look like one client.
+    assert statuses == expected
