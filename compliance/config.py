@@ -61,6 +61,7 @@ class Settings:
     rate_limit_per_minute: int = defaults.RATE_LIMIT_PER_MINUTE
     trusted_proxy: str = ""  # address of the reverse proxy in front of `gdpr serve`, if any
     batch_size: int = defaults.BATCH_SIZE
+    erase_chunk_seconds: float = defaults.ERASE_CHUNK_SECONDS
     lock_timeout_ms: int = defaults.LOCK_TIMEOUT_MS
     statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
     sweep_every_seconds: int = defaults.SWEEP_EVERY_SECONDS
@@ -191,6 +192,10 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind == "bool":
             return _to_bool(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if kind == "int":
             if isinstance(value, bool | float):  # TOML 2.5 or true: never truncate silently
                 raise ValueError(value)
@@ -244,6 +249,8 @@ def _validate(settings: Settings) -> None:
         "lock_timeout_ms": 0,
         "statement_timeout_ms": 0,
     }
+    if settings.erase_chunk_seconds <= 0:
+        raise ConfigError("setting 'erase_chunk_seconds' must be more than 0")
     for name, low in at_least.items():
         if getattr(settings, name) < low:
             raise ConfigError(f"setting '{name}' must be at least {low}")

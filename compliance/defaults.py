@@ -17,6 +17,7 @@ LINK_MAX_DOWNLOADS = 3
 PACKAGE_TTL_DAYS = 30
 
 BATCH_SIZE = 1000
+ERASE_CHUNK_SECONDS = 20.0  # one erasure task runs this long, then re-enqueues the rest
 LOCK_TIMEOUT_MS = 5_000
 STATEMENT_TIMEOUT_MS = 60_000
 

@@ -3,8 +3,8 @@
 Every piece of progress is durable (`dsr_step` rows, see `compliance.execution`): the
 discover step keeps the resolved identities, each source's erase step its checkpoint and
 counts, so a killed worker resumes where it stopped and a finished step never runs again.
-`erase_chunk` does a bounded amount of work and says whether more is left (for a task
-that re-enqueues itself); `run_erasure` runs to the end and returns the receipt.
+`run_erasure_chunk` does a bounded amount of work and returns None while more is left
+(the worker re-enqueues the request); `run_erasure` runs to the end and returns the receipt.
 
 Verification re-runs discovery at every source: any residue fails the request loudly,
 listing locations and counts (never values), and re-opens that source's erase step so a
@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from compliance import audit
+from compliance import audit, defaults
 from compliance.cascade import discover, plan_dict
 from compliance.errors import ComplianceError, ResidualDataError
 from compliance.execution import RunContext, fail_step, load_step, save_progress, set_counts
@@ -31,7 +31,6 @@ from compliance.sources.check import refuse_if_gaps
 
 log = logging.getLogger("gdpr.erasure")
 
-CHUNK_SECONDS = 20.0  # `erase_chunk` stops starting new batches after this long
 _COUNTS = ("deleted", "anonymized", "retained")
 
 
@@ -41,13 +40,22 @@ def run_erasure(ctx: RunContext) -> dict[str, Any]:
     A dry run resolves the identities and returns the plan: no source is changed, and
     no identity is stored.
     """
+    result = run_erasure_chunk(ctx, max_seconds=None)
+    assert result is not None  # without a deadline the erasure always finishes
+    return result
+
+
+def run_erasure_chunk(ctx: RunContext, *, max_seconds: float | None) -> dict[str, Any] | None:
+    """One piece of `run_erasure`, bounded by `max_seconds` (None: to the end): None while
+    more is left (run it again, e.g. from a re-enqueued task), else the receipt."""
     if ctx.settings.strict_sources:
         refuse_if_gaps(ctx.sources)
     identities = discover(ctx)
     if ctx.dry_run:
         plans = [s.plan(identities, Action.ERASE) for s in ctx.sources]
         return {**_header(ctx), "sources": [plan_dict(p) for p in plans]}
-    erase_chunk(ctx, identities, max_seconds=None)
+    if erase_chunk(ctx, identities, max_seconds=max_seconds):
+        return None
     verify_erasure(ctx, identities)
     _suppress(ctx, identities)
     return receipt(ctx)
@@ -57,7 +65,7 @@ def erase_chunk(
     ctx: RunContext,
     identities: Identities,
     *,
-    max_seconds: float | None = CHUNK_SECONDS,
+    max_seconds: float | None = defaults.ERASE_CHUNK_SECONDS,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> bool:
     """Erase for up to `max_seconds` (None: until done); True if more is left."""

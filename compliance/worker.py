@@ -29,13 +29,16 @@ from compliance.identities import Identities, Identity
 from compliance.keyring import Keyring
 from compliance.lifecycle import Event, transition
 from compliance.logs import stack_summary
-from compliance.models import DsrIdentity, DsrRequest, RequestKind
+from compliance.models import DsrIdentity, DsrRequest, RequestKind, RequestStatus
 from compliance.requests import identity_aad, wipe_identities
 from compliance.sources.base import DataSource
 
 log = logging.getLogger("gdpr.worker")
 
-Runner = Callable[[RunContext], dict[str, Any]]
+# A runner returns the receipt, or None when it stopped after a bounded chunk of work
+# and wants to be called again (the worker re-enqueues the request under the same claim).
+Runner = Callable[[RunContext], dict[str, Any] | None]
+Continuation = Callable[[uuid.UUID, int], None]
 
 
 class Outcome(StrEnum):
@@ -44,6 +47,8 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # not claimable: already running, finished or cancelled
     COMPLETED = "completed"
     FAILED = "failed"
+    CONTINUED = "continued"  # a chunk is done; the next one is queued under the same claim
+    RELEASED = "released"  # a chunk is done but the next could not be queued: back to queued
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,23 @@ class Worker:
     runners: dict[RequestKind, Runner]
     clock: Callable[[], datetime] = utcnow
     name: str = "worker"
+    continuation: Continuation | None = None  # None: run every chunk in this call
 
 
-def execute(worker: Worker, request_id: uuid.UUID) -> Outcome:
-    """Claim and run one request. Raises `RetryableError` after releasing it to the queue."""
-    request = _claim(worker, request_id)
+def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> Outcome:
+    """Claim and run one request (or, with `claim`, its next chunk under that claim).
+    Raises `RetryableError` after releasing it to the queue."""
+    request = _claim(worker, request_id) if claim is None else _resume(worker, request_id, claim)
     if request is None:
         return Outcome.SKIPPED
     claim = request.attempts
     ctx = _context(worker, request)
     log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": request.kind})
     try:
-        receipt = worker.runners[RequestKind(request.kind)](ctx)
+        runner = worker.runners[RequestKind(request.kind)]
+        receipt = runner(ctx)
+        while receipt is None and worker.continuation is None:
+            receipt = runner(ctx)
     except RetryableError as exc:
         if not _finish(worker, request_id, claim, Event.RELEASE, error=str(exc)):
             return Outcome.SKIPPED  # the run that took over the claim carries on
@@ -85,10 +95,35 @@ def execute(worker: Worker, request_id: uuid.UUID) -> Outcome:
         if not _finish(worker, request_id, claim, Event.FAIL, error=error):
             return Outcome.SKIPPED
         return Outcome.FAILED
+    if receipt is None:
+        return _hand_over(worker, request_id, claim)
     if not _finish(worker, request_id, claim, Event.COMPLETE, receipt=receipt):
         return Outcome.SKIPPED
     log.info("dsr.run.completed", extra={"request_id": str(request_id)})
     return Outcome.COMPLETED
+
+
+def _resume(worker: Worker, request_id: uuid.UUID, claim: int) -> DsrRequest | None:
+    """The request, if it is still running under `claim` (else another run owns it)."""
+    with worker.db.session() as session:
+        request = session.get(DsrRequest, request_id)
+        if request is None or request.status != RequestStatus.RUNNING:
+            return None
+        return request if request.attempts == claim else None
+
+
+def _hand_over(worker: Worker, request_id: uuid.UUID, claim: int) -> Outcome:
+    """Queue the next chunk under the same claim; if that fails, release the request so
+    the maintenance sweep dispatches it again (its steps resume from their checkpoints)."""
+    assert worker.continuation is not None
+    try:
+        worker.continuation(request_id, claim)
+    except Exception as exc:  # any broker error: nothing is lost, the sweep takes over
+        error = f"next chunk could not be queued ({type(exc).__name__}); resuming later"
+        _finish(worker, request_id, claim, Event.RELEASE, error=error)
+        return Outcome.RELEASED
+    log.info("dsr.run.continued", extra={"request_id": str(request_id)})
+    return Outcome.CONTINUED
 
 
 def _claim(worker: Worker, request_id: uuid.UUID) -> DsrRequest | None:

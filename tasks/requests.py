@@ -23,8 +23,10 @@ def backoff(retries: int) -> float:
 
 
 @app.task(name=RUN_REQUEST, bind=True, acks_late=True, max_retries=20)
-def run_request(self: Task, request_id: str) -> str:  # type: ignore[type-arg]
+def run_request(self: Task, request_id: str, claim: int | None = None) -> str:  # type: ignore[type-arg]
+    """Run a queued request, or (with `claim`) the next chunk of one this worker runs."""
     try:
-        return execute(runtime.worker(), uuid.UUID(request_id)).value
-    except RetryableError as exc:
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        return execute(runtime.worker(), uuid.UUID(request_id), claim).value
+    except RetryableError as exc:  # released to the queue: the retry claims it afresh
+        countdown = backoff(self.request.retries)
+        raise self.retry(args=(request_id,), exc=exc, countdown=countdown) from exc

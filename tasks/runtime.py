@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from typing import Any
 
 from compliance.db import Database
@@ -44,7 +45,16 @@ def build_worker() -> Worker:
         keyring=keyring,
         sources=registry.sources,
         runners={RequestKind.EXPORT: run_export, RequestKind.ERASURE: run_erasure},
+        continuation=queue_next_chunk,
     )
+
+
+def queue_next_chunk(request_id: uuid.UUID, claim: int) -> None:
+    """Re-enqueue a request's next chunk under its claim (STYLE: big work in chunks)."""
+    from tasks.app import app
+    from tasks.dispatch import RUN_REQUEST
+
+    app.send_task(RUN_REQUEST, args=[str(request_id), claim], queue="requests")
 
 
 def run_export(ctx: RunContext) -> dict[str, Any]:
@@ -57,11 +67,14 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
-def run_erasure(ctx: RunContext) -> dict[str, Any]:
-    from compliance.erasure import run_erasure as erase
+def run_erasure(ctx: RunContext) -> dict[str, Any] | None:
+    """One chunk of the erasure; at the end, the receipt is mailed to the subject."""
+    from compliance.erasure import run_erasure_chunk
     from exporters.delivery import notify_erasure
 
-    receipt: dict[str, Any] = dict(erase(ctx))
+    receipt = run_erasure_chunk(ctx, max_seconds=ctx.settings.erase_chunk_seconds)
+    if receipt is None:
+        return None
     if not ctx.dry_run:
         notify_erasure(ctx, receipt)
     return receipt

@@ -233,3 +233,73 @@ def test_a_run_that_lost_its_claim_stops_at_its_next_heartbeat(
     assert progressed == []
     after = status_of(db, created)
     assert (after.status, after.attempts) == ("running", 2)  # left to the run that took over
+
+
+def chunked_runner(chunks: int) -> tuple[Runner, list[int]]:
+    """A runner that needs `chunks` calls; records each call's claim."""
+    calls: list[int] = []
+
+    def runner(ctx: RunContext) -> dict[str, Any] | None:
+        calls.append(ctx.claim or 0)
+        return {"chunks": len(calls)} if len(calls) == chunks else None
+
+    return runner, calls
+
+
+def test_chunks_run_in_one_call_when_the_worker_cannot_requeue(
+    db: Database, settings: Settings
+) -> None:
+    runner, calls = chunked_runner(3)
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.COMPLETED
+    assert calls == [1, 1, 1]
+    assert status_of(db, created).receipt == {"chunks": 3}
+
+
+def test_each_chunk_is_requeued_under_the_same_claim_until_done(
+    db: Database, settings: Settings
+) -> None:
+    import dataclasses
+
+    runner, calls = chunked_runner(3)
+    queued: list[tuple[object, int]] = []
+    worker = dataclasses.replace(
+        make_worker(db, settings, runner), continuation=lambda rid, c: queued.append((rid, c))
+    )
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(worker, created.id) == Outcome.CONTINUED
+    assert status_of(db, created).status == "running"
+    assert execute(worker, created.id, claim=1) == Outcome.CONTINUED
+    assert execute(worker, created.id, claim=1) == Outcome.COMPLETED
+    assert queued == [(created.id, 1), (created.id, 1)]
+    assert calls == [1, 1, 1]
+    assert status_of(db, created).status == "completed"
+
+
+def test_a_chunk_for_a_lost_or_finished_claim_does_nothing(
+    db: Database, settings: Settings
+) -> None:
+    runner, calls = chunked_runner(1)
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    worker = make_worker(db, settings, runner)
+    assert execute(worker, created.id, claim=1) == Outcome.SKIPPED  # still queued
+    assert execute(worker, created.id) == Outcome.COMPLETED
+    assert execute(worker, created.id, claim=1) == Outcome.SKIPPED  # finished
+    assert calls == [1]
+
+
+def test_a_chunk_that_cannot_be_requeued_releases_the_request(
+    db: Database, settings: Settings
+) -> None:
+    import dataclasses
+
+    def broker_down(request_id: object, claim: int) -> None:
+        raise ConnectionError("broker unreachable")
+
+    runner, _ = chunked_runner(2)
+    worker = dataclasses.replace(make_worker(db, settings, runner), continuation=broker_down)
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(worker, created.id) == Outcome.RELEASED
+    released = status_of(db, created)
+    assert released.status == "queued"
+    assert released.last_error is not None and "could not be queued" in released.last_error

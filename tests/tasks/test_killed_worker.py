@@ -102,3 +102,30 @@ def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> N
     assert count(app_db, "SELECT count(*) FROM events WHERE user_id = 2") == BOB_EVENTS
     assert count(app_db, "SELECT count(*) FROM users WHERE id = 2") == 1
     assert done["attempts"] == 2
+
+
+def test_a_long_erasure_runs_as_a_chain_of_short_tasks(tmp_path: Path) -> None:
+    from tests.tasks.workers import running_worker
+
+    app_db = tmp_path / "app.db"
+    make_app_db(app_db)
+    (tmp_path / "sources.toml").write_text(MANIFEST.format(path=app_db))
+    env = environment(
+        tmp_path,
+        {
+            "GDPR_SOURCES": str(tmp_path / "sources.toml"),
+            "GDPR_BATCH_SIZE": "100",
+            "GDPR_ERASE_CHUNK_SECONDS": "0.2",
+        },
+    )
+    created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
+    gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
+    log = tmp_path / "worker.log"
+    with running_worker(tmp_path, env, log):
+        done = wait_for_status(tmp_path, env, created["id"], {"completed", "failed"}, timeout=180)
+    assert done["status"] == "completed", done["last_error"]
+    assert done["attempts"] == 1  # one claim, many tasks
+    assert log.read_text().count("succeeded in") >= 3  # each chunk is its own task
+    assert "'continued'" in log.read_text()
+    assert count(app_db, "SELECT count(*) FROM events WHERE user_id = 1") == 0
+    assert count(app_db, "SELECT count(*) FROM events WHERE user_id = 2") == BOB_EVENTS
