@@ -41,12 +41,16 @@ class Reply:
         return self.body.decode("utf-8", "replace")
 
 
-def call(url: str, method: str = "GET", path: str | None = None) -> Reply:
+def call(
+    url: str, method: str = "GET", path: str | None = None, headers: dict[str, str] | None = None
+) -> Reply:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     try:
         body = b"" if method == "POST" else None
-        conn.request(method, path if path is not None else parts.path, body=body)
+        conn.request(
+            method, path if path is not None else parts.path, body=body, headers=headers or {}
+        )
         response = conn.getresponse()
         return Reply(response.status, dict(response.getheaders()), response.read())
     finally:
@@ -396,18 +400,6 @@ def test_rotating_ipv6_addresses_within_one_network_does_not_escape_the_rate_lim
     assert elsewhere.status_code == 200 and ipv4.status_code == 200
 
 
-def _get_as(url: str, forwarded_for: str) -> int:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    try:
-        conn.request("GET", parts.path, headers={"X-Forwarded-For": forwarded_for})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize(
     ("proxy", "expected"), [("", [200, 200, 429, 429]), ("127.0.0.1", [200, 200, 200, 200])]
 )
@@ -424,7 +416,8 @@ def test_forwarded_for_counts_only_behind_the_configured_proxy(
     server = start_in_thread(app, trusted_proxy=proxy)
     try:
         url = f"{server.url}/d/{site.token}"
-        statuses = [_get_as(url, f"203.0.113.{n}") for n in range(4)]  # four clients
+        clients = [{"X-Forwarded-For": f"203.0.113.{n}"} for n in range(4)]
+        statuses = [call(url, headers=client).status for client in clients]
     finally:
         server.stop()
     # Without a trusted proxy the header is ignored: the four look like one client.

@@ -60,19 +60,18 @@ def start_worker(cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> None:
+def app_with_sources(tmp_path: Path, **settings: str) -> tuple[Path, dict[str, str]]:
+    """The events app and a worker environment with it as the only source (batch 100)."""
     app_db = tmp_path / "app.db"
     make_app_db(app_db)
     (tmp_path / "sources.toml").write_text(MANIFEST.format(path=app_db))
-    env = environment(
-        tmp_path,
-        {
-            "GDPR_SOURCES": str(tmp_path / "sources.toml"),
-            "GDPR_BATCH_SIZE": "100",
-            "GDPR_STALE_CLAIM_SECONDS": "0",
-            "GDPR_REDISPATCH_AFTER_SECONDS": "0",
-        },
-    )
+    extra = {"GDPR_SOURCES": str(tmp_path / "sources.toml"), "GDPR_BATCH_SIZE": "100"}
+    extra |= {f"GDPR_{name.upper()}": value for name, value in settings.items()}
+    return app_db, environment(tmp_path, extra)
+
+
+def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> None:
+    app_db, env = app_with_sources(tmp_path, stale_claim_seconds="0", redispatch_after_seconds="0")
     created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
     gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
 
@@ -107,17 +106,7 @@ def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> N
 def test_a_long_erasure_runs_as_a_chain_of_short_tasks(tmp_path: Path) -> None:
     from tests.tasks.workers import running_worker
 
-    app_db = tmp_path / "app.db"
-    make_app_db(app_db)
-    (tmp_path / "sources.toml").write_text(MANIFEST.format(path=app_db))
-    env = environment(
-        tmp_path,
-        {
-            "GDPR_SOURCES": str(tmp_path / "sources.toml"),
-            "GDPR_BATCH_SIZE": "100",
-            "GDPR_ERASE_CHUNK_SECONDS": "0.2",
-        },
-    )
+    app_db, env = app_with_sources(tmp_path, erase_chunk_seconds="0.2")
     created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
     gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
     log = tmp_path / "worker.log"
