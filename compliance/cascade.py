@@ -23,7 +23,7 @@ from compliance.execution import RunContext, load_step, set_counts
 from compliance.identities import Identities, Identity, pseudonym
 from compliance.lifecycle import FINAL
 from compliance.models import DsrIdentity, DsrRequest, RequestStatus, StepStatus
-from compliance.requests import identity_aad
+from compliance.sealed import load_identities, sealed_identity
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
 
 MAX_ROUNDS = 10
@@ -52,7 +52,8 @@ def discover(ctx: RunContext) -> Identities:
     later attempts read it back instead of resolving again."""
     step = load_step(ctx, DISCOVER_SOURCE, Action.DISCOVER)
     if step.status == StepStatus.DONE:
-        return ctx.identities.union(load_discovered(ctx))
+        discovered = load_identities(ctx.db, ctx.keyring, ctx.request_id, discovered_only=True)
+        return ctx.identities.union(discovered)
     identities = resolve(ctx.sources, ctx.identities)
     added = [] if ctx.dry_run else store_discovered(ctx, identities)
     counts = {"identities": dict(Counter(i.type for i in identities)), "discovered": len(added)}
@@ -87,38 +88,8 @@ def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
         }
         added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
         for identity in added:
-            session.add(_sealed(ctx, identity))
+            session.add(sealed_identity(ctx.keyring, ctx.request_id, identity, discovered=True))
     return added
-
-
-def _sealed(ctx: RunContext, identity: Identity) -> DsrIdentity:
-    keyring = ctx.keyring
-    return DsrIdentity(
-        request_id=ctx.request_id,
-        type=identity.type,
-        value_sealed=keyring.seal(
-            identity.value.encode(), identity_aad(ctx.request_id, identity.type)
-        ),
-        value_hmac=pseudonym(keyring.pseudonym_key, identity),
-        discovered=True,
-    )
-
-
-def load_discovered(ctx: RunContext) -> list[Identity]:
-    """The identities `discover` stored for this request (until they are wiped)."""
-    with ctx.db.session() as session:
-        rows = session.execute(
-            select(DsrIdentity.type, DsrIdentity.value_sealed).where(
-                DsrIdentity.request_id == ctx.request_id,
-                DsrIdentity.discovered.is_(True),
-                DsrIdentity.value_sealed.is_not(None),
-            )
-        )
-        return [
-            Identity(kind, ctx.keyring.unseal(sealed, identity_aad(ctx.request_id, kind)).decode())
-            for kind, sealed in rows
-            if sealed is not None
-        ]
 
 
 # --- plans -------------------------------------------------------------------------------

@@ -20,18 +20,18 @@ from compliance.dates import add_months
 from compliance.db import Database
 from compliance.dispatch import Dispatcher, dispatch_quietly
 from compliance.errors import PermissionDeniedError, ValidationError
-from compliance.identities import Identities, pseudonym, subject_pseudonym
+from compliance.identities import Identities, subject_pseudonym
 from compliance.keyring import Keyring
 from compliance.lifecycle import FINAL, Event, transition
 from compliance.models import (
     DownloadLink,
-    DsrIdentity,
     DsrRequest,
     DsrStep,
     RequestKind,
     RequestStatus,
 )
 from compliance.queries import get_request
+from compliance.sealed import sealed_identity, wipe_identities
 
 MAX_TICKET = 128
 MAX_NOTE = 2000
@@ -44,11 +44,6 @@ class Submission:
     ticket: str | None = None
     note: str | None = None
     dry_run: bool = False
-
-
-def identity_aad(request_id: uuid.UUID, identity_type: str) -> bytes:
-    """Associated data binding a sealed identity to its request and type."""
-    return f"{request_id}:{identity_type}".encode()
 
 
 def parse_request_id(text: str) -> uuid.UUID:
@@ -119,17 +114,7 @@ def _store_identities(
     session: Session, keyring: Keyring, request_id: uuid.UUID, identities: Identities
 ) -> None:
     for identity in identities:
-        session.add(
-            DsrIdentity(
-                request_id=request_id,
-                type=identity.type,
-                value_sealed=keyring.seal(
-                    identity.value.encode(), identity_aad(request_id, identity.type)
-                ),
-                value_hmac=pseudonym(keyring.pseudonym_key, identity),
-                discovered=False,
-            )
-        )
+        session.add(sealed_identity(keyring, request_id, identity, discovered=False))
 
 
 def _types(submission: Submission) -> list[str]:
@@ -279,10 +264,3 @@ def _require_reason(reason: str) -> None:
 
 def _append_note(existing: str | None, line: str) -> str:
     return f"{existing}\n{line}" if existing else line
-
-
-def wipe_identities(session: Session, request_id: uuid.UUID) -> None:
-    """Erase raw identity values of a request; only their HMAC pseudonyms remain."""
-    session.execute(
-        update(DsrIdentity).where(DsrIdentity.request_id == request_id).values(value_sealed=None)
-    )

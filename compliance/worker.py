@@ -15,8 +15,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
-
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import (
@@ -25,12 +23,11 @@ from compliance.errors import (
     TerminalError,
 )
 from compliance.execution import RunContext
-from compliance.identities import Identities, Identity
 from compliance.keyring import Keyring
 from compliance.lifecycle import Event, transition
 from compliance.logs import stack_summary
-from compliance.models import DsrIdentity, DsrRequest, RequestKind, RequestStatus
-from compliance.requests import identity_aad, wipe_identities
+from compliance.models import DsrRequest, RequestKind, RequestStatus
+from compliance.sealed import load_identities, wipe_identities
 from compliance.sources.base import DataSource
 
 log = logging.getLogger("gdpr.worker")
@@ -152,25 +149,6 @@ def _context(worker: Worker, request: DsrRequest) -> RunContext:
         actor=worker.name,
         claim=request.attempts,
     )
-
-
-def load_identities(db: Database, keyring: Keyring, request_id: uuid.UUID) -> Identities:
-    """All identities of a request (given and discovered), decrypted."""
-    with db.session() as session:
-        rows = session.scalars(
-            select(DsrIdentity).where(
-                DsrIdentity.request_id == request_id, DsrIdentity.value_sealed.is_not(None)
-            )
-        ).all()
-        return Identities.of(
-            Identity(
-                row.type,
-                keyring.unseal(
-                    row.value_sealed or b"", identity_aad(request_id, row.type)
-                ).decode(),
-            )
-            for row in rows
-        )
 
 
 def _finish(

@@ -16,8 +16,7 @@ from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
 from compliance.lifecycle import Event, transition
 from compliance.models import DsrIdentity, RequestKind
-from compliance.requests import wipe_identities
-from compliance.worker import load_identities
+from compliance.sealed import load_identities, wipe_identities
 from tests.compliance.helpers import NOW, submit_request
 
 

@@ -22,9 +22,9 @@ from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
 from compliance.models import AuditEvent, DsrIdentity, DsrStep, RequestKind, Suppression
 from compliance.requests import Submission, submit
+from compliance.sealed import load_identities
 from compliance.sources.base import DataSource, EraseResult, Residue
 from compliance.sources.registry import Registry
-from compliance.worker import load_identities
 from tests.compliance.helpers import NOW
 from tests.compliance.sources.sqlsample import load, snapshot
 from tests.compliance.sources.test_registry import FakeSource

@@ -1,0 +1,58 @@
+"""A request's identities at rest: values sealed under the keyring and bound to their
+request and type, beside their HMAC pseudonym. Values are wiped at a final state; the
+pseudonym stays for lookups and audit."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from compliance.db import Database
+from compliance.identities import Identities, Identity, pseudonym
+from compliance.keyring import Keyring
+from compliance.models import DsrIdentity
+
+
+def identity_aad(request_id: uuid.UUID, identity_type: str) -> bytes:
+    """Associated data binding a sealed identity to its request and type."""
+    return f"{request_id}:{identity_type}".encode()
+
+
+def sealed_identity(
+    keyring: Keyring, request_id: uuid.UUID, identity: Identity, *, discovered: bool
+) -> DsrIdentity:
+    """The row that keeps `identity` for a request: sealed value and pseudonym."""
+    return DsrIdentity(
+        request_id=request_id,
+        type=identity.type,
+        value_sealed=keyring.seal(identity.value.encode(), identity_aad(request_id, identity.type)),
+        value_hmac=pseudonym(keyring.pseudonym_key, identity),
+        discovered=discovered,
+    )
+
+
+def load_identities(
+    db: Database, keyring: Keyring, request_id: uuid.UUID, *, discovered_only: bool = False
+) -> Identities:
+    """The request's identities still held (given and discovered, or discovered only)."""
+    query = select(DsrIdentity.type, DsrIdentity.value_sealed).where(
+        DsrIdentity.request_id == request_id, DsrIdentity.value_sealed.is_not(None)
+    )
+    if discovered_only:
+        query = query.where(DsrIdentity.discovered.is_(True))
+    with db.session() as session:
+        rows = session.execute(query).all()
+    return Identities.of(
+        Identity(kind, keyring.unseal(sealed, identity_aad(request_id, kind)).decode())
+        for kind, sealed in rows
+        if sealed is not None
+    )
+
+
+def wipe_identities(session: Session, request_id: uuid.UUID) -> None:
+    """Erase raw identity values of a request; only their HMAC pseudonyms remain."""
+    session.execute(
+        update(DsrIdentity).where(DsrIdentity.request_id == request_id).values(value_sealed=None)
+    )
