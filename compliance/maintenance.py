@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from compliance.config import Settings
 from compliance.db import Database
@@ -58,8 +58,6 @@ def redispatch_queued(
 
 def _touch(db: Database, ids: list[uuid.UUID], now: datetime) -> None:
     """Restart the redispatch clock so one sweep does not flood the broker."""
-    from sqlalchemy import update
-
     with db.session() as session:
         session.execute(
             update(DsrRequest)

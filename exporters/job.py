@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from compliance import audit
+from compliance.cascade import discover
 from compliance.errors import ComplianceError
 from compliance.execution import RunContext, fail_step, load_step, pulse, set_counts
 from compliance.identities import Identities, IdentityType
@@ -41,7 +42,7 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
     existing = _existing(ctx)
     if existing is not None:
         return _summary(ctx, existing, created=False)
-    identities = _identities(ctx)
+    identities = discover(ctx)
     if ctx.dry_run:
         return _plan(ctx, identities)
     now = ctx.clock()
@@ -67,15 +68,6 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
         expires_at=now + timedelta(days=ctx.settings.package_ttl_days),
     )
     return _record(ctx, row)
-
-
-def _identities(ctx: RunContext) -> Identities:
-    try:
-        from compliance.cascade import discover
-    except ImportError:  # the cascade is optional: fall back to the given identities
-        return ctx.identities
-    found: Identities = discover(ctx)
-    return found
 
 
 def _existing(ctx: RunContext) -> ExportPackage | None:
