@@ -117,15 +117,6 @@ class Spec:
                 raise self.error(f"'{key}' entry {index + 1} must be a table")
             yield Spec(item, f"{self.path}.{key}[{index + 1}]")
 
-    def secret(self, key: str, environ: Mapping[str, str], *, required: bool = False) -> str:
-        """The value of the environment variable named by `key` (never logged)."""
-        variable = self.string(key, required=required)
-        if not variable:
-            return ""
-        if variable not in environ:
-            raise self.error(f"'{key}' names the environment variable {variable}, which is unset")
-        return environ[variable]
-
     def art15(self, defaults: Art15 | None = None) -> Art15:
         """GDPR Art. 15 facts at this entry, falling back to `defaults` key by key."""
         defaults = defaults or Art15()
