@@ -141,8 +141,3 @@ def _refusal(session: Session, request_id: uuid.UUID, event: Event, rule: Transi
         f"cannot {event.value.replace('_', ' ')} request {request_id}: it is {current}"
         f" (allowed from: {allowed})"
     )
-
-
-def allowed_events(status: str) -> list[Event]:
-    """Which events the table allows from `status` (for `request show`)."""
-    return [e for e, t in TRANSITIONS.items() if status in {s.value for s in t.sources}]

@@ -88,7 +88,3 @@ class App:
 def current() -> App:
     """The `App` of the running command."""
     return click.get_current_context().ensure_object(App)
-
-
-def app_settings() -> Settings:
-    return current().settings()
