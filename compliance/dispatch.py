@@ -23,7 +23,7 @@ class Dispatcher(Protocol):
 
 @dataclass
 class RecordingDispatcher:
-    """Records dispatched ids; for tests and for `--no-dispatch` operation."""
+    """Records dispatched ids instead of sending them (unit tests)."""
 
     dispatched: list[uuid.UUID] = field(default_factory=list)
 
