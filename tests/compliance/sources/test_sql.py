@@ -11,10 +11,10 @@ from sqlalchemy import create_engine, text
 
 from compliance import cascade
 from compliance.errors import ManifestError, SourceUnavailableError
-from compliance.sources import sqlreadahead
 from compliance.sources.base import Action, Disposition, RowsItem
-from compliance.sources.sql import SqlSource
-from compliance.sources.sqlrules import REDACTED
+from compliance.sources.sql import batches as sqlreadahead
+from compliance.sources.sql.manifest import REDACTED
+from compliance.sources.sql.source import SqlSource
 from tests.compliance.sources.chunks import erase_chunks
 from tests.compliance.sources.sqlsample import (
     ada_email,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from compliance.sources.sql import SqlSource
-from compliance.sources.sqldelete import Deleter
+from compliance.sources.sql.batches import Deleter
+from compliance.sources.sql.source import SqlSource
 from tests.compliance.sources.sqlsample import keys, load
 from tests.sample_app.fixtures import SampleDatabases
 

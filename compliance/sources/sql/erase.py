@@ -15,10 +15,17 @@ nothing else uses: once those rows are deleted, nothing would lead to them any m
 They are deleted in their table's turn, and only if still unreferenced then.
 
 The checkpoint is small JSON: the table index, the last key for anonymisation, and the
-orphaned shared keys (found by `sqleraseplan.orphans`). Because parents go last, the rows
+orphaned shared keys (found by `orphans` below). Because parents go last, the rows
 left to erase can always be found again from what remains, so a killed worker resumes
-from the checkpoint alone. Keys of the current table are read ahead (`sqlreadahead`); how
-a batch runs and commits is in `sqldelete` and `sqlanonymize`.
+from the checkpoint alone. Keys of the current table are read ahead (`batches.ReadAhead`); how
+a batch runs and commits is in `batches`.
+
+What a SQL erasure would do, and the shared rows it must remember before it starts.
+
+`erase_plan` counts per table (and per reference erasure sets to NULL) without writing.
+`orphans` finds the shared rows (addresses...) the subject's rows point at and nothing
+else uses: once the subject's rows are deleted nothing would lead to them any more, so
+the first erase call records their keys in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,28 +33,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
 
 from compliance.identities import Identities
-from compliance.sources.base import Disposition, EraseResult
-from compliance.sources.sqlanonymize import anonymize_batch
-from compliance.sources.sqldelete import Deleter
-from compliance.sources.sqleraseplan import orphans
-from compliance.sources.sqlgraph import Graph
-from compliance.sources.sqlkeys import Key, key_columns
-from compliance.sources.sqlquery import Selector
-from compliance.sources.sqlread import subject_count
-from compliance.sources.sqlreadahead import ReadAhead
-from compliance.sources.sqlvalues import key_from_json, key_to_json
-
-if TYPE_CHECKING:
-    from compliance.sources.sql import SqlSource
+from compliance.sources.base import Disposition, EraseResult, LocationPlan
+from compliance.sources.sql.batches import Deleter, ReadAhead, anonymize_batch
+from compliance.sources.sql.graph import Graph, SourceHandle
+from compliance.sources.sql.keys import Key, in_rows, key_columns, key_from_json, key_to_json
+from compliance.sources.sql.query import Selector
+from compliance.sources.sql.read import count_rows, subject_count
 
 
 class Eraser:
-    """The erase state machine of one `SqlSource`."""
+    """The erase state machine of one source."""
 
-    def __init__(self, source: SqlSource) -> None:
+    def __init__(self, source: SourceHandle) -> None:
         self.source = source
         self.deleter = Deleter(source)
         self.read_ahead = ReadAhead(source)
@@ -139,3 +141,61 @@ def _fingerprint(identities: Identities, orphans: Any) -> str:
     items = sorted((i.type, i.value) for i in identities)
     blob = json.dumps([items, orphans], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def orphans(source: SourceHandle, conn: Connection, identities: Identities) -> dict[str, list[Key]]:
+    """Keys of shared rows the subject's rows point at and nothing else uses."""
+    graph = source.graph
+    selector = Selector(graph, identities)
+    found: dict[str, list[Key]] = {}
+    for table in graph.order:
+        candidates = selector.candidates(table)
+        if candidates is None:
+            continue
+        query = (
+            select(*key_columns(graph, table))
+            .where(candidates, selector.unreferenced(table))
+            .order_by(*key_columns(graph, table))
+        )
+        keys = [tuple(row) for row in conn.execute(query)]
+        if keys:
+            found[table] = keys
+    return found
+
+
+def erase_plan(
+    source: SourceHandle, conn: Connection, identities: Identities
+) -> list[LocationPlan]:
+    """What erasure would do, per table (and per detached reference); writes nothing."""
+    graph = source.graph
+    selector = Selector(graph, identities, orphans(source, conn, identities))
+    plans = []
+    for table in graph.order:
+        rule = graph.rules[table]
+        count = subject_count(graph, conn, table, selector)
+        if count or rule.on_erase == Disposition.RETAIN:
+            basis = rule.legal_basis if rule.on_erase == Disposition.RETAIN else ""
+            plans.append(LocationPlan(table, rule.on_erase, count, basis))
+        if rule.on_erase == Disposition.DELETE and count:
+            plans.extend(_detach_plan(source, conn, table, selector))
+    return plans
+
+
+def _detach_plan(
+    source: SourceHandle, conn: Connection, table: str, selector: Selector
+) -> list[LocationPlan]:
+    """Rows that stay but point at rows erasure deletes (their reference is set to NULL)."""
+    graph = source.graph
+    parent = graph.tables[table]
+    plans = []
+    for e in graph.detach_edges(table):
+        child = graph.tables[e.child]
+        where = in_rows(child, e.child_cols, parent, e.parent_cols, selector.rows(table))
+        staying = selector.staying(e.child, child)
+        if staying is not None:
+            where = and_(where, staying)
+        count = count_rows(conn, child, where)
+        if count:
+            location = f"{e.child}.{','.join(e.child_cols)}"
+            plans.append(LocationPlan(location, Disposition.ANONYMIZE, count))
+    return plans

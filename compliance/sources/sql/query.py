@@ -16,10 +16,9 @@ from sqlalchemy import ColumnElement, FromClause, and_, exists, false, func, or_
 
 from compliance.identities import Identities
 from compliance.sources.base import Disposition
-from compliance.sources.sqlgraph import Graph
-from compliance.sources.sqlkeys import Key, cols_expr, in_rows, key_columns, key_in
-from compliance.sources.sqlrules import Edge, EdgeKind
-from compliance.sources.sqlvalues import coerce_all
+from compliance.sources.sql.graph import Graph
+from compliance.sources.sql.keys import Key, coerce_all, cols_expr, in_rows, key_columns, key_in
+from compliance.sources.sql.manifest import Edge, EdgeKind
 
 
 class Selector:

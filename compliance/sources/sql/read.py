@@ -1,23 +1,20 @@
 """Reading a SQL source without writing: identities linked to the subject's, counts, the
-export's row streams, and what verification finds left over."""
+export's row streams, and what verification finds left over.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, FromClause, func, select
 
 from compliance.errors import UnsupportedError, ValidationError
 from compliance.identities import Identities, Identity, parse_identity
 from compliance.sources.base import Disposition, LocationPlan, Residue
-from compliance.sources.sqlgraph import Graph
-from compliance.sources.sqlkeys import key_columns
-from compliance.sources.sqlquery import Selector
-from compliance.sources.sqlvalues import all_anonymized
-
-if TYPE_CHECKING:
-    from compliance.sources.sql import SqlSource
+from compliance.sources.sql.graph import Graph, SourceHandle
+from compliance.sources.sql.keys import all_anonymized, key_columns
+from compliance.sources.sql.query import Selector
 
 MAX_RESOLVE_ROUNDS = 10
 MAX_IDENTITIES = 1000  # more means an identity column links different people
@@ -38,7 +35,7 @@ def subject_count(graph: Graph, conn: Connection, table: str, selector: Selector
     return count_rows(conn, graph.tables[table], where)
 
 
-def resolve(source: SqlSource, identities: Identities) -> Identities:
+def resolve(source: SourceHandle, identities: Identities) -> Identities:
     """Identities linked to the given ones through rows they match, to a fixpoint."""
     current = identities
     for _ in range(MAX_RESOLVE_ROUNDS):
@@ -90,7 +87,7 @@ def export_plan(graph: Graph, conn: Connection, selector: Selector) -> list[Loca
     return found
 
 
-def stream(source: SqlSource, table: str, selector: Selector) -> Iterator[Mapping[str, Any]]:
+def stream(source: SourceHandle, table: str, selector: Selector) -> Iterator[Mapping[str, Any]]:
     """The subject's rows of `table` in key order, without excluded columns, from a
     server-side cursor."""
     graph = source.graph
@@ -104,7 +101,7 @@ def stream(source: SqlSource, table: str, selector: Selector) -> Iterator[Mappin
             yield dict(row)
 
 
-def residues(source: SqlSource, identities: Identities) -> list[Residue]:
+def residues(source: SourceHandle, identities: Identities) -> list[Residue]:
     """Rows still there for the subject: in deleted tables any row; in anonymised tables
     rows whose anonymised columns still hold a value. Retained rows are not residue."""
     graph = source.graph

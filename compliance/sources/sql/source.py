@@ -1,9 +1,9 @@
 """The SQL connector: one database (any SQLAlchemy dialect; PostgreSQL and SQLite tested).
 
-The manifest says which tables hold personal data and how (see `sqlmanifest`); the live
-schema supplies keys and foreign keys (see `sqlgraph`). Reads and writes use SQLAlchemy
-Core with bound parameters only. Connecting and error translation are in `sqlengine`,
-reads in `sqlread`, the erase plan in `sqleraseplan`, erasure in `sqlerase`.
+The manifest says which tables hold personal data and how (see `manifest`); the live
+schema supplies keys and foreign keys (see `graph`). Reads and writes use SQLAlchemy
+Core with bound parameters only. Connecting and error translation are in `engine`,
+reads in `read`, the erase plan and erasure in `erase`, its batches in `batches`.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ from compliance.sources.base import (
 from compliance.sources.check import Gap, looks_personal
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
-from compliance.sources.sqlengine import make_source_engine, translate_errors
-from compliance.sources.sqlerase import Eraser
-from compliance.sources.sqleraseplan import erase_plan
-from compliance.sources.sqlgraph import Graph, build_graph
-from compliance.sources.sqlmanifest import SqlManifest, parse_sql_manifest
-from compliance.sources.sqlquery import Selector
-from compliance.sources.sqlread import export_plan, residues, resolve, stream, subject_count
-from compliance.sources.sqlrules import qualified
+from compliance.sources.sql.engine import make_source_engine, translate_errors
+from compliance.sources.sql.erase import Eraser, erase_plan
+from compliance.sources.sql.graph import Graph, build_graph
+from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
+from compliance.sources.sql.query import Selector
+from compliance.sources.sql.read import export_plan, residues, resolve, stream, subject_count
 from compliance.sources.templating import expand_env
 
 
@@ -159,7 +157,7 @@ class SqlSource:
     def erase(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
     ) -> EraseResult:
-        """One batch of erasure, children before parents; see `sqlerase`."""
+        """One batch of erasure, children before parents; see `erase`."""
         if self._eraser is None:
             self._eraser = Eraser(self)
         return self._eraser.step(identities, checkpoint, batch_size)

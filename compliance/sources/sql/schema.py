@@ -1,6 +1,7 @@
 """The SQL manifest checked against the reflected schema: every table, column and key it
 names exists and fits its use, and references (reflected foreign keys and declared ones)
-become the graph's edges. A mistake is a `ManifestError` naming its manifest entry."""
+become the graph's edges. A mistake is a `ManifestError` naming its manifest entry.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import Column, MetaData, String, Table
 
 from compliance.errors import ManifestError
 from compliance.sources.base import Disposition
-from compliance.sources.sqlrules import (
+from compliance.sources.sql.manifest import (
     HMAC_LENGTH,
     REDACTED,
     Edge,

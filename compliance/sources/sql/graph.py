@@ -3,8 +3,8 @@ which order erasure may touch them.
 
 Tables come from the manifest; references from the live schema's foreign keys and from
 the manifest (many schemas have no FK constraints); their kinds (``owned``, ``shared``,
-``link``) are described in `sqlrules`. Everything is checked when the graph is built (see
-`sqlschema`), so a mistake in the manifest is a `ManifestError` naming its entry, never a
+``link``) are described in `manifest`. Everything is checked when the graph is built (see
+`schema`), so a mistake in the manifest is a `ManifestError` naming its entry, never a
 surprise half-way through an erasure.
 """
 
@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import Connection, Engine, MetaData, Table
 
 from compliance.errors import ManifestError
 from compliance.sources.base import Disposition
-from compliance.sources.sqlrules import Edge, EdgeKind, TableRule
-from compliance.sources.sqlschema import check_rule, foreign_edges, read_edges, row_key, table_of
+from compliance.sources.sql.manifest import Edge, EdgeKind, TableRule
+from compliance.sources.sql.schema import check_rule, foreign_edges, read_edges, row_key, table_of
 
 
 @dataclass(frozen=True)
@@ -158,3 +160,18 @@ def _check_detachable(graph: Graph) -> None:
                     f"{e.parent} rows and must first detach what still points at them; "
                     "make the column nullable, delete this table's rows too, or retain the parent"
                 )
+
+
+class SourceHandle(Protocol):
+    """What reads and erasure need of a SQL source (`source.SqlSource` is one)."""
+
+    name: str
+    engine: Engine
+    pseudonym_key: bytes
+
+    @property
+    def graph(self) -> Graph: ...
+
+    def connect(self) -> AbstractContextManager[Connection]: ...
+
+    def errors(self) -> AbstractContextManager[None]: ...
