@@ -32,7 +32,24 @@ class ConfigError(TerminalError):
 
 
 class ManifestError(ConfigError):
-    """The sources manifest is invalid (unknown kind, table, column, duplicate name...)."""
+    """The sources manifest is invalid (unknown kind, table, column, duplicate name...).
+
+    One error may carry several problems (`problems`, in manifest order): the loader
+    reports every mistake at once, so a manifest is fixed in one pass, not one by one.
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+    @classmethod
+    def of(cls, errors: list[ManifestError]) -> ManifestError:
+        """One error for all of `errors` (each possibly holding several), in order."""
+        problems = tuple(p for e in errors for p in e.problems)
+        if len(problems) == 1:
+            return cls(problems[0])
+        listed = " | ".join(problems)
+        return cls(f"{len(problems)} problems in the sources manifest: {listed}", problems)
 
 
 class ValidationError(TerminalError):
