@@ -25,6 +25,7 @@ from compliance.lifecycle import FINAL
 from compliance.models import DsrIdentity, DsrRequest, RequestStatus, StepStatus
 from compliance.sealed import load_identities, sealed_identity
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
+from compliance.sources.lookup import require_lookup
 
 MAX_ROUNDS = 10
 DISCOVER_SOURCE = "*"  # the discover step spans every source
@@ -121,14 +122,18 @@ class CascadePlan:
 
     def render(self) -> str:
         """A plain-text table, one line per location."""
-        lines = [f"{'source':<16} {'location':<32} {'action':<10} {'rows':>8}  legal basis"]
+        lines = [
+            f"{'source':<16} {'location':<32} {'whose':<10} {'action':<10} {'rows':>8}"
+            "  legal basis / note"
+        ]
         for plan in self.sources:
             if not plan.locations:
                 lines.append(f"{plan.source:<16} {'(nothing)':<32}")
             for loc in plan.locations:
+                why = "; ".join(x for x in (loc.legal_basis, loc.note) if x)
                 lines.append(
-                    f"{plan.source:<16} {loc.location:<32} {loc.disposition:<10} "
-                    f"{loc.count:>8}  {loc.legal_basis}".rstrip()
+                    f"{plan.source:<16} {loc.location:<32} {loc.scope:<10} "
+                    f"{loc.disposition:<10} {loc.count:>8}  {why}".rstrip()
                 )
         return "\n".join(lines)
 
@@ -138,6 +143,9 @@ _COUNT_KEY = {
     Disposition.ANONYMIZE: "anonymized",
     Disposition.RETAIN: "retained",
     Disposition.EXPORT: "exported",
+    Disposition.DETACH: "detached",
+    Disposition.REPOINT: "repointed",
+    Disposition.UNTOUCHED: "untouched",
 }
 
 
@@ -151,7 +159,9 @@ def plan_dict(plan: SourcePlan) -> dict[str, Any]:
                 "location": loc.location,
                 "disposition": str(loc.disposition),
                 _COUNT_KEY[loc.disposition]: loc.count,
+                "scope": str(loc.scope),
                 **({"legal_basis": loc.legal_basis} if loc.legal_basis else {}),
+                **({"note": loc.note} if loc.note else {}),
             }
             for loc in plan.locations
         ],
@@ -159,7 +169,9 @@ def plan_dict(plan: SourcePlan) -> dict[str, Any]:
 
 
 def plan(sources: Sequence[DataSource], identities: Identities, action: Action) -> CascadePlan:
-    """Resolve the identities, then ask every source what `action` would touch."""
+    """Resolve the identities, then ask every source what `action` would touch.
+    Refused when no source can look the subject up by any of the given identity types."""
+    require_lookup(sources, identities.types())
     resolved = resolve(sources, identities)
     plans = tuple(source.plan(resolved, action) for source in sources)
     return CascadePlan(action, dict(Counter(i.type for i in resolved)), plans)

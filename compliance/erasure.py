@@ -31,7 +31,7 @@ from compliance.sources.check import refuse_if_gaps
 
 log = logging.getLogger("gdpr.erasure")
 
-_COUNTS = ("deleted", "anonymized", "retained")
+_COUNTS = ("deleted", "anonymized", "retained", "detached", "others")
 
 
 def run_erasure(ctx: RunContext) -> dict[str, Any]:

@@ -29,6 +29,18 @@ class Disposition(StrEnum):
     DELETE = "delete"
     ANONYMIZE = "anonymize"
     RETAIN = "retain"
+    DETACH = "detach"  # a reference to an erased row is set to NULL
+    REPOINT = "repoint"  # a reference to an erased row now points at a placeholder row
+    UNTOUCHED = "untouched"  # other people's rows: neither exported nor changed
+
+
+class Scope(StrEnum):
+    """Whose rows a planned location counts (see compliance/sources/sql/OWNERSHIP.md)."""
+
+    SUBJECT = "subject"  # the subject's own rows: each counted once, in the plan's total
+    SHARED = "shared"  # rows the subject shares with others (an address two customers use)
+    OTHERS = "others"  # rows of other people: never exported, deleted or anonymised
+    REFERENCE = "reference"  # references inside rows that stay (detail, not more rows)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class LocationPlan:
     disposition: Disposition
     count: int
     legal_basis: str = ""  # required when disposition is RETAIN
+    scope: Scope = Scope.SUBJECT
+    note: str = ""  # why, in a few words ("other people's rows refer to them")
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,8 @@ class SourcePlan:
 
     @property
     def total(self) -> int:
-        return sum(loc.count for loc in self.locations)
+        """The subject's rows (and items) this plan touches, each counted once."""
+        return sum(loc.count for loc in self.locations if loc.scope == Scope.SUBJECT)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class RowsItem:
     collection: str
     rows: Iterable[Mapping[str, Any]]
     meta: Art15 = field(default_factory=Art15)
+    shared: bool = False  # rows shared with other people (an address), not the subject's alone
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,8 @@ class EraseResult:
     deleted: int = 0
     anonymized: int = 0
     retained: int = 0
+    detached: int = 0  # references in the subject's kept rows set to NULL or repointed
+    others: int = 0  # rows of other people whose reference to an erased row changed
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,11 @@ class DataSource(Protocol):
 
     name: str
     kind: str
+
+    def identity_types(self) -> frozenset[str]:
+        """The identity types (email, user_id, custom:...) this source can look a subject
+        up by, as the manifest declares them; reads nothing from the live system."""
+        ...
 
     def resolve(self, identities: Identities) -> Identities:
         """Return `identities` plus any this source links to them (email -> user_id)."""

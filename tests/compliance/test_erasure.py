@@ -25,9 +25,8 @@ from compliance.requests import Submission, submit
 from compliance.sealed import load_identities
 from compliance.sources.base import DataSource, EraseResult, Residue
 from compliance.sources.registry import Registry
-from tests.compliance.helpers import NOW
+from tests.compliance.helpers import NOW, FakeSource
 from tests.compliance.sources.sqlsample import load, snapshot
-from tests.compliance.sources.test_registry import FakeSource
 from tests.sample_app.fixtures import SampleDatabases
 
 
@@ -58,6 +57,7 @@ def request_ctx(
                 Identities.of([parse_identity("email", "ada@example.com")]),
                 dry_run=dry_run,
             ),
+            sources=sources,
             operator="alice",
             now=NOW,
             dispatcher=RecordingDispatcher(),
@@ -94,14 +94,20 @@ def test_erasure_erases_everywhere_verifies_and_returns_a_pii_free_receipt(
     assert receipt["request_id"] == str(ctx.request_id)
     by_source = {s["source"]: s for s in receipt["sources"]}
     assert by_source["shop"]["retained"] == 1
-    assert by_source["shop"]["anonymized"] >= 2
+    assert by_source["shop"]["anonymized"] == 2  # payments; references are counted apart
+    assert (by_source["shop"]["detached"], by_source["shop"]["others"]) == (3, 1)
     assert by_source["crm"]["deleted"] == 2
-    retained = [loc for loc in by_source["shop"]["locations"] if "retained" in loc]
+    retained = [
+        loc
+        for loc in by_source["shop"]["locations"]
+        if "retained" in loc and loc["scope"] == "subject"
+    ]
     assert retained == [
         {
             "location": "invoices",
             "disposition": "retain",
             "retained": 1,
+            "scope": "subject",
             "legal_basis": "Art. 6(1)(c) GDPR: commercial law, invoices kept 10 years",
         }
     ]
@@ -156,7 +162,8 @@ def test_a_dry_run_writes_nothing_and_returns_the_plan(
     result = run_erasure(ctx)
     assert result["dry_run"] is True
     shop = next(s for s in result["sources"] if s["source"] == "shop")
-    assert {"location": "orders", "disposition": "delete", "deleted": 2} in shop["locations"]
+    orders = {"location": "orders", "disposition": "delete", "deleted": 2, "scope": "subject"}
+    assert orders in shop["locations"]
     assert (snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)) == before
     with db.session() as session:
         discovered = session.scalars(

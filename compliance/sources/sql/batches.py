@@ -1,4 +1,6 @@
-"""One delete batch of a SQL erasure: detach what stays, delete the rows, commit.
+"""One delete batch of a SQL erasure: keep the rows that rows which stay still point at
+(anonymised or retained, see `references`), change the references to the rest, delete
+them, commit.
 
 Each batch is one transaction. On PostgreSQL a batch that is a single statement (the
 table has nothing to detach) runs as one autocommitted ``DELETE`` on a connection held
@@ -44,10 +46,9 @@ from compliance.sources.sql.keys import (
     key_columns,
     key_from_json,
     key_in,
-    values_in,
 )
-from compliance.sources.sql.manifest import Edge
 from compliance.sources.sql.query import Selector
+from compliance.sources.sql.references import fix_references, kept_keys
 
 Row = tuple[Any, ...]
 
@@ -65,24 +66,35 @@ class Deleter:
         return self.source.graph
 
     def delete(
-        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, last: bool
-    ) -> tuple[int, int]:
-        """Delete the batch `rows` (key columns first, then `columns`' referenced ones)
-        of `table`; `last`: the table's last batch. Returns (deleted, detached)."""
+        self,
+        selector: Selector,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        last: bool,
+    ) -> BatchCounts:
+        """Erase the batch `rows` (key columns first, then `columns`' referenced ones) of
+        `table`, a table whose rows are deleted; `last`: the table's last batch. Rows
+        that rows which stay still point at are kept (anonymised or retained) instead."""
         width = len(self.graph.keys[table])
-        keys = rows if width == len(columns) else [row[:width] for row in rows]
-        stmt = delete(self.graph.tables[table]).where(key_in(self.graph, table, keys))
-        edges = self.graph.detach_edges(table)
-        if self.graph.dialect == "postgresql" and not edges:
-            return self._single(stmt, durable=last), 0
-        detached = 0
+        keys = [tuple(row[:width]) for row in rows]
+        simple = not self.graph.fix_edges(table) and not self.graph.keep_edges(table)
+        if self.graph.dialect == "postgresql" and simple:
+            stmt = delete(self.graph.tables[table]).where(key_in(self.graph, table, keys))
+            return BatchCounts(deleted=self._single(stmt, durable=last))
         with self.source.connect() as conn:
             if self.graph.dialect == "postgresql" and not last:
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
-            for e in edges:
-                detached += self._detach(conn, e, columns, rows)
-            deleted = int(conn.execute(stmt).rowcount)
-        return deleted, detached
+            kept = kept_keys(conn, selector, table, keys)
+            going = [row for row, key in zip(rows, keys, strict=True) if key not in kept]
+            detached, others = fix_references(conn, selector, table, columns, going)
+            deleted = 0
+            if going:
+                where = key_in(self.graph, table, [tuple(r[:width]) for r in going])
+                deleted = int(conn.execute(delete(self.graph.tables[table]).where(where)).rowcount)
+            tombstones = anonymize_rows(self.source, conn, table, sorted(kept.tombstones))
+        return BatchCounts(deleted, tombstones, len(kept.retained), detached, others)
 
     def _single(self, stmt: Delete, *, durable: bool) -> int:
         with self.source.errors():
@@ -106,16 +118,6 @@ class Deleter:
             self._conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._asynchronous = False
         return self._conn
-
-    def _detach(
-        self, conn: Connection, e: Edge, columns: Sequence[str], rows: Sequence[Row]
-    ) -> int:
-        positions = [list(columns).index(c) for c in e.parent_cols]
-        values = sorted({tuple(row[p] for p in positions) for row in rows})
-        child = self.graph.tables[e.child]
-        where = values_in([child.c[c] for c in e.child_cols], values, self.graph.dialect)
-        stmt = update(child).where(where).values(dict.fromkeys(e.child_cols))
-        return int(conn.execute(stmt).rowcount)
 
     def release(self) -> None:
         """Give the held connection back to the pool, its session as it found it."""
@@ -142,27 +144,46 @@ class Deleter:
             conn.close()
 
 
+@dataclass(frozen=True)
+class BatchCounts:
+    """What one batch did: the subject's rows deleted, anonymised, retained (each row
+    once); references detached in the subject's kept rows; other people's rows changed."""
+
+    deleted: int = 0
+    anonymized: int = 0
+    retained: int = 0
+    detached: int = 0
+    others: int = 0
+
+
 def anonymize_batch(source: SourceHandle, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
     """Anonymise the rows of `table` whose keys lead `rows`; returns how many changed."""
+    names = source.graph.keys[table]
+    with source.connect() as conn:
+        return anonymize_rows(source, conn, table, [row[: len(names)] for row in rows])
+
+
+def anonymize_rows(source: SourceHandle, conn: Connection, table: str, keys: Sequence[Key]) -> int:
+    """Anonymise the rows of `table` with `keys` in `conn`'s transaction; how many changed."""
+    if not keys:
+        return 0
     graph = source.graph
     t = graph.tables[table]
     names = graph.keys[table]
-    keys = [row[: len(names)] for row in rows]
     cols = [c for c, _ in graph.rules[table].anonymize]
-    with source.connect() as conn:
-        current = conn.execute(
-            select(*key_columns(graph, table), *[t.c[c] for c in cols]).where(
-                key_in(graph, table, keys)
-            )
-        ).all()
-        params = [p for p in (_params(source, table, row) for row in current) if p is not None]
-        if params:
-            stmt = (
-                update(t)
-                .where(and_(*[t.c[n] == bindparam(f"k_{n}") for n in names]))
-                .values({c: bindparam(f"v_{c}") for c in cols})
-            )
-            conn.execute(stmt, params)
+    current = conn.execute(
+        select(*key_columns(graph, table), *[t.c[c] for c in cols]).where(
+            key_in(graph, table, keys)
+        )
+    ).all()
+    params = [p for p in (_params(source, table, row) for row in current) if p is not None]
+    if params:
+        stmt = (
+            update(t)
+            .where(and_(*[t.c[n] == bindparam(f"k_{n}") for n in names]))
+            .values({c: bindparam(f"v_{c}") for c in cols})
+        )
+        conn.execute(stmt, params)
     return len(params)
 
 
@@ -240,10 +261,10 @@ class ReadAhead:
         self._pending.after = after
 
     def columns(self, table: str) -> list[str]:
-        """Key columns, then every column a detached reference points at."""
+        """Key columns, then every column a changed reference points at."""
         graph = self.source.graph
         names = list(graph.keys[table])
-        for e in graph.detach_edges(table):
+        for e in graph.fix_edges(table):
             names.extend(c for c in e.parent_cols if c not in names)
         return names
 

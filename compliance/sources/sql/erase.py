@@ -35,15 +35,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, select
 
 from compliance.identities import Identities
-from compliance.sources.base import Disposition, EraseResult, LocationPlan
-from compliance.sources.sql.batches import Deleter, ReadAhead, anonymize_batch
+from compliance.sources.base import Disposition, EraseResult
+from compliance.sources.sql.batches import BatchCounts, Deleter, ReadAhead, anonymize_batch
 from compliance.sources.sql.graph import Graph, SourceHandle
-from compliance.sources.sql.keys import Key, in_rows, key_columns, key_from_json, key_to_json
+from compliance.sources.sql.keys import Key, key_columns, key_from_json, key_to_json
 from compliance.sources.sql.query import Selector
-from compliance.sources.sql.read import count_rows, subject_count
+from compliance.sources.sql.read import subject_count
 
 
 class Eraser:
@@ -88,15 +88,18 @@ class Eraser:
         rows = self.read_ahead.batch(scope, selector, checkpoint.get("after"), batch_size)
         if not rows:
             return self._next(checkpoint, index)
+        after = key_to_json(rows[-1][: len(self.graph.keys[table])])
         if disposition == Disposition.DELETE:
             columns = self.read_ahead.columns(table)
             last = self.read_ahead.drained
-            deleted, detached = self.deleter.delete(table, columns, rows, last=last)
-            return self._progress(checkpoint, deleted=deleted, anonymized=detached)
+            counts = self.deleter.delete(selector, table, columns, rows, last=last)
+            if not self.graph.keep_edges(table):
+                return self._progress(checkpoint, counts)  # what is left starts the table
+            self.read_ahead.moved_to(after)  # kept rows stay: go on after them
+            return self._progress(checkpoint, counts, after=after)
         changed = anonymize_batch(self.source, table, rows)
-        after = key_to_json(rows[-1][: len(self.graph.keys[table])])
         self.read_ahead.moved_to(after)
-        return self._progress(checkpoint, anonymized=changed, after=after)
+        return self._progress(checkpoint, BatchCounts(anonymized=changed), after=after)
 
     # --- phases ---------------------------------------------------------------------
 
@@ -116,15 +119,18 @@ class Eraser:
         return EraseResult(done=done, checkpoint=state, retained=retained)
 
     def _progress(
-        self,
-        checkpoint: Mapping[str, Any],
-        *,
-        deleted: int = 0,
-        anonymized: int = 0,
-        after: list[Any] | None = None,
+        self, checkpoint: Mapping[str, Any], counts: BatchCounts, after: list[Any] | None = None
     ) -> EraseResult:
         state = {**checkpoint, "after": after}
-        return EraseResult(done=False, checkpoint=state, deleted=deleted, anonymized=anonymized)
+        return EraseResult(
+            done=False,
+            checkpoint=state,
+            deleted=counts.deleted,
+            anonymized=counts.anonymized,
+            retained=counts.retained,
+            detached=counts.detached,
+            others=counts.others,
+        )
 
     # --- checkpoint codec -----------------------------------------------------------
 
@@ -161,41 +167,3 @@ def orphans(source: SourceHandle, conn: Connection, identities: Identities) -> d
         if keys:
             found[table] = keys
     return found
-
-
-def erase_plan(
-    source: SourceHandle, conn: Connection, identities: Identities
-) -> list[LocationPlan]:
-    """What erasure would do, per table (and per detached reference); writes nothing."""
-    graph = source.graph
-    selector = Selector(graph, identities, orphans(source, conn, identities))
-    plans = []
-    for table in graph.order:
-        rule = graph.rules[table]
-        count = subject_count(graph, conn, table, selector)
-        if count or rule.on_erase == Disposition.RETAIN:
-            basis = rule.legal_basis if rule.on_erase == Disposition.RETAIN else ""
-            plans.append(LocationPlan(table, rule.on_erase, count, basis))
-        if rule.on_erase == Disposition.DELETE and count:
-            plans.extend(_detach_plan(source, conn, table, selector))
-    return plans
-
-
-def _detach_plan(
-    source: SourceHandle, conn: Connection, table: str, selector: Selector
-) -> list[LocationPlan]:
-    """Rows that stay but point at rows erasure deletes (their reference is set to NULL)."""
-    graph = source.graph
-    parent = graph.tables[table]
-    plans = []
-    for e in graph.detach_edges(table):
-        child = graph.tables[e.child]
-        where = in_rows(child, e.child_cols, parent, e.parent_cols, selector.rows(table))
-        staying = selector.staying(e.child, child)
-        if staying is not None:
-            where = and_(where, staying)
-        count = count_rows(conn, child, where)
-        if count:
-            location = f"{e.child}.{','.join(e.child_cols)}"
-            plans.append(LocationPlan(location, Disposition.ANONYMIZE, count))
-    return plans

@@ -3,9 +3,10 @@ which order erasure may touch them.
 
 Tables come from the manifest; references from the live schema's foreign keys and from
 the manifest (many schemas have no FK constraints); their kinds (``owned``, ``shared``,
-``link``) are described in `manifest`. Everything is checked when the graph is built (see
-`schema`), so a mistake in the manifest is a `ManifestError` naming its entry, never a
-surprise half-way through an erasure.
+``link``) are described in `manifest`, and what they mean for whose row is whose in
+OWNERSHIP.md. Everything is checked when the graph is built (see `schema` and
+`ownership`), so a mistake in the manifest is a `ManifestError` naming its entry, never
+a surprise half-way through an erasure; every mistake is reported at once.
 """
 
 from __future__ import annotations
@@ -13,15 +14,29 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, MetaData, Table
 
 from compliance.errors import ManifestError
 from compliance.sources.base import Disposition
-from compliance.sources.sql.manifest import Edge, EdgeKind, TableRule
-from compliance.sources.sql.schema import check_rule, foreign_edges, read_edges, row_key, table_of
+from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase, TableRule
+from compliance.sources.sql.ownership import (
+    KEEPING,
+    Ways,
+    check_ways,
+    find_ways,
+    owning_tables,
+)
+from compliance.sources.sql.schema import (
+    Problems,
+    check_rule,
+    foreign_edges,
+    read_edges,
+    row_key,
+    table_of,
+)
 
 
 @dataclass(frozen=True)
@@ -34,19 +49,23 @@ class Graph:
     keys: Mapping[str, tuple[str, ...]]  # row key per registered table
     edges: tuple[Edge, ...]  # between registered tables
     foreign: tuple[Edge, ...]  # reflected FKs from unregistered tables into registered ones
-    reachable: frozenset[str]  # tables that can hold a subject's rows
+    reachable: frozenset[str]  # tables that can hold a subject's rows (own or shared)
     order: tuple[str, ...]  # reachable tables, children before parents
     dialect: str = ""  # the database's SQLAlchemy dialect name
+    owning: frozenset[str] = frozenset()  # tables whose rows can be a subject's own
+    ways: Ways = field(default_factory=dict)  # reference -> what happens to rows that stay
 
     def incoming(self, table: str) -> list[Edge]:
         return [e for e in self.edges if e.parent == table]
 
     def owned_parents(self, table: str) -> list[Edge]:
-        return [
-            e
-            for e in self.edges
-            if e.child == table and e.kind == EdgeKind.OWNED and e.parent in self.reachable
-        ]
+        """Owned references from `table` to tables that can hold the subject's rows (own,
+        or shared rows erased because nothing else uses them)."""
+        return [e for e in self.owners(table) if e.parent in self.reachable]
+
+    def owners(self, table: str) -> list[Edge]:
+        """Every owned reference from `table`: a row pointing through one is its parent's."""
+        return [e for e in self.edges if e.child == table and e.kind == EdgeKind.OWNED]
 
     def shared_from(self, table: str) -> list[Edge]:
         """Shared references pointing at `table` from tables holding subject rows."""
@@ -56,16 +75,32 @@ class Graph:
             if e.parent == table and e.kind == EdgeKind.SHARED and e.child in self.reachable
         ]
 
-    def detach_edges(self, table: str) -> list[Edge]:
-        """References into `table` to set to NULL before its rows are deleted: all but
-        owned ones from tables whose rows were deleted first, and NOT NULL shared ones
-        (a shared row is only deleted when nothing points at it any more)."""
-        return [e for e in self.incoming(table) if self._detaches(e)]
+    def way(self, e: Edge) -> ParentErase | None:
+        """What happens to rows that stay and point through `e` at an erased row (None:
+        no row that stays can point there)."""
+        return self.ways.get(e)
 
-    def _detaches(self, e: Edge) -> bool:
+    def keep_edges(self, table: str) -> list[Edge]:
+        """References through which a row that stays keeps a row of `table` from deletion
+        (anonymised or retained instead)."""
+        return [e for e in self.incoming(table) if self.way(e) in KEEPING]
+
+    def fix_edges(self, table: str) -> list[Edge]:
+        """References into `table` to change before its rows are deleted: set to NULL,
+        or repointed to the placeholder row (`way`)."""
+        return [e for e in self.incoming(table) if self._fixes(e)]
+
+    def _fixes(self, e: Edge) -> bool:
+        way = self.way(e)
+        if way in (ParentErase.DETACH, ParentErase.PLACEHOLDER):
+            return True
         if e.kind == EdgeKind.OWNED:
-            return self.rules[e.child].on_erase != Disposition.DELETE
-        return e.nullable or e.kind == EdgeKind.LINK
+            return False  # the subject's child rows went first
+        return e.nullable  # rows of the subject that go later (link), or shared, detached
+
+    def deleted(self, table: str) -> bool:
+        rule = self.rules.get(table)
+        return rule is not None and rule.on_erase == Disposition.DELETE
 
 
 def build_graph(
@@ -75,21 +110,44 @@ def build_graph(
     entry: str,
     dialect: str = "",
 ) -> Graph:
-    """Check the rules against the reflected schema and build the graph."""
+    """Check the rules against the reflected schema and build the graph; every mistake
+    is reported in one `ManifestError`, in manifest order."""
+    problems = Problems()
     rule_map = {rule.name: rule for rule in rules}
-    tables = {name: table_of(metadata, schema, rule) for name, rule in rule_map.items()}
-    for rule in rule_map.values():
-        check_rule(rule, tables[rule.name])
-    keys = {name: row_key(rule_map[name], table) for name, table in tables.items()}
-    found = read_edges(rule_map, tables, metadata, schema)
-    foreign = foreign_edges(tables, metadata)
+    tables: dict[str, Table] = {}
+    for name, rule in rule_map.items():
+        table = problems.check(table_of, metadata, schema, rule)
+        if table is not None:
+            tables[name] = table
+    problems.raise_any()
+    keys: dict[str, tuple[str, ...]] = {}
+    for name, table in tables.items():
+        check_rule(rule_map[name], table, problems)
+        key = problems.check(row_key, rule_map[name], table)
+        keys[name] = key or ()
+    source = entry.removeprefix("sources.")
+    found = read_edges(rule_map, tables, metadata, schema, problems, source)
+    problems.raise_any()
+    owning = owning_tables(rule_map, found)
     reachable = _reachable(rule_map, found)
     order = _erase_order(reachable, found, entry)
+    ways = find_ways(rule_map, found, owning)
     everything = {t.name: t for t in metadata.tables.values() if t.schema == schema}
     graph = Graph(
-        tables, everything, rule_map, keys, tuple(found), foreign, reachable, order, dialect
+        tables,
+        everything,
+        rule_map,
+        keys,
+        tuple(found),
+        foreign_edges(tables, metadata),
+        reachable,
+        order,
+        dialect,
+        owning,
+        ways,
     )
-    _check_detachable(graph)
+    check_ways(graph.rules, graph.edges, ways, owning, problems)
+    problems.raise_any()
     return graph
 
 
@@ -147,19 +205,6 @@ def _find_cycle(waits: Mapping[str, set[str]]) -> list[str]:
         if nxt in path:
             return [*path[path.index(nxt) :], nxt]
         path.append(nxt)
-
-
-def _check_detachable(graph: Graph) -> None:
-    for table in graph.reachable:
-        if graph.rules[table].on_erase != Disposition.DELETE:
-            continue
-        for e in graph.detach_edges(table):
-            if not e.nullable:
-                raise ManifestError(
-                    f"{graph.rules[e.child].entry}: {e} is NOT NULL, but erasure deletes "
-                    f"{e.parent} rows and must first detach what still points at them; "
-                    "make the column nullable, delete this table's rows too, or retain the parent"
-                )
 
 
 class SourceHandle(Protocol):

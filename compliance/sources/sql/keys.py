@@ -215,3 +215,11 @@ def is_anonymized(strategy: Strategy, value: Any) -> bool:
 def all_anonymized(strategies: Sequence[tuple[str, Strategy]], values: Sequence[Any]) -> bool:
     """Every value of a row's anonymised columns (in `strategies`' order) is anonymised."""
     return all(is_anonymized(s, v) for (_, s), v in zip(strategies, values, strict=True))
+
+
+def placeholder_key(graph: Graph, table: str) -> Key | None:
+    """The key of `table`'s placeholder row (declared in the manifest), if it has one."""
+    values = dict(graph.rules[table].placeholder)
+    if not values:
+        return None
+    return tuple(values[name] for name in graph.keys[table])

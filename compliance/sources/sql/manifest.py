@@ -8,8 +8,11 @@ Each reference has a kind, after Meta's DELF:
 - ``shared``: the parent is shared (``users.address_id -> addresses``): a subject's
   reference makes the parent a candidate, erased only if nothing else still uses it.
 - ``link``: never followed (``order_items.product_id -> products``, or a self-reference
-  like ``users.referred_by``, its default). When the row it points at is deleted, the
-  reference is detached (set to NULL) first.
+  like ``users.referred_by``, its default).
+
+Whose row is whose (the subject's, another subject's, shared, nobody's) follows from
+these kinds; OWNERSHIP.md in this folder says how. When a row that stays points at a row
+erasure removes, the reference's ``on_parent_erase`` says what happens (`ParentErase`).
 
 The SQL connector's part of the manifest: tables, identities, references, anonymisation.
 
@@ -19,6 +22,8 @@ kind = "sql"
 url = "${APP_DATABASE_URL}"           # or "sqlite:///app.db" (relative to this file)
 schema = "public"                     # optional
 ignore_tables = ["products"]          # reviewed: hold no personal data (`sources check`)
+check_schemas = ["public", "backup"]  # schemas `sources check` inspects (default: all)
+check_exclude_schemas = ["scratch"]   # ... and the ones it skips
 purpose = "Running the shop"          # Art. 15 defaults for every table below
 
 [sources.app.tables.users]
@@ -33,6 +38,18 @@ legal_basis = "Art. 6(1)(c): tax law"
 
 [sources.app.tables.newsletter]
 references = [{ columns = ["user_ref"], table = "users", kind = "owned" }]
+
+[sources.app.tables.cards]                            # owned by users (a foreign key)
+anonymize = { holder = "redact", number = "null" }    # for cards kept because others use them
+
+[sources.app.tables.orders]
+references = [
+  { columns = "card_id", table = "cards", kind = "shared" },   # on_parent_erase = "anonymize"
+  { columns = "referrer_id", table = "users", kind = "link", on_parent_erase = "detach" },
+]
+
+[sources.app.tables.customers]
+placeholder = { id = 0, name = "Erased customer" }    # created on first use
 ```
 
 An identity column may also be a table: ``email = { type = "email", resolve = false,
@@ -45,8 +62,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from compliance.errors import ValidationError
+from compliance.errors import ManifestError, ValidationError
 from compliance.identities import IdentityType, validate_type
 from compliance.sources.base import Art15, Disposition
 from compliance.sources.manifest import Spec
@@ -59,6 +77,16 @@ class EdgeKind(StrEnum):
     OWNED = "owned"
     SHARED = "shared"
     LINK = "link"
+
+
+class ParentErase(StrEnum):
+    """What happens when a row that stays points (through one reference) at a row of the
+    subject that erasure removes: B's card, which A's order was paid with."""
+
+    ANONYMIZE = "anonymize"  # keep the parent row, its personal columns anonymised
+    DETACH = "detach"  # set the reference to NULL (the staying row is changed: reported)
+    PLACEHOLDER = "placeholder"  # point the reference at the parent table's placeholder row
+    RETAIN = "retain"  # keep the parent row as it is; needs a legal_basis on the reference
 
 
 class Strategy(StrEnum):
@@ -86,6 +114,8 @@ class Reference:
     to: tuple[str, ...]  # empty: the referenced table's primary key
     kind: EdgeKind
     entry: str  # manifest path, for errors
+    on_parent_erase: ParentErase | None = None  # None: the default for the kind
+    legal_basis: str = ""  # required for on_parent_erase = "retain"
 
 
 @dataclass(frozen=True)
@@ -102,6 +132,7 @@ class TableRule:
     export_exclude: tuple[str, ...] = ()
     key: tuple[str, ...] = ()  # declared row key, for tables without a primary key
     references: tuple[Reference, ...] = ()
+    placeholder: tuple[tuple[str, Any], ...] = ()  # column values of the placeholder row
 
 
 @dataclass(frozen=True)
@@ -114,6 +145,9 @@ class Edge:
     parent_cols: tuple[str, ...]
     kind: EdgeKind
     nullable: bool  # every child column accepts NULL (so it can be detached)
+    on_parent_erase: ParentErase | None = None  # as declared; None: the default
+    legal_basis: str = ""
+    entry: str = ""  # the manifest entry that declared it ("" for a reflected FK)
 
     def __str__(self) -> str:
         return f"{self.child}({', '.join(self.child_cols)}) -> {self.parent}"
@@ -133,6 +167,8 @@ class SqlManifest:
     schema: str | None
     ignore_tables: tuple[str, ...]
     rules: tuple[TableRule, ...]
+    check_schemas: tuple[str, ...] = ()  # what `sources check` inspects; empty: every schema
+    check_exclude_schemas: tuple[str, ...] = ()
 
 
 def parse_sql_manifest(spec: Spec, url: str) -> SqlManifest:
@@ -140,13 +176,44 @@ def parse_sql_manifest(spec: Spec, url: str) -> SqlManifest:
     defaults = spec.art15()
     schema = spec.string("schema") or None
     ignore = spec.list_of_str("ignore_tables")
-    rules = tuple(_table(name, child, defaults) for name, child in spec.tables("tables"))
+    rules, problems = [], []
+    for name, child in spec.tables("tables"):
+        try:
+            rules.append(_table(name, child, defaults))
+        except ManifestError as exc:
+            problems.append(exc)
+    if problems:
+        raise ManifestError.of(problems)
     if not rules:
         raise spec.error("a sql source needs at least one table under 'tables'")
     for name in ignore:
         if name in {r.name for r in rules}:
             raise spec.error(f"table {name!r} is both registered and in ignore_tables")
-    return SqlManifest(url, schema, ignore, rules)
+    include, exclude = _check_schemas(spec)
+    return SqlManifest(
+        url, schema, ignore, tuple(rules), check_schemas=include, check_exclude_schemas=exclude
+    )
+
+
+def _check_schemas(spec: Spec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`check_schemas` and `check_exclude_schemas`: which schemas `gdpr sources check`
+    inspects. Whether they exist is checked when it runs (it connects)."""
+    include = _schema_names(spec, "check_schemas")
+    exclude = _schema_names(spec, "check_exclude_schemas")
+    for name in include:
+        if name in exclude:
+            raise spec.error(f"schema {name!r} is both in check_schemas and check_exclude_schemas")
+    return include, exclude
+
+
+def _schema_names(spec: Spec, key: str) -> tuple[str, ...]:
+    names = spec.list_of_str(key)
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise spec.error(f"'{key}' entry {index + 1} is empty")
+        if name in names[:index]:
+            raise spec.error(f"'{key}' names schema {name!r} twice")
+    return names
 
 
 def _table(name: str, spec: Spec, defaults: Art15) -> TableRule:
@@ -163,6 +230,7 @@ def _table(name: str, spec: Spec, defaults: Art15) -> TableRule:
         export_exclude=spec.list_of_str("export_exclude"),
         key=spec.list_of_str("key"),
         references=tuple(_reference(ref) for ref in spec.table_list("references")),
+        placeholder=tuple(_placeholder(spec.table("placeholder"))),
     )
     spec.done()
     return rule
@@ -216,9 +284,30 @@ def _reference(spec: Spec) -> Reference:
         to=_names(spec, "to", required=False),
         kind=EdgeKind(spec.choice("kind", tuple(k.value for k in EdgeKind), EdgeKind.OWNED)),
         entry=spec.path,
+        on_parent_erase=_parent_erase(spec),
+        legal_basis=spec.string("legal_basis"),
     )
+    if ref.legal_basis and ref.on_parent_erase != ParentErase.RETAIN:
+        raise spec.error("'legal_basis' on a reference goes with on_parent_erase = 'retain'")
+    if ref.on_parent_erase == ParentErase.RETAIN and not ref.legal_basis:
+        raise spec.error("on_parent_erase = 'retain' needs a legal_basis on the reference")
     spec.done()
     return ref
+
+
+def _parent_erase(spec: Spec) -> ParentErase | None:
+    value = spec.choice("on_parent_erase", ("", *(w.value for w in ParentErase)), "")
+    return ParentErase(value) if value else None
+
+
+def _placeholder(spec: Spec) -> list[tuple[str, Any]]:
+    found = []
+    for column in spec.data:
+        value = spec.raw(column)
+        if isinstance(value, dict | list):
+            raise spec.error(f"'{column}' must be a single value (text, number, date)")
+        found.append((column, value))
+    return found
 
 
 def _names(spec: Spec, key: str, *, required: bool) -> tuple[str, ...]:

@@ -2,23 +2,43 @@
 
 `Selector.where(table)` is one boolean expression, built from bound parameters only:
 the table's identity columns matched against the subject's identities, OR its owned
-parents' subject rows, OR (depending on the use) the shared rows they point at. An
-identity value that cannot be a value of the column (``x' OR 1=1 --`` for an integer
-column, 10 KB for a ``varchar(255)``) is dropped before it reaches the database: it can
-match nothing there anyway.
+parents' subject rows, OR (depending on the use) the shared rows they point at. A shared
+row that is owned by somebody (B's card, which paid A's order) is never one of them: it
+is another subject's row (OWNERSHIP.md). An identity value that cannot be a value of the
+column (``x' OR 1=1 --`` for an integer column, 10 KB for a ``varchar(255)``) is dropped
+before it reaches the database: it can match nothing there anyway.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import ColumnElement, FromClause, and_, exists, false, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    and_,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+)
 
 from compliance.identities import Identities
-from compliance.sources.base import Disposition
 from compliance.sources.sql.graph import Graph
-from compliance.sources.sql.keys import Key, coerce_all, cols_expr, in_rows, key_columns, key_in
-from compliance.sources.sql.manifest import Edge, EdgeKind
+from compliance.sources.sql.keys import (
+    Key,
+    coerce_all,
+    cols_expr,
+    in_rows,
+    key_columns,
+    key_in,
+    placeholder_key,
+)
+from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
+from compliance.sources.sql.ownership import KEEPING
 
 
 class Selector:
@@ -27,8 +47,9 @@ class Selector:
     A table's *own* rows are those matching an identity column, owned by an own row of a
     parent, or (during erasure) shared rows found orphaned: `shared` is then a mapping
     table -> their keys. With ``shared="referenced"`` (export and its plan), `where` adds
-    every shared row an own row points at; ownership does not spread from those (another
-    customer's order is not the subject's because it ships to an address they share).
+    every shared row an own row points at that nobody owns; ownership does not spread
+    from those (another customer's order is not the subject's because it ships to an
+    address they share).
     """
 
     def __init__(
@@ -94,10 +115,16 @@ class Selector:
         if isinstance(self.shared, Mapping) and self.shared.get(table):
             keys = key_in(self.graph, table, self.shared[table])
             parts.append(and_(keys, self.unreferenced(table)))
-        return or_(*parts) if parts else None
+        if not parts:
+            return None
+        found = or_(*parts)
+        spare = placeholder_key(self.graph, table)
+        if spare is not None:  # the placeholder row is nobody's
+            found = and_(found, not_(key_in(self.graph, table, [spare])))
+        return found
 
     def candidates(self, table: str) -> ColumnElement[bool] | None:
-        """Rows of a shared table that the subject's own rows point at."""
+        """Rows of a shared table that the subject's own rows point at and nobody owns."""
         t = self.graph.tables[table]
         parts = []
         for e in self.graph.shared_from(table):
@@ -105,6 +132,18 @@ class Selector:
             if child is not None:
                 c = self.graph.tables[e.child]
                 parts.append(in_rows(t, e.parent_cols, c, e.child_cols, child))
+        if not parts:
+            return None
+        owned = self.owned_by_anyone(table, t)
+        return or_(*parts) if owned is None else and_(or_(*parts), not_(owned))
+
+    def owned_by_anyone(self, table: str, rows: FromClause) -> ColumnElement[bool] | None:
+        """Rows of `rows` with a live owner: an owned reference to a row that exists."""
+        parts = []
+        for e in self.graph.owners(table):
+            parent = self.graph.tables[e.parent].alias()
+            pairs = zip(e.child_cols, e.parent_cols, strict=True)
+            parts.append(exists().where(and_(*[parent.c[p] == rows.c[c] for c, p in pairs])))
         return or_(*parts) if parts else None
 
     def unreferenced(self, table: str) -> ColumnElement[bool]:
@@ -124,19 +163,39 @@ class Selector:
             parts.append(~exists().where(cond))
         return and_(true(), *parts)
 
-    def staying(self, table: str, rows: FromClause) -> ColumnElement[bool] | None:
-        """Rows of `rows` (`table` or an alias of it) that erasure does not delete;
-        None: all of them stay."""
-        going = self.own(table) if self._deleted(table) else None
+    def staying(
+        self, table: str, rows: FromClause, visiting: frozenset[str] = frozenset()
+    ) -> ColumnElement[bool] | None:
+        """Rows of `rows` (`table` or an alias of it) that erasure does not delete: not
+        the subject's, or kept because rows that stay point at them; None: all stay."""
+        going = self.own(table) if self.graph.deleted(table) else None
         if going is None:
             return None
         keys = select(*key_columns(self.graph, table)).where(going)
         staying: ColumnElement[bool] = ~cols_expr(rows, self.graph.keys[table]).in_(keys)
-        return staying
+        kept = self.kept(table, rows, KEEPING, visiting)
+        return staying if kept is None else or_(staying, kept)
 
-    def _deleted(self, table: str) -> bool:
-        rule = self.graph.rules.get(table)
-        return rule is not None and rule.on_erase == Disposition.DELETE
+    def kept(
+        self,
+        table: str,
+        rows: FromClause,
+        ways: tuple[ParentErase, ...] = KEEPING,
+        visiting: frozenset[str] = frozenset(),
+    ) -> ColumnElement[bool] | None:
+        """Rows of `rows` that a row that stays points at through a reference whose way
+        is one of `ways` (kept as a tombstone, or retained); None: no such reference."""
+        edges = [e for e in self.graph.keep_edges(table) if self.graph.way(e) in ways]
+        if not edges or table in visiting:
+            return None
+        parts = []
+        for e in edges:
+            child = self.graph.tables[e.child].alias()
+            pairs = zip(e.child_cols, e.parent_cols, strict=True)
+            cond = and_(*[child.c[c] == rows.c[p] for c, p in pairs])
+            staying = self.staying(e.child, child, visiting | {table})
+            parts.append(exists().where(cond if staying is None else and_(cond, staying)))
+        return or_(*parts)
 
     def _goes_with_parent(self, e: Edge) -> bool:
-        return e.kind == EdgeKind.OWNED and self._deleted(e.child)
+        return e.kind == EdgeKind.OWNED and self.graph.deleted(e.child)

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, FromClause, func, select
+from sqlalchemy import ColumnElement, Connection, FromClause, and_, func, not_, select
 
 from compliance.errors import UnsupportedError, ValidationError
 from compliance.identities import Identities, Identity, parse_identity
-from compliance.sources.base import Disposition, LocationPlan, Residue
+from compliance.sources.base import Disposition, Residue
 from compliance.sources.sql.graph import Graph, SourceHandle
 from compliance.sources.sql.keys import all_anonymized, key_columns
+from compliance.sources.sql.manifest import ParentErase
 from compliance.sources.sql.query import Selector
 
 MAX_RESOLVE_ROUNDS = 10
@@ -77,24 +78,16 @@ def _linked(graph: Graph, conn: Connection, table: str, identities: Identities) 
     return found
 
 
-def export_plan(graph: Graph, conn: Connection, selector: Selector) -> list[LocationPlan]:
-    """Tables holding the subject's rows (parents first), with their counts."""
-    found = []
-    for table in reversed(graph.order):
-        n = subject_count(graph, conn, table, selector)
-        if n:
-            found.append(LocationPlan(table, Disposition.EXPORT, n))
-    return found
-
-
-def stream(source: SourceHandle, table: str, selector: Selector) -> Iterator[Mapping[str, Any]]:
-    """The subject's rows of `table` in key order, without excluded columns, from a
-    server-side cursor."""
+def stream(
+    source: SourceHandle, table: str, where: ColumnElement[bool]
+) -> Iterator[Mapping[str, Any]]:
+    """The rows of `table` matching `where` in key order, without excluded columns, from
+    a server-side cursor."""
     graph = source.graph
     t = graph.tables[table]
     excluded = set(graph.rules[table].export_exclude)
     columns = [c for c in t.columns if c.name not in excluded]
-    query = select(*columns).where(selector.rows(table)).order_by(*key_columns(graph, table))
+    query = select(*columns).where(where).order_by(*key_columns(graph, table))
     with source.connect() as conn:
         result = conn.execution_options(yield_per=STREAM_ROWS).execute(query)
         for row in result.mappings():
@@ -111,9 +104,9 @@ def residues(source: SourceHandle, identities: Identities) -> list[Residue]:
         for table in graph.order:
             rule = graph.rules[table]
             if rule.on_erase == Disposition.DELETE:
-                n = subject_count(graph, conn, table, selector)
+                n = _left_over(graph, conn, table, selector)
             elif rule.on_erase == Disposition.ANONYMIZE:
-                n = _not_anonymized(graph, conn, table, selector)
+                n = _not_anonymized(graph, conn, table, selector.where(table))
             else:
                 continue
             if n:
@@ -121,8 +114,27 @@ def residues(source: SourceHandle, identities: Identities) -> list[Residue]:
     return found
 
 
-def _not_anonymized(graph: Graph, conn: Connection, table: str, selector: Selector) -> int:
-    where = selector.where(table)
+def _left_over(graph: Graph, conn: Connection, table: str, selector: Selector) -> int:
+    """The subject's rows of a deleted table still there: not kept for others, or kept
+    as tombstones but not anonymised (retained ones are reported by the plan instead)."""
+    own = selector.own(table)
+    t = graph.tables[table]
+    kept = selector.kept(table, t)
+    if own is None or kept is None:
+        return subject_count(graph, conn, table, selector)
+    n = count_rows(conn, t, and_(own, not_(kept)))
+    tombstones = selector.kept(table, t, (ParentErase.ANONYMIZE,))
+    if tombstones is not None:
+        retained = selector.kept(table, t, (ParentErase.RETAIN,))
+        if retained is not None:
+            tombstones = and_(tombstones, not_(retained))
+        n += _not_anonymized(graph, conn, table, and_(own, tombstones))
+    return n
+
+
+def _not_anonymized(
+    graph: Graph, conn: Connection, table: str, where: ColumnElement[bool] | None
+) -> int:
     if where is None:
         return 0
     t = graph.tables[table]

@@ -10,9 +10,9 @@ from sqlalchemy import create_engine
 
 from compliance.config import Settings
 from compliance.errors import ManifestError
-from compliance.sources.base import Action, EraseResult, Residue, SourcePlan
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext, load_registry
+from tests.compliance.helpers import FakeSource
 from tests.sample_app import schema
 
 KEY = b"k" * 32
@@ -104,7 +104,7 @@ def test_the_url_may_come_from_the_environment(tmp_path: Path, shop_url: str) ->
         (
             "[sources.shop.tables.payments]\non_erase = 'anonymize'\n"
             "anonymize = { amount = 'redact' }",
-            r"anonymize\.amount: 'redact' needs a text column",
+            r"anonymize\.amount: column is NOT NULL and not text, so it cannot be anonymised",
         ),
         (
             "[sources.shop.tables.payments]\non_erase = 'anonymize'\n"
@@ -138,7 +138,8 @@ def test_the_url_may_come_from_the_environment(tmp_path: Path, shop_url: str) ->
         (
             "[sources.shop.tables.users]\nidentities = { id = 'user_id' }\n"
             "[sources.shop.tables.sessions]\non_erase = 'retain'\nlegal_basis = 'x'",
-            r"sessions\(user_id\) -> users is NOT NULL, but erasure deletes users",
+            r"sessions\(user_id\) -> users is NOT NULL and its rows stay \(on_erase = 'retain'\)"
+            r".*on_parent_erase = 'placeholder'",
         ),
     ],
 )
@@ -169,33 +170,6 @@ def test_an_unknown_key_of_the_source_is_refused(tmp_path: Path, shop_url: str) 
     text = sql(shop_url, "[sources.shop.tables.sessions]", head="timeout = 3")
     with pytest.raises(ManifestError, match=r"sources\.shop: unknown key 'timeout'"):
         load(tmp_path, text)
-
-
-class FakeSource:
-    kind = "fake"
-
-    def __init__(self, name: str, label: str) -> None:
-        self.name = name
-        self.label = label
-        self.closed = False
-
-    def resolve(self, identities: Any) -> Any:
-        return identities
-
-    def plan(self, identities: Any, action: Action) -> SourcePlan:
-        return SourcePlan(self.name, self.kind)
-
-    def export(self, identities: Any) -> Any:
-        return iter(())
-
-    def erase(self, identities: Any, checkpoint: Any, batch_size: int) -> EraseResult:
-        return EraseResult(done=True)
-
-    def verify(self, identities: Any) -> list[Residue]:
-        return []
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def fake_factory(name: str, spec: Spec, ctx: LoadContext) -> FakeSource:
@@ -231,3 +205,68 @@ def test_sources_loaded_before_an_error_are_closed(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="unknown kind 'nope'"):
         load(tmp_path, text, kinds={"fake": factory})
     assert [s.closed for s in opened] == [True]
+
+
+def test_a_sql_source_answers_the_types_of_its_identity_columns_only(
+    tmp_path: Path, shop_url: str
+) -> None:
+    tables = (
+        "[sources.shop.tables.users]\nidentities = { email = 'email', id = 'user_id' }\n"
+        "[sources.shop.tables.sessions]\n"
+    )
+    registry = load(tmp_path, sql(shop_url, tables), connect=False)
+    try:
+        assert registry.get("shop").identity_types() == {"email", "user_id"}
+    finally:
+        registry.close()
+
+
+def test_every_manifest_mistake_is_reported_at_once_in_manifest_order(tmp_path: Path) -> None:
+    opened: list[FakeSource] = []
+
+    def factory(name: str, spec: Spec, ctx: LoadContext) -> FakeSource:
+        opened.append(FakeSource(name, spec.string("label")))
+        return opened[-1]
+
+    text = (
+        'extra = 1\n[sources.a]\nkind = "nope"\n[sources.b]\nkind = "fake"\n'
+        '[sources.c]\nurl = "x"\n[sources.d]\nkind = "fake"\nlable = "typo"\n'
+    )
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ManifestError) as caught:
+            load(tmp_path, text, kinds={"fake": factory})
+        messages.append(str(caught.value))
+        assert [p.split(":")[0] for p in caught.value.problems] == [
+            "unknown top-level key 'extra' in the sources manifest",
+            "sources.a",
+            "sources.c",
+            "sources.d",
+        ]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("4 problems in the sources manifest: unknown top-level key")
+    assert " | sources.a: unknown kind 'nope'" in messages[0]
+    assert " | sources.d: unknown key 'lable'" in messages[0]
+    assert "\n" not in messages[0]
+    assert [(s.name, s.closed) for s in opened] == [("b", True), ("d", True)] * 2
+
+
+def test_an_unreachable_source_does_not_hide_the_manifest_mistakes_of_others(
+    tmp_path: Path,
+) -> None:
+    from compliance.errors import SourceUnavailableError
+
+    opened: list[FakeSource] = []
+
+    def factory(name: str, spec: Spec, ctx: LoadContext) -> FakeSource:
+        if spec.string("label") == "down":
+            raise SourceUnavailableError(f"sources.{name}: cannot connect; retry later")
+        opened.append(FakeSource(name))
+        return opened[-1]
+
+    sound = '[sources.a]\nkind = "fake"\n[sources.b]\nkind = "fake"\nlabel = "down"\n'
+    with pytest.raises(ManifestError, match=r"^sources\.c: unknown kind 'nope'"):
+        load(tmp_path, sound + '[sources.c]\nkind = "nope"', kinds={"fake": factory})
+    with pytest.raises(SourceUnavailableError, match=r"sources\.b: cannot connect"):
+        load(tmp_path, sound, kinds={"fake": factory})
+    assert [s.closed for s in opened] == [True, True]

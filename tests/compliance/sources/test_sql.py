@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from compliance import cascade
 from compliance.errors import ManifestError, SourceUnavailableError
-from compliance.sources.base import Action, Disposition, RowsItem
+from compliance.sources.base import Action, Disposition, RowsItem, Scope
 from compliance.sources.sql import batches as sqlreadahead
 from compliance.sources.sql.manifest import REDACTED
 from compliance.sources.sql.source import SqlSource
@@ -62,12 +62,16 @@ def test_export_yields_exactly_the_subjects_rows(
         registry.close()
     shop = registry.get("shop")
     assert isinstance(shop, SqlSource)
-    by_key = {
-        table: {tuple(r[c] for c in shop.graph.keys[table]) for r in found}
-        for (source, table), found in exported.items()
-        if source == "shop"
-    }
+    by_key: dict[str, set[tuple[Any, ...]]] = {}
+    for (source, collection), found in exported.items():
+        table = collection.removesuffix(".shared")
+        if source == "shop":
+            by_key.setdefault(table, set()).update(
+                tuple(r[c] for c in shop.graph.keys[table]) for r in found
+            )
     assert by_key == schema.ADA_ROWS
+    assert [r["id"] for r in exported[("shop", "addresses.shared")]] == [10]  # Bob's too
+    assert [r["id"] for r in exported[("shop", "addresses")]] == [11]
     assert [r["id"] for r in exported[("crm", "customers")]] == [1]
     assert [r["id"] for r in exported[("crm", "tickets")]] == [1]
 
@@ -100,26 +104,30 @@ def test_plan_counts_what_erasure_would_do_and_writes_nothing(
         plan = cascade.plan(registry.sources, ada_email(), Action.ERASE)
     finally:
         registry.close()
-    shop = {loc.location: loc for loc in plan.sources[0].locations}
-    assert {k: (v.disposition, v.count) for k, v in shop.items()} == {
-        "users": (Disposition.DELETE, 1),
-        "profiles": (Disposition.DELETE, 1),
-        "payment_methods": (Disposition.DELETE, 1),
-        "orders": (Disposition.DELETE, 2),
-        "order_items": (Disposition.DELETE, 3),
-        "returns": (Disposition.DELETE, 1),
-        "sessions": (Disposition.DELETE, 2),
-        "activity_log": (Disposition.DELETE, 2),
-        "newsletter": (Disposition.DELETE, 1),
-        "loyalty_cards": (Disposition.DELETE, 1),
-        "addresses": (Disposition.DELETE, 1),  # only hers; the one Bob uses stays
-        "payments": (Disposition.ANONYMIZE, 2),
-        "invoices": (Disposition.RETAIN, 1),
-        "payments.order_id": (Disposition.ANONYMIZE, 2),
-        "invoices.user_id": (Disposition.ANONYMIZE, 1),
-        "users.referred_by": (Disposition.ANONYMIZE, 1),  # Bob was referred by her
+    locations = plan.sources[0].locations
+    shop = {(loc.location, loc.scope, loc.disposition): loc.count for loc in locations}
+    assert shop == {
+        ("users", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("profiles", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("payment_methods", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("orders", Scope.SUBJECT, Disposition.DELETE): 2,
+        ("order_items", Scope.SUBJECT, Disposition.DELETE): 3,
+        ("returns", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("sessions", Scope.SUBJECT, Disposition.DELETE): 2,
+        ("activity_log", Scope.SUBJECT, Disposition.DELETE): 2,
+        ("newsletter", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("loyalty_cards", Scope.SUBJECT, Disposition.DELETE): 1,
+        ("addresses", Scope.SUBJECT, Disposition.DELETE): 1,  # only hers
+        ("addresses", Scope.SHARED, Disposition.RETAIN): 1,  # the one Bob uses stays
+        ("payments", Scope.SUBJECT, Disposition.ANONYMIZE): 2,
+        ("invoices", Scope.SUBJECT, Disposition.RETAIN): 1,
+        ("payments.order_id", Scope.REFERENCE, Disposition.DETACH): 2,
+        ("invoices.user_id", Scope.REFERENCE, Disposition.DETACH): 1,
+        ("users.referred_by", Scope.OTHERS, Disposition.DETACH): 1,  # Bob was referred by her
     }
-    assert shop["invoices"].legal_basis.startswith("Art. 6(1)(c)")
+    assert plan.sources[0].total == 19  # each of her rows once; references are detail
+    invoices = next(loc for loc in locations if loc.location == "invoices")
+    assert invoices.legal_basis.startswith("Art. 6(1)(c)")
     assert plan.identity_types == {"email": 1, "user_id": 1, "customer_id": 1}
     assert "ada" not in plan.render().lower()
     assert _shop_keys(sample_dbs) == before
@@ -250,7 +258,8 @@ def test_verify_reports_residue_by_location_without_values(
         ("user_id", "99999999999999999999999"),
         ("email", "a" * 10_000),
         ("customer_id", "C-0001' OR '1'='1"),
-        ("custom:x", "%"),
+        ("email", "%"),
+        ("user_id", "%"),
     ],
 )
 def test_hostile_identity_values_match_nothing_and_harm_nothing(
@@ -273,7 +282,8 @@ def test_a_reference_cycle_without_a_declared_back_reference_is_refused(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     manifest = sample_dbs.manifest().replace(
-        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "link" }',
+        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "link",'
+        ' on_parent_erase = "detach" }',
         '{ columns = "default_payment_method_id", table = "payment_methods", kind = "owned" }',
     )
     with pytest.raises(ManifestError, match="cycle") as caught:
@@ -319,35 +329,6 @@ def test_anonymize_with_redact_writes_the_marker(
     payments = rows(sample_dbs.shop_url, "payments")
     assert payments[(800,)]["billing_name"] == REDACTED
     assert payments[(802,)]["billing_name"] == "Bob"
-
-
-def test_sources_check_reports_unregistered_tables_with_personal_data(
-    sample_dbs: SampleDatabases, tmp_path: Path
-) -> None:
-    engine = create_engine(sample_dbs.shop_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE marketing_leads (id INTEGER PRIMARY KEY,"
-                " user_id INTEGER REFERENCES users(id), score INTEGER)"
-            )
-        )
-        conn.execute(text("CREATE TABLE shipping_labels (id INTEGER PRIMARY KEY, fullName TEXT)"))
-        conn.execute(text("CREATE TABLE warehouses (id INTEGER PRIMARY KEY, capacity INTEGER)"))
-    engine.dispose()
-    from compliance.sources.check import find_gaps
-
-    registry = load(sample_dbs, tmp_path)
-    try:
-        gaps = find_gaps(registry.sources)
-    finally:
-        registry.close()
-    assert {(g.source, g.location) for g in gaps} == {
-        ("shop", "marketing_leads"),
-        ("shop", "shipping_labels"),
-    }
-    lead = next(g for g in gaps if g.location == "marketing_leads")
-    assert "users" in lead.reason and lead.columns == ("user_id",)
 
 
 def test_erasure_reads_ahead_in_bounded_slices(

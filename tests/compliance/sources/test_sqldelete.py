@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from compliance.sources.sql.batches import Deleter
+from compliance.sources.sql.batches import BatchCounts, Deleter
+from compliance.sources.sql.query import Selector
 from compliance.sources.sql.source import SqlSource
-from tests.compliance.sources.sqlsample import keys, load
+from tests.compliance.sources.sqlsample import ada_resolved, keys, load
 from tests.sample_app.fixtures import SampleDatabases
 
 
@@ -40,11 +41,16 @@ def test_batches_before_a_tables_last_commit_asynchronously_and_the_pool_gets_it
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
-        assert shop.graph.detach_edges("sessions") == []
-        assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
+        ada = Selector(shop.graph, ada_resolved())
+        assert shop.graph.fix_edges("sessions") == []
+        assert deleter.delete(
+            ada, "sessions", ["token"], [("s-ada-1",)], last=False
+        ) == BatchCounts(1)
         held = deleter._held()
         assert held.execute(text("SHOW synchronous_commit")).scalar_one() == "off"
-        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (1, 0)
+        assert deleter.delete(ada, "sessions", ["token"], [("s-ada-2",)], last=True) == BatchCounts(
+            1
+        )
         assert deleter._conn is None  # the last batch gave the connection back
         assert _setting(shop) == ["on", "on"]
     assert not keys(pg_sample_dbs.shop_url, "sessions") & {("s-ada-1",), ("s-ada-2",)}
@@ -54,11 +60,18 @@ def test_releasing_mid_table_restores_the_setting_and_discarding_closes_the_conn
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
-        assert deleter.delete("sessions", ["token"], [("s-ada-1",)], last=False) == (1, 0)
+        ada = Selector(shop.graph, ada_resolved())
+        assert deleter.delete(
+            ada, "sessions", ["token"], [("s-ada-1",)], last=False
+        ) == BatchCounts(1)
         deleter.release()
         assert _setting(shop) == ["on", "on"]
-        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=False) == (1, 0)
+        assert deleter.delete(
+            ada, "sessions", ["token"], [("s-ada-2",)], last=False
+        ) == BatchCounts(1)
         held = deleter._held()
         deleter.discard()
         assert held.closed
-        assert deleter.delete("sessions", ["token"], [("s-ada-2",)], last=True) == (0, 0)
+        assert deleter.delete(ada, "sessions", ["token"], [("s-ada-2",)], last=True) == BatchCounts(
+            0
+        )
