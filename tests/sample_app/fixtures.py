@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, require_service
-from tests.sample_app import schema
+from tests.sample_app import cards, schema
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,42 @@ def _fill(shop_url: str, crm_url: str) -> None:
     finally:
         shop.dispose()
         crm.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cards_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The card shop (`tests.sample_app.cards`), filled, on each backend: its URL."""
+    with cards_database(request.param, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def cards_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cards.db'}"
+        _fill_cards(url)
+        yield url
+        return
+    require_service("PostgreSQL", PG_PORT, PG_HOST)
+    name = f"gdpr_cards_{secrets.token_hex(4)}"
+    admin = create_engine(
+        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+        _fill_cards(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _fill_cards(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        cards.create(engine)
+    finally:
+        engine.dispose()

@@ -405,12 +405,23 @@ recipients = ["Parcel carriers"]
 identities = { email = "email", id = "user_id" }
 export_exclude = ["password_hash"]
 description = "Your account"
-references = [
-  { columns = "referred_by", table = "users", kind = "link", on_parent_erase = "detach" },
-  { columns = "address_id", table = "addresses", kind = "shared" },
-  { columns = "default_payment_method_id", table = "payment_methods", kind = "link",
-    on_parent_erase = "detach" },
-]
+
+[[sources.shop.tables.users.references]]
+columns = "referred_by"
+table = "users"
+kind = "link"
+on_parent_erase = "detach"
+
+[[sources.shop.tables.users.references]]
+columns = "address_id"
+table = "addresses"
+kind = "shared"
+
+[[sources.shop.tables.users.references]]
+columns = "default_payment_method_id"
+table = "payment_methods"
+kind = "link"
+on_parent_erase = "detach"
 
 [sources.shop.tables.profiles]
 description = "Your profile"

@@ -78,7 +78,7 @@ def erase_all(
     sources: Iterable[DataSource], identities: Identities, batch: int = 1000
 ) -> dict[str, int]:
     """Run every source's erasure to the end; total counts."""
-    totals = {"deleted": 0, "anonymized": 0, "retained": 0}
+    totals = {"deleted": 0, "anonymized": 0, "retained": 0, "detached": 0, "others": 0}
     for source in sources:
         checkpoint: dict[str, Any] = {}
         for _ in range(10_000):
@@ -86,6 +86,8 @@ def erase_all(
             totals["deleted"] += result.deleted
             totals["anonymized"] += result.anonymized
             totals["retained"] += result.retained
+            totals["detached"] += result.detached
+            totals["others"] += result.others
             checkpoint = dict(result.checkpoint)
             if result.done:
                 break

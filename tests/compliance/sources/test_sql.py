@@ -193,7 +193,7 @@ def test_rerunning_erasure_is_a_no_op(sample_dbs: SampleDatabases, tmp_path: Pat
         again = erase_all(registry.sources, ada_resolved())
     finally:
         registry.close()
-    assert again == {"deleted": 0, "anonymized": 0, "retained": 0}
+    assert again == {"deleted": 0, "anonymized": 0, "retained": 0, "detached": 0, "others": 0}
     assert snapshot(sample_dbs.shop_url) == state
 
 
@@ -282,9 +282,9 @@ def test_a_reference_cycle_without_a_declared_back_reference_is_refused(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     manifest = sample_dbs.manifest().replace(
-        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "link",'
-        ' on_parent_erase = "detach" }',
-        '{ columns = "default_payment_method_id", table = "payment_methods", kind = "owned" }',
+        'columns = "default_payment_method_id"\ntable = "payment_methods"\nkind = "link"\n'
+        'on_parent_erase = "detach"',
+        'columns = "default_payment_method_id"\ntable = "payment_methods"\nkind = "owned"',
     )
     with pytest.raises(ManifestError, match="cycle") as caught:
         load(sample_dbs, tmp_path, manifest=manifest)
