@@ -23,6 +23,7 @@ class Collection:
     json_path: str
     csv_path: str
     meta: Art15
+    shared: bool = False  # rows shared with other people, e.g. an address two customers use
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class IndexBuilder:
         self._files: dict[str, dict[Art15, tuple[int, int]]] = {}
 
     def add_rows(self, item: RowsItem, rows: int, json_path: str, csv_path: str) -> None:
-        entry = Collection(item.collection, rows, json_path, csv_path, item.meta)
+        entry = Collection(item.collection, rows, json_path, csv_path, item.meta, item.shared)
         self._collections.setdefault(item.source, []).append(entry)
 
     def add_file(self, item: FileItem, size: int) -> None:
@@ -69,7 +70,9 @@ class IndexBuilder:
             FileGroup(f"files/{safe_segment(source)}/", count, size, meta)
             for meta, (count, size) in self._files.get(source, {}).items()
         )
-        return SourceSection(source, tuple(self._collections.get(source, [])), groups)
+        found = self._collections.get(source, [])
+        about_you = [c for c in found if not c.shared]
+        return SourceSection(source, (*about_you, *(c for c in found if c.shared)), groups)
 
 
 def human_size(size: int) -> str:

@@ -8,6 +8,7 @@ gets a durable `export` step holding its counts (and its error, if it failed).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -177,7 +178,7 @@ def _counted(
                     beat()
                     yield row
 
-        return RowsItem(item.source, item.collection, rows(), item.meta)
+        return dataclasses.replace(item, rows=rows())
     tally["files"] += 1
 
     def chunks() -> Iterator[bytes]:

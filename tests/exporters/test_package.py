@@ -171,3 +171,18 @@ def test_the_spool_never_writes_plaintext_to_disk() -> None:
         on_disk.seek(0)
         assert marker not in on_disk.read()
         assert b"".join(spool.read()) == marker * 40_000
+
+
+def test_index_puts_rows_shared_with_others_after_those_about_the_subject() -> None:
+    address = Art15(description="Addresses you gave us")
+    items: list[ExportItem] = [
+        RowsItem("shop", "addresses.shared", iter([{"id": 10}]), address, shared=True),
+        RowsItem("shop", "addresses", iter([{"id": 11}]), address),
+    ]
+    package = build(items)
+    page = package.read("index.html").decode()
+    about_you = page.index("data/shop/addresses.csv")
+    shared = page.index("Shared with other people")
+    assert about_you < shared < page.index("data/shop/addresses.shared.csv")
+    assert "Addresses you gave us (shared with others)" in page
+    assert json.loads(package.read("data/shop/addresses.shared.json")) == [{"id": 10}]

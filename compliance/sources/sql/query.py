@@ -2,11 +2,11 @@
 
 `Selector.where(table)` is one boolean expression, built from bound parameters only:
 the table's identity columns matched against the subject's identities, OR its owned
-parents' subject rows, OR (depending on the use) the shared rows they point at. A shared
-row that is owned by somebody (B's card, which paid A's order) is never one of them: it
-is another subject's row (OWNERSHIP.md). An identity value that cannot be a value of the
-column (``x' OR 1=1 --`` for an integer column, 10 KB for a ``varchar(255)``) is dropped
-before it reaches the database: it can match nothing there anyway.
+parents' subject rows, OR (during erasure) the shared rows found orphaned. A shared row
+owned by somebody (B's card, which paid A's order) is never one of them: it is another
+subject's row (OWNERSHIP.md). An identity value that cannot be a value of the column
+(``x' OR 1=1 --`` for an integer column, 10 KB for a ``varchar(255)``) is dropped before
+it reaches the database: it can match nothing there anyway.
 """
 
 from __future__ import annotations
@@ -45,31 +45,26 @@ class Selector:
     """Builds the subject's row condition per table, for one set of identities.
 
     A table's *own* rows are those matching an identity column, owned by an own row of a
-    parent, or (during erasure) shared rows found orphaned: `shared` is then a mapping
-    table -> their keys. With ``shared="referenced"`` (export and its plan), `where` adds
-    every shared row an own row points at that nobody owns; ownership does not spread
-    from those (another customer's order is not the subject's because it ships to an
-    address they share).
+    parent, or (during erasure) shared rows found orphaned: `shared` maps table -> their
+    keys. `candidates` are the shared rows own rows point at that nobody owns; ownership
+    does not spread from those (another customer's order is not the subject's because it
+    ships to an address they share).
     """
 
     def __init__(
         self,
         graph: Graph,
         identities: Identities,
-        shared: str | Mapping[str, Sequence[Key]] = "none",
+        shared: Mapping[str, Sequence[Key]] | None = None,
     ) -> None:
         self.graph = graph
         self.identities = identities
-        self.shared = shared
+        self.shared = shared or {}
         self._memo: dict[str, ColumnElement[bool] | None] = {}
 
     def where(self, table: str) -> ColumnElement[bool] | None:
         """The condition for the subject's rows of `table`; None: it has none."""
-        own = self.own(table)
-        if self.shared != "referenced":
-            return own
-        parts = [p for p in (own, self.candidates(table)) if p is not None]
-        return or_(*parts) if parts else None
+        return self.own(table)
 
     def rows(self, table: str) -> ColumnElement[bool]:
         """Like `where`, as an expression that matches nothing when there is nothing."""
@@ -112,7 +107,7 @@ class Selector:
             if parent is not None:
                 p = self.graph.tables[e.parent]
                 parts.append(in_rows(t, e.child_cols, p, e.parent_cols, parent))
-        if isinstance(self.shared, Mapping) and self.shared.get(table):
+        if self.shared.get(table):
             keys = key_in(self.graph, table, self.shared[table])
             parts.append(and_(keys, self.unreferenced(table)))
         if not parts:
@@ -149,7 +144,7 @@ class Selector:
     def unreferenced(self, table: str) -> ColumnElement[bool]:
         """Rows of `table` that nothing points at, once the subject's deleted rows are gone
         (owned children that go with the row do not count)."""
-        plain = Selector(self.graph, self.identities, "none")
+        plain = Selector(self.graph, self.identities)
         t = self.graph.tables[table]
         guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
         parts = []
