@@ -37,13 +37,14 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from compliance.errors import ResidualDataError
 from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult
 from compliance.sources.sql.batches import BatchCounts, Deleter, ReadAhead, anonymize_batch
 from compliance.sources.sql.graph import Graph, SourceHandle
 from compliance.sources.sql.keys import Key, key_columns, key_from_json, key_to_json
 from compliance.sources.sql.query import Selector
-from compliance.sources.sql.read import subject_count
+from compliance.sources.sql.read import left_over, subject_count
 
 
 class Eraser:
@@ -87,6 +88,8 @@ class Eraser:
         scope = (table, _fingerprint(identities, encoded))
         rows = self.read_ahead.batch(scope, selector, checkpoint.get("after"), batch_size)
         if not rows:
+            if disposition == Disposition.DELETE:
+                self._check_gone(table, selector)
             return self._next(checkpoint, index)
         after = key_to_json(rows[-1][: len(self.graph.keys[table])])
         if disposition == Disposition.DELETE:
@@ -100,6 +103,18 @@ class Eraser:
         changed = anonymize_batch(self.source, table, rows)
         self.read_ahead.moved_to(after)
         return self._progress(checkpoint, BatchCounts(anonymized=changed), after=after)
+
+    def _check_gone(self, table: str, selector: Selector) -> None:
+        """Before the parents go (after which these rows could not be found again), the
+        table must hold none of the subject's rows but those kept for others."""
+        with self.source.connect() as conn:
+            left = left_over(self.graph, conn, table, selector)
+        if left:
+            raise ResidualDataError(
+                f"source {self.source.name}: {left} row(s) of {table} are still there after "
+                "its delete batches (written meanwhile, or a key that does not compare equal "
+                "when read back); retry the request, and check the table's key if it repeats"
+            )
 
     # --- phases ---------------------------------------------------------------------
 

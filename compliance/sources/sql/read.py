@@ -104,7 +104,7 @@ def residues(source: SourceHandle, identities: Identities) -> list[Residue]:
         for table in graph.order:
             rule = graph.rules[table]
             if rule.on_erase == Disposition.DELETE:
-                n = _left_over(graph, conn, table, selector)
+                n = left_over(graph, conn, table, selector)
             elif rule.on_erase == Disposition.ANONYMIZE:
                 n = _not_anonymized(graph, conn, table, selector.where(table))
             else:
@@ -114,7 +114,7 @@ def residues(source: SourceHandle, identities: Identities) -> list[Residue]:
     return found
 
 
-def _left_over(graph: Graph, conn: Connection, table: str, selector: Selector) -> int:
+def left_over(graph: Graph, conn: Connection, table: str, selector: Selector) -> int:
     """The subject's rows of a deleted table still there: not kept for others, or kept
     as tombstones but not anonymised (retained ones are reported by the plan instead)."""
     own = selector.own(table)

@@ -12,13 +12,14 @@ from sqlalchemy import create_engine, text
 
 from compliance import cascade
 from compliance.config import Settings
-from compliance.errors import ManifestError
+from compliance.errors import ManifestError, ResidualDataError
 from compliance.identities import Identities, parse_identity
 from compliance.sources.base import Action, Disposition, RowsItem, Scope
 from compliance.sources.registry import Registry, load_registry
 from compliance.sources.sql.manifest import REDACTED
 from tests.compliance.sources.sqlsample import PSEUDONYM_KEY, erase_all, snapshot
 from tests.sample_app import cards
+from tests.sample_app.fixtures import cards_database
 
 ANN = Identities.of([parse_identity("email", "ann@example.com")])
 BEN = Identities.of([parse_identity("email", "ben@example.com")])
@@ -292,3 +293,21 @@ def test_rows_others_point_at_need_a_declared_way_to_be_kept(cards_db: str, tmp_
     )
     assert message.startswith("sources.cards.tables.payment_card: ")
     assert "anonymize =" in message and "on_parent_erase = 'detach'" in message
+
+
+def test_rows_whose_key_does_not_compare_equal_fail_the_erasure_before_their_parent_goes(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps timestamps as text: one written without microseconds is not found
+    again by its key; the erasure stops, loudly, while the customer row still leads to it."""
+    with cards_database("sqlite", tmp_path) as url:
+        _run(url, "INSERT INTO visits VALUES (9, '2025-06-05 10:00:00', 1, '/x')")
+        registry = _load(url, tmp_path)
+        try:
+            resolved = cascade.resolve(registry.sources, ANN)
+            with pytest.raises(ResidualDataError, match=r"1 row\(s\) of visits are still there"):
+                erase_all(registry.sources, resolved)
+        finally:
+            registry.close()
+        assert (1,) in _keys(url)["customers"]
+        assert 9 in _visits(url)
