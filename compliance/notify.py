@@ -160,7 +160,7 @@ def _lines(node: Any, path: tuple[str, ...]) -> Iterator[ReceiptLine]:
             children.extend(_lines(item, (*path, _label(item, ""))))
     if children:
         yield from children
-    elif isinstance(node, Mapping) and any(k in node for k in COUNT_KEYS):
+    elif isinstance(node, Mapping) and _subjects(node) and any(k in node for k in COUNT_KEYS):
         yield ReceiptLine(
             place=" / ".join(p for p in _dedupe(path) if p) or "all data",
             deleted=_count(node, "deleted"),
@@ -168,6 +168,12 @@ def _lines(node: Any, path: tuple[str, ...]) -> Iterator[ReceiptLine]:
             retained=_count(node, "retained"),
             legal_basis=str(node.get("legal_basis") or ""),
         )
+
+
+def _subjects(node: Mapping[str, Any]) -> bool:
+    """A place counting the subject's own rows (not shared rows kept for others, other
+    people's rows, or references: a plan's `scope`)."""
+    return node.get("scope", "subject") == "subject"
 
 
 def _label(node: Any, fallback: str) -> str:

@@ -273,12 +273,14 @@ def test_the_erasure_runners_receipt_shape_is_summarised_per_location() -> None:
                         "retained": 1,
                         "legal_basis": "HGB §257",
                     },
+                    {"location": "addresses", "scope": "shared", "retained": 1, "note": "x"},
+                    {"location": "users.referred_by", "scope": "others", "detached": 1},
                 ],
             }
         ],
         "verified": True,
     }
-    summary = notify.summarise_receipt(receipt)
+    summary = notify.summarise_receipt(receipt)  # others' and shared rows are not hers
     assert [(line.place, line.deleted, line.anonymized) for line in summary.lines] == [
         ("shop / users", 5, 0),
         ("shop / orders", 0, 2),
