@@ -173,7 +173,7 @@ def _lines(node: Any, path: tuple[str, ...]) -> Iterator[ReceiptLine]:
 def _subjects(node: Mapping[str, Any]) -> bool:
     """A place counting the subject's own rows (not shared rows kept for others, other
     people's rows, or references: a plan's `scope`)."""
-    return node.get("scope", "subject") == "subject"
+    return bool(node.get("scope", "subject") == "subject")
 
 
 def _label(node: Any, fallback: str) -> str:

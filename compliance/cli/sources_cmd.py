@@ -49,7 +49,10 @@ def check(as_json: bool) -> None:
     elif not gaps:
         click.echo("No unregistered personal data found.")
     else:
-        click.echo(f"{len(gaps)} gap(s): add these to the manifest or list them in ignore_tables")
+        click.echo(
+            f"{len(gaps)} gap(s): add these to the manifest, list them in ignore_tables, "
+            "or leave their schema out (check_exclude_schemas)"
+        )
         for gap in gaps:
             click.echo(f"  {gap}")
     if gaps:

@@ -24,15 +24,17 @@ from compliance.sources.base import (
     RowsItem,
     SourcePlan,
 )
-from compliance.sources.check import Gap, looks_personal
+from compliance.sources.check import Gap
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
+from compliance.sources.sql import coverage
 from compliance.sources.sql.engine import make_source_engine, translate_errors
-from compliance.sources.sql.erase import Eraser, erase_plan
+from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
+from compliance.sources.sql.plan import erase_plan, export_plan, mine, shared_rows
 from compliance.sources.sql.query import Selector
-from compliance.sources.sql.read import export_plan, residues, resolve, stream, subject_count
+from compliance.sources.sql.read import count_rows, residues, resolve, stream
 from compliance.sources.templating import expand_env
 
 
@@ -125,6 +127,10 @@ class SqlSource:
 
     # --- DataSource -----------------------------------------------------------------
 
+    def identity_types(self) -> frozenset[str]:
+        """The types of the manifest's identity columns (a table without any adds none)."""
+        return frozenset(c.type for rule in self.manifest.rules for c in rule.identities)
+
     def resolve(self, identities: Identities) -> Identities:
         """Identities linked to the given ones through rows they match, to a fixpoint."""
         return resolve(self, identities)
@@ -135,24 +141,28 @@ class SqlSource:
             if action == Action.ERASE:
                 locations = erase_plan(self, conn, identities)
             else:
-                selector = Selector(self.graph, identities, "referenced")
-                locations = export_plan(self.graph, conn, selector)
+                locations = export_plan(self.graph, conn, identities)
         return SourcePlan(self.name, self.kind, tuple(locations))
 
     def export(self, identities: Identities) -> Iterator[ExportItem]:
-        """One `RowsItem` per table holding the subject's rows, parents first; rows
-        stream from a server-side cursor while the item is consumed."""
-        selector = Selector(self.graph, identities, "referenced")
+        """Per table holding the subject's rows, parents first: a `RowsItem` of the
+        subject's rows, and one (``shared``) of rows shared with other people; never a
+        row of another subject. Rows stream from a server-side cursor."""
+        selector = Selector(self.graph, identities)
+        wanted = []
         with self.connect() as conn:
-            present = [
-                t
-                for t in reversed(self.graph.order)
-                if subject_count(self.graph, conn, t, selector)
-            ]
-        for table in present:
+            for table in reversed(self.graph.order):
+                for shared, where in (
+                    (False, mine(selector, table)),
+                    (True, shared_rows(selector, table)),
+                ):
+                    if where is not None and count_rows(conn, self.graph.tables[table], where):
+                        wanted.append((table, shared, where))
+        for table, shared, where in wanted:
             rule = self.graph.rules[table]
-            rows = stream(self, table, selector)
-            yield RowsItem(self.name, table, rows, meta=rule.art15)
+            rows = stream(self, table, where)
+            name = f"{table}.shared" if shared else table
+            yield RowsItem(self.name, name, rows, meta=rule.art15, shared=shared)
 
     def erase(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
@@ -171,21 +181,5 @@ class SqlSource:
     # --- sources check --------------------------------------------------------------
 
     def gaps(self) -> list[Gap]:
-        """Tables outside the manifest that point at subject data or look personal."""
-        graph = self.graph
-        found = []
-        for name, table in sorted(graph.schema_tables.items()):
-            if name in graph.rules or name in self.manifest.ignore_tables:
-                continue
-            refs = sorted(
-                {e.parent for e in graph.foreign if e.child == name and e.parent in graph.reachable}
-            )
-            if refs:
-                cols = tuple(c for e in graph.foreign if e.child == name for c in e.child_cols)
-                reason = f"references {', '.join(refs)} (subject data) but is not in the manifest"
-                found.append(Gap(self.name, name, reason, cols))
-            personal = tuple(c.name for c in table.columns if looks_personal(c.name))
-            if personal:
-                reason = f"columns that look personal: {', '.join(personal)}"
-                found.append(Gap(self.name, name, reason, personal))
-        return found
+        """Tables outside the manifest that hold personal data; see `coverage`."""
+        return coverage.gaps(self)
