@@ -8,6 +8,7 @@ reaches a final state; the HMAC pseudonym stays for lookups and audit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +33,8 @@ from compliance.models import (
 )
 from compliance.queries import get_request
 from compliance.sealed import sealed_identity, wipe_identities
+from compliance.sources.base import DataSource
+from compliance.sources.lookup import require_lookup
 
 MAX_TICKET = 128
 MAX_NOTE = 2000
@@ -61,14 +64,20 @@ def submit(
     keyring: Keyring,
     submission: Submission,
     *,
+    sources: Iterable[DataSource],
     operator: str,
     now: datetime,
     dispatcher: Dispatcher,
 ) -> DsrRequest:
-    """Store a new request (received, then awaiting approval or queued) and dispatch it."""
+    """Store a new request (received, then awaiting approval or queued) and dispatch it.
+
+    Refused, with nothing written, when none of `sources` (the registry; loaded without
+    live checks is enough) can look a subject up by any of the request's identity types.
+    """
     _check_text("ticket", submission.ticket, MAX_TICKET)
     _check_text("note", submission.note, MAX_NOTE)
     subject = subject_pseudonym(keyring.pseudonym_key, submission.identities)
+    require_lookup(sources, submission.identities.types())
     request_id = uuid.uuid4()
     with db.session() as session:
         session.add(_new_request(request_id, submission, subject, operator, now))

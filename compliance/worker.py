@@ -29,6 +29,7 @@ from compliance.logs import stack_summary
 from compliance.models import DsrRequest, RequestKind, RequestStatus
 from compliance.sealed import load_identities, wipe_identities
 from compliance.sources.base import DataSource
+from compliance.sources.lookup import require_lookup
 
 log = logging.getLogger("gdpr.worker")
 
@@ -72,6 +73,9 @@ def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> 
     ctx = _context(worker, request)
     log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": request.kind})
     try:
+        # The manifest may have changed since submission: a request no source can look
+        # up would "complete" having found nothing, and tell the subject so.
+        require_lookup(worker.sources, ctx.identities.types())
         runner = worker.runners[RequestKind(request.kind)]
         receipt = runner(ctx)
         while receipt is None and worker.continuation is None:
@@ -100,6 +104,35 @@ def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> 
     return Outcome.COMPLETED
 
 
+def fail_unrunnable(
+    db: Database,
+    request_id: uuid.UUID,
+    error: str,
+    *,
+    claim: int | None = None,
+    actor: str = "worker",
+    now: datetime,
+) -> Outcome:
+    """Fail a request this worker cannot run at all (its sources manifest is broken, say)
+    with `error` as its `last_error`, instead of leaving it queued to fail again and again.
+
+    A queued request is claimed first, so the trail reads like any failed run and a
+    duplicate message finds it taken; with `claim`, the run under that claim is failed.
+    A request that is not ours (finished, cancelled, claimed by another) is left alone.
+    """
+    if claim is None:
+        request = _claim_in(db, request_id, actor, now)
+        if request is None:
+            return Outcome.SKIPPED
+        claim = request.attempts
+    if not _finish_in(db, request_id, claim, Event.FAIL, actor=actor, now=now, error=error):
+        return Outcome.SKIPPED
+    log.warning(
+        "dsr.run.unrunnable", extra={"request_id": str(request_id), "error": type_of(error)}
+    )
+    return Outcome.FAILED
+
+
 def _resume(worker: Worker, request_id: uuid.UUID, claim: int) -> DsrRequest | None:
     """The request, if it is still running under `claim` (else another run owns it)."""
     with worker.db.session() as session:
@@ -124,10 +157,13 @@ def _hand_over(worker: Worker, request_id: uuid.UUID, claim: int) -> Outcome:
 
 
 def _claim(worker: Worker, request_id: uuid.UUID) -> DsrRequest | None:
-    now = worker.clock()
+    return _claim_in(worker.db, request_id, worker.name, worker.clock())
+
+
+def _claim_in(db: Database, request_id: uuid.UUID, actor: str, now: datetime) -> DsrRequest | None:
     try:
-        with worker.db.session() as session:
-            request = transition(session, request_id, Event.CLAIM, actor=worker.name, now=now)
+        with db.session() as session:
+            request = transition(session, request_id, Event.CLAIM, actor=actor, now=now)
             request.attempts += 1
             return request
     except IllegalTransitionError:
@@ -161,18 +197,40 @@ def _finish(
     receipt: dict[str, Any] | None = None,
 ) -> bool:
     """Record the outcome of our claim; False if the claim was lost (released or taken)."""
-    now = worker.clock()
+    return _finish_in(
+        worker.db,
+        request_id,
+        claim,
+        event,
+        actor=worker.name,
+        now=worker.clock(),
+        error=error,
+        receipt=receipt,
+    )
+
+
+def _finish_in(
+    db: Database,
+    request_id: uuid.UUID,
+    claim: int,
+    event: Event,
+    *,
+    actor: str,
+    now: datetime,
+    error: str | None = None,
+    receipt: dict[str, Any] | None = None,
+) -> bool:
     values: dict[str, Any] = {"last_error": error[:2000] if error else None}
     if receipt is not None:
         values["receipt"] = receipt
     details = {"error": type_of(error)} if error else {}
     try:
-        with worker.db.session() as session:
+        with db.session() as session:
             transition(
                 session,
                 request_id,
                 event,
-                actor=worker.name,
+                actor=actor,
                 now=now,
                 values=values,
                 details=details,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from compliance import maintenance
+from compliance.db import utcnow
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import CeleryDispatcher
@@ -10,8 +11,8 @@ from tasks.dispatch import CeleryDispatcher
 
 @app.task(name="gdpr.maintenance.sweep", acks_late=True)
 def sweep() -> dict[str, int]:
-    worker = runtime.worker()
-    result = maintenance.sweep(worker.db, worker.settings, CeleryDispatcher(app), worker.clock())
+    base = runtime.control()  # no source needed: a broken manifest must not stop the sweep
+    result = maintenance.sweep(base.db, base.settings, CeleryDispatcher(app), utcnow())
     return {"released": len(result.released), "redispatched": len(result.redispatched)}
 
 
@@ -20,6 +21,6 @@ def purge_packages() -> int:
     from exporters.cleanup import purge_expired_packages
     from exporters.storage import open_storage
 
-    worker = runtime.worker()
-    storage = open_storage(worker.settings)
-    return int(purge_expired_packages(worker.db, storage, worker.clock()))
+    base = runtime.control()
+    storage = open_storage(base.settings)
+    return int(purge_expired_packages(base.db, storage, utcnow()))

@@ -8,7 +8,6 @@ import uuid
 from celery import Task
 
 from compliance.errors import RetryableError
-from compliance.worker import execute
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import RUN_REQUEST
@@ -26,7 +25,7 @@ def backoff(retries: int) -> float:
 def run_request(self: Task, request_id: str, claim: int | None = None) -> str:  # type: ignore[type-arg]
     """Run a queued request, or (with `claim`) the next chunk of one this worker runs."""
     try:
-        return execute(runtime.worker(), uuid.UUID(request_id), claim).value
+        return runtime.run(uuid.UUID(request_id), claim).value
     except RetryableError as exc:  # released to the queue: the retry claims it afresh
         countdown = backoff(self.request.retries)
         raise self.retry(args=(request_id,), exc=exc, countdown=countdown) from exc

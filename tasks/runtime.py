@@ -1,48 +1,88 @@
-"""What a worker process builds once (after fork): database, keyring, sources, runners."""
+"""What a worker process builds once (after fork): database, keyring, sources, runners.
+
+The control part (settings, database, keyring) and the sources are built separately:
+a broken sources manifest must not stop the worker from recording that a request
+cannot run (`run`), nor the maintenance tasks, which need no source.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from compliance.db import Database
+from compliance.config import Settings
+from compliance.db import Database, utcnow
+from compliance.errors import TerminalError
 from compliance.execution import RunContext
-from compliance.keyring import load_keyring
+from compliance.keyring import Keyring, load_keyring
 from compliance.models import RequestKind
-from compliance.worker import Worker
+from compliance.worker import Outcome, Worker, execute, fail_unrunnable
 from tasks.app import settings
 
 _lock = threading.Lock()
-_worker: dict[str, Worker] = {}
+_built: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Control:
+    """The parts every task needs: settings, the control database, the keyring."""
+
+    settings: Settings
+    db: Database
+    keyring: Keyring
+
+
+def control() -> Control:
+    with _lock:
+        if "control" not in _built:
+            current = settings()
+            _built["control"] = Control(current, Database.connect(current), load_keyring(current))
+        return _built["control"]  # type: ignore[no-any-return]
 
 
 def worker() -> Worker:
+    """The request worker; raises (and is built again next time) if its sources fail to load."""
+    base = control()
     with _lock:
-        if "w" not in _worker:
-            _worker["w"] = build_worker()
-        return _worker["w"]
+        if "worker" not in _built:
+            _built["worker"] = build_worker(base)
+        return _built["worker"]  # type: ignore[no-any-return]
+
+
+def run(request_id: uuid.UUID, claim: int | None = None) -> Outcome:
+    """Run a request (or its next chunk under `claim`). If the sources cannot be loaded
+    for a reason retrying cannot fix (a manifest error), the request fails with that
+    one line as its `last_error`; a retryable load error propagates (the task retries)."""
+    try:
+        current = worker()
+    except TerminalError as exc:
+        db = control().db
+        return fail_unrunnable(db, request_id, str(exc), claim=claim, now=utcnow())
+    return execute(current, request_id, claim)
 
 
 def reset() -> None:
     """Forget the runtime (after fork, or when tests reconfigure the app)."""
     with _lock:
-        existing = _worker.pop("w", None)
+        existing = _built.pop("control", None)
+        _built.pop("worker", None)
     if existing is not None:
         existing.db.dispose()
 
 
-def build_worker() -> Worker:
+def build_worker(base: Control) -> Worker:
     from compliance.sources.registry import load_registry
 
-    current = settings()
-    keyring = load_keyring(current)
-    registry = load_registry(current, environ=os.environ, pseudonym_key=keyring.pseudonym_key)
+    registry = load_registry(
+        base.settings, environ=os.environ, pseudonym_key=base.keyring.pseudonym_key
+    )
     return Worker(
-        settings=current,
-        db=Database.connect(current),
-        keyring=keyring,
+        settings=base.settings,
+        db=base.db,
+        keyring=base.keyring,
         sources=registry.sources,
         runners={RequestKind.EXPORT: run_export, RequestKind.ERASURE: run_erasure},
         continuation=queue_next_chunk,

@@ -60,15 +60,31 @@ class App:
             self._cache["dispatcher"] = CeleryDispatcher(configure(self.settings()))
         return self._cache["dispatcher"]  # type: ignore[no-any-return]
 
-    def registry(self) -> Registry:
-        """The data sources of the manifest, validated against the live systems."""
-        if "registry" not in self._cache:
-            from compliance.sources.registry import load_registry
+    def registry(self, *, connect: bool = True) -> Registry:
+        """The data sources of the manifest, validated against the live systems; with
+        `connect=False` only against the manifest itself (enough to know which identity
+        types the sources answer). A live registry serves both."""
+        live = self._cache.get("registry_live", True)  # one put in the cache counts as live
+        if "registry" in self._cache and (live or not connect):
+            return self._cache["registry"]  # type: ignore[no-any-return]
+        from compliance.sources.registry import load_registry
 
-            self._cache["registry"] = load_registry(
-                self.settings(), environ=os.environ, pseudonym_key=self.keyring().pseudonym_key
-            )
-        return self._cache["registry"]  # type: ignore[no-any-return]
+        registry = load_registry(
+            self.settings(),
+            environ=os.environ,
+            pseudonym_key=self.keyring().pseudonym_key,
+            connect=connect,
+        )
+        self.close_registry()
+        self._cache.update(registry=registry, registry_live=connect)
+        return registry
+
+    def close_registry(self) -> None:
+        """Release the sources' connections (e.g. before a worker forks its children)."""
+        registry = self._cache.pop("registry", None)
+        self._cache.pop("registry_live", None)
+        if registry is not None:
+            registry.close()
 
     def operator(self) -> str:
         return self.settings().operator
@@ -80,9 +96,7 @@ class App:
         db = self._cache.pop("db", None)
         if db is not None:
             db.dispose()
-        registry = self._cache.pop("registry", None)
-        if registry is not None:
-            registry.close()
+        self.close_registry()
 
 
 def current() -> App:

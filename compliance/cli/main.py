@@ -16,6 +16,7 @@ import click
 
 from compliance import errors
 from compliance.cli.context import App
+from compliance.cli.output import one_line
 from compliance.logs import configure_logging
 
 EXIT_CODES: list[tuple[type[errors.ComplianceError], int]] = [
@@ -60,7 +61,7 @@ class GdprGroup(click.Group):
         try:
             return super().invoke(ctx)
         except errors.ComplianceError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exit_code_for(exc))
 
 

@@ -23,6 +23,11 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def one_line(message: str) -> str:
+    """`message` on one line (a library's text quoted inside it may span several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def status(text: str) -> str:
     """A status word, coloured (click strips colours when stdout is not a terminal)."""
     return click.style(text, fg=STATUS_COLOURS.get(text))

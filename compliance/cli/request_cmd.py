@@ -39,6 +39,7 @@ def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
         app.settings(),
         app.keyring(),
         submission,
+        sources=app.registry(connect=False),  # the manifest says who answers what
         operator=app.operator(),
         now=app.now(),
         dispatcher=app.dispatcher(),
@@ -240,9 +241,6 @@ def plan(action: str, as_json: bool, **options: Any) -> None:
     found = cascade.plan(sources, identities, Action.ERASE if action == "erase" else Action.EXPORT)
     if as_json:
         output.emit_json(found.to_dict())
-        return
-    if not sources:
-        click.echo("No data sources are registered (see GDPR_SOURCES); nothing would change.")
         return
     click.echo(
         f"identities found: {', '.join(f'{k} x{v}' for k, v in found.identity_types.items())}"

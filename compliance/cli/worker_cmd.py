@@ -1,10 +1,18 @@
-"""`gdpr worker` and `gdpr beat`: run Celery with the project's app and settings."""
+"""`gdpr worker` and `gdpr beat`: run Celery with the project's app and settings.
+
+A worker checks the sources manifest against the live systems before Celery starts:
+a manifest error is one line on stderr and exit code 5, never a worker that starts and
+then fails every request. A source that is merely unreachable is a warning: requests
+that need it wait and retry, as they would if it went down later.
+"""
 
 from __future__ import annotations
 
 import click
 
-from compliance.cli.context import current
+from compliance.cli.context import App, current
+from compliance.cli.output import one_line
+from compliance.errors import RetryableError
 
 ALL_QUEUES = "requests,retention,maintenance"
 
@@ -21,6 +29,7 @@ def worker(
     """Start a Celery worker (extra arguments go to Celery)."""
     from tasks.app import configure
 
+    check_sources(current())
     app = configure(current().settings())
     argv = [
         "worker",
@@ -37,6 +46,17 @@ def worker(
     if with_beat:
         argv.append("-B")
     app.worker_main(argv)
+
+
+def check_sources(app: App) -> None:
+    """Load the manifest with live checks, then release it: the worker's processes load
+    their own after fork. A `ConfigError` (the manifest is wrong) propagates."""
+    try:
+        app.registry(connect=True)
+    except RetryableError as exc:
+        click.echo(f"warning: {one_line(str(exc))}; starting anyway", err=True)
+    finally:
+        app.close_registry()
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -153,6 +153,10 @@ class HttpSource:
         self.client = client
         self.meta = meta
 
+    def identity_types(self) -> frozenset[str]:
+        """The identity types named in the endpoints' paths and bodies."""
+        return frozenset(f for e in self.endpoints.values() if e for f in e.fields())
+
     def resolve(self, identities: Identities) -> Identities:
         return identities
 

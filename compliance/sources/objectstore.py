@@ -109,6 +109,10 @@ class ObjectStoreSource:
         self.locations = locations
         self.bucket = Bucket(name, config, client)
 
+    def identity_types(self) -> frozenset[str]:
+        """The identity types named in the prefix templates."""
+        return frozenset(f for loc in self.locations for f in loc.template.fields)
+
     def resolve(self, identities: Identities) -> Identities:
         return identities
 

@@ -99,6 +99,10 @@ class RedisKeysSource:
         self.client: Client = client
         self.scan_count = scan_count
 
+    def identity_types(self) -> frozenset[str]:
+        """The identity types named in the key patterns."""
+        return frozenset(f for loc in self.locations for f in loc.template.fields)
+
     def resolve(self, identities: Identities) -> Identities:
         return identities
 

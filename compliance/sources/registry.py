@@ -5,7 +5,7 @@ Sources are declared in the manifest (``sources.toml``), one table each under
 below, or a custom one registered as a Python entry point in the group ``gdpr.sources``
 (entry point name = kind, object = factory). Loading validates everything up front
 (unknown kinds, keys, tables and columns, duplicates) so a bad manifest fails at startup,
-never half-way through an erasure.
+never half-way through an erasure; every mistake is reported at once, in manifest order.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compliance.config import Settings
-from compliance.errors import ManifestError
+from compliance.errors import ComplianceError, ConfigError, ManifestError
 from compliance.sources.base import DataSource
 from compliance.sources.manifest import Spec, read_manifest
 
@@ -98,20 +98,57 @@ def load_registry(
 def load_sources(
     manifest: Mapping[str, Any], ctx: LoadContext, kinds: Mapping[str, Factory | str]
 ) -> tuple[DataSource, ...]:
-    """Build every source of a parsed manifest; on any error, close what was opened."""
-    for key in manifest:
-        if key not in TOP_LEVEL_KEYS:
-            raise ManifestError(f"unknown top-level key '{key}' in the sources manifest")
+    """Build every source of a parsed manifest, reporting every manifest error at once.
+
+    A source that fails does not stop the others being checked: each one's
+    `ManifestError` (or other `ConfigError`) is collected, and at the end one
+    `ManifestError` lists them all in manifest order. Any other error of a source (it
+    cannot be reached, it refuses access) is raised only when the manifest itself is
+    sound. On any error the sources already opened are closed.
+    """
+    problems: list[ManifestError] = [
+        ManifestError(f"unknown top-level key '{key}' in the sources manifest")
+        for key in manifest
+        if key not in TOP_LEVEL_KEYS
+    ]
     loaded: list[DataSource] = []
+    other: ComplianceError | None = None
     try:
-        for name, spec in Spec(manifest, "").tables("sources"):
-            spec.path = f"sources.{name}"
-            loaded.append(_load_one(name, spec, ctx, kinds))
+        for name, spec in _entries(manifest, problems):
+            try:
+                loaded.append(_load_one(name, spec, ctx, kinds))
+            except ConfigError as exc:
+                problems.append(_as_manifest_error(exc))
+            except ComplianceError as exc:
+                other = other or exc
+        if problems:
+            raise ManifestError.of(problems) from other
+        if other is not None:
+            raise other
     except BaseException:
         for source in loaded:
             source.close()
         raise
     return tuple(loaded)
+
+
+def _entries(
+    manifest: Mapping[str, Any], problems: list[ManifestError]
+) -> Iterator[tuple[str, Spec]]:
+    """The `[sources.<name>]` tables in manifest order; a malformed one is a problem."""
+    sources = manifest.get("sources", {})
+    if not isinstance(sources, Mapping):
+        problems.append(ManifestError("'sources' must be a table of [sources.<name>] tables"))
+        return
+    for name, data in sources.items():
+        if not isinstance(data, Mapping):
+            problems.append(ManifestError(f"sources: '{name}' must be a table"))
+            continue
+        yield name, Spec(data, f"sources.{name}")
+
+
+def _as_manifest_error(exc: ConfigError) -> ManifestError:
+    return exc if isinstance(exc, ManifestError) else ManifestError(str(exc))
 
 
 def _load_one(
@@ -124,10 +161,13 @@ def _load_one(
         known = ", ".join(sorted(kinds))
         raise spec.error(f"unknown kind {kind!r}; known kinds: {known}")
     source = _factory(kind, kinds[kind], spec)(name, spec, ctx)
-    spec.done()
-    if source.name != name:
+    try:
+        spec.done()
+        if source.name != name:
+            raise spec.error(f"the {kind} connector named its source {source.name!r}, not {name!r}")
+    except BaseException:
         source.close()
-        raise spec.error(f"the {kind} connector named its source {source.name!r}, not {name!r}")
+        raise
     return source
 
 

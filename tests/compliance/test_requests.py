@@ -10,13 +10,14 @@ from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import RecordingDispatcher
 from compliance.errors import (
+    ConfigError,
     IllegalTransitionError,
     NotFoundError,
     PermissionDeniedError,
     ValidationError,
 )
 from compliance.models import AuditEvent, DsrIdentity, DsrRequest, RequestKind
-from tests.compliance.helpers import NOW, submit_request
+from tests.compliance.helpers import NOW, answering, submit_request
 
 
 def test_export_is_auto_approved_and_dispatched_after_commit(
@@ -173,6 +174,7 @@ def test_note_with_control_characters_is_refused(db: Database, settings: Setting
             settings,
             load_keyring(settings),
             bad,
+            sources=answering(),
             operator="a",
             now=NOW,
             dispatcher=RecordingDispatcher(),
@@ -241,3 +243,57 @@ def test_giving_up_a_failed_export_revokes_its_download_links(
     with db.session() as session:
         link = session.scalars(select(DownloadLink)).one()
     assert link.revoked_at == NOW
+
+
+def nothing_written(db: Database) -> bool:
+    with db.session() as session:
+        return session.query(DsrRequest).count() == session.query(AuditEvent).count() == 0
+
+
+def test_an_erasure_no_source_can_look_up_is_refused_and_writes_nothing(
+    db: Database, settings: Settings
+) -> None:
+    dispatcher = RecordingDispatcher()
+    with pytest.raises(ConfigError) as caught:
+        submit_request(db, settings, dispatcher=dispatcher, sources=answering("customer_id"))
+    assert str(caught.value) == (
+        "no registered source can look up a subject by email or user_id (they answer "
+        "customer_id); register a source with an email or user_id identity column (or "
+        "template) in the manifest (GDPR_SOURCES)"
+    )
+    assert nothing_written(db) and dispatcher.dispatched == []
+
+
+def test_an_export_is_refused_and_writes_nothing_when_no_source_is_registered(
+    db: Database, settings: Settings
+) -> None:
+    with pytest.raises(ConfigError, match=r"^no data source is registered, so none can look"):
+        submit_request(db, settings, RequestKind.EXPORT, sources=())
+    assert nothing_written(db)
+
+
+def test_a_source_answering_one_of_the_identity_types_is_enough(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT, sources=answering("user_id"))
+    assert created.status == "queued"
+
+
+def test_malformed_input_is_reported_before_a_missing_source(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.keyring import load_keyring
+    from tests.compliance.helpers import ada
+
+    bad = requests.Submission(kind=RequestKind.EXPORT, identities=ada(), ticket="x" * 200)
+    with pytest.raises(ValidationError, match="ticket is longer"):
+        requests.submit(
+            db,
+            settings,
+            load_keyring(settings),
+            bad,
+            sources=(),
+            operator="a",
+            now=NOW,
+            dispatcher=RecordingDispatcher(),
+        )

@@ -15,8 +15,8 @@ from compliance.execution import RunContext
 from compliance.keyring import load_keyring
 from compliance.maintenance import redispatch_queued, release_stale_claims
 from compliance.models import DsrIdentity, DsrRequest, RequestKind
-from compliance.worker import Outcome, Runner, Worker, _claim, execute
-from tests.compliance.helpers import NOW, submit_request
+from compliance.worker import Outcome, Runner, Worker, _claim, execute, fail_unrunnable
+from tests.compliance.helpers import NOW, answering, submit_request
 
 
 def make_worker(db: Database, settings: Settings, runner: Runner) -> Worker:
@@ -24,7 +24,7 @@ def make_worker(db: Database, settings: Settings, runner: Runner) -> Worker:
         settings=settings,
         db=db,
         keyring=load_keyring(settings),
-        sources=(),
+        sources=answering(),
         runners={RequestKind.EXPORT: runner, RequestKind.ERASURE: runner},
         clock=lambda: NOW,
     )
@@ -303,3 +303,73 @@ def test_a_chunk_that_cannot_be_requeued_releases_the_request(
     released = status_of(db, created)
     assert released.status == "queued"
     assert released.last_error is not None and "could not be queued" in released.last_error
+
+
+def test_a_request_no_registered_source_can_look_up_fails_without_running(
+    db: Database, settings: Settings
+) -> None:
+    import dataclasses
+
+    ran: list[RunContext] = []
+    created = submit_request(db, settings, RequestKind.ERASURE)
+    requests.approve(
+        db, settings, created.id, operator="bob", now=NOW, dispatcher=RecordingDispatcher()
+    )
+    # the manifest changed after submission: its only source now answers customer_id
+    worker = dataclasses.replace(
+        make_worker(db, settings, lambda ctx: ran.append(ctx) or {}),
+        sources=answering("customer_id"),
+    )
+    assert execute(worker, created.id) == Outcome.FAILED
+    failed = status_of(db, created)
+    assert (failed.status, failed.receipt, ran) == ("failed", None, [])
+    assert failed.last_error is not None
+    assert failed.last_error.startswith(
+        "no registered source can look up a subject by email or user_id"
+    )
+
+
+def test_a_worker_with_no_source_at_all_fails_the_request_with_a_clear_error(
+    db: Database, settings: Settings
+) -> None:
+    import dataclasses
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    worker = dataclasses.replace(make_worker(db, settings, lambda ctx: {}), sources=())
+    assert execute(worker, created.id) == Outcome.FAILED
+    assert (status_of(db, created).last_error or "").startswith("no data source is registered")
+
+
+def test_a_request_a_broken_manifest_cannot_run_is_failed_with_its_one_line(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.models import AuditEvent
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    error = "sources.app.tables.userz: no table 'userz'"
+    assert fail_unrunnable(db, created.id, error, now=NOW) == Outcome.FAILED
+    failed = status_of(db, created)
+    assert (failed.status, failed.last_error, failed.attempts) == ("failed", error, 1)
+    with db.session() as session:
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)).all()
+    assert actions[-2:] == ["request.claim", "request.fail"]
+    assert fail_unrunnable(db, created.id, error, now=NOW) == Outcome.SKIPPED  # a duplicate
+
+
+def test_a_broken_manifest_fails_the_running_claim_of_a_continued_chunk(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    assert fail_unrunnable(db, created.id, "bad", claim=2, now=NOW) == Outcome.SKIPPED
+    assert status_of(db, created).status == "running"  # not our claim: left alone
+    assert fail_unrunnable(db, created.id, "bad", claim=1, now=NOW) == Outcome.FAILED
+    assert status_of(db, created).status == "failed"
+
+
+def test_a_broken_manifest_leaves_a_request_that_is_not_queued_alone(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.ERASURE)  # awaiting approval
+    assert fail_unrunnable(db, created.id, "bad", now=NOW) == Outcome.SKIPPED
+    assert status_of(db, created).status == "awaiting_approval"

@@ -49,6 +49,9 @@ class ShopSource:
     exported: int = 0
     meta: Art15 = field(default_factory=lambda: Art15(purpose="Deliver your orders"))
 
+    def identity_types(self) -> frozenset[str]:
+        return frozenset({"email"})
+
     def resolve(self, identities: Identities) -> Identities:
         return identities
 

@@ -73,3 +73,42 @@ def test_a_dry_run_erasure_needs_no_approval_reports_counts_and_changes_nothing(
     for engine in engines:
         engine.dispose()
     assert not list((tmp_path / ".gdpr" / "outbox").glob("*.eml"))
+
+
+def test_a_worker_with_a_broken_manifest_exits_5_with_one_line_before_celery_starts(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from tests.tasks.workers import GDPR
+
+    (tmp_path / "sources.toml").write_text('[sources.a]\nkind = "mongo"\n[sources.b]\nurl = "x"\n')
+    env = environment(tmp_path, {"GDPR_SOURCES": str(tmp_path / "sources.toml")})
+    done = subprocess.run(
+        [GDPR, "worker", "-c", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5
+    lines = [line for line in done.stderr.splitlines() if "keyring.development" not in line]
+    assert lines == [
+        "error: 2 problems in the sources manifest: sources.a: unknown kind 'mongo'; known"
+        " kinds: http, objectstore, redis, sql | sources.b: missing required key 'kind'"
+    ]
+    assert "ready" not in done.stdout + done.stderr
+
+
+def test_submitting_with_no_source_registered_exits_5_and_stores_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.tasks.workers import GDPR
+
+    env = environment(tmp_path, {"GDPR_SOURCES": ""})
+    args = [GDPR, "request", "erase", "--email", "ada@example.com"]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (5, "")
+    assert done.stderr.splitlines()[-1].startswith("error: no data source is registered")
+    assert gdpr(tmp_path, env, "request", "list") == []

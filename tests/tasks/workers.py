@@ -17,8 +17,16 @@ GDPR = str(Path(sys.executable).with_name("gdpr"))
 
 
 def environment(base: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """A `gdpr` environment under `base`. Unless `extra` names GDPR_SOURCES, it has one
+    small SQLite source answering email and user_id: requests no source can look up
+    are refused at submission."""
+    from tests.compliance.helpers import write_small_manifest
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("GDPR_")}
-    env.update({"GDPR_HOME": str(base / ".gdpr"), "GDPR_OPERATOR": "alice", **extra})
+    env.update({"GDPR_HOME": str(base / ".gdpr"), "GDPR_OPERATOR": "alice"})
+    if "GDPR_SOURCES" not in extra:
+        env["GDPR_SOURCES"] = str(write_small_manifest(base / "small-source"))
+    env.update(extra)
     return env
 
 

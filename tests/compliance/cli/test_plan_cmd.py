@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 from compliance.cli.context import App
 from compliance.cli.main import cli
 from compliance.config import Settings
+from tests.compliance.helpers import write_small_manifest
 from tests.sample_app.fixtures import SampleDatabases
 
 
@@ -51,7 +52,28 @@ def test_plan_lists_what_erasure_would_do_and_changes_nothing(
     assert "invoices" in table and "retain" in table
 
 
-def test_plan_with_no_sources_says_nothing_would_change(sqlite_settings: Settings) -> None:
-    code, out = invoke(sqlite_settings, "request", "plan", "--email", "ada@example.com")
-    assert code == 0
-    assert "nothing would change" in out
+def test_planning_with_no_source_registered_exits_5_and_says_so(sqlite_settings: Settings) -> None:
+    app = App()
+    app._cache["settings"] = sqlite_settings
+    result = CliRunner().invoke(cli, ["request", "plan", "--email", "ada@example.com"], obj=app)
+    assert (result.exit_code, result.stdout) == (5, "")
+    assert "error: no data source is registered, so none can look up a subject by email" in (
+        result.stderr
+    )
+
+
+def test_planning_by_an_identity_no_source_answers_exits_5(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    settings = sqlite_settings.with_overrides(sources=str(write_small_manifest(tmp_path)))
+    code, out = invoke(settings, "request", "plan", "--customer-id", "C-1", "--json")
+    assert (code, out) == (5, "")
+
+
+def test_planning_by_an_identity_a_source_answers_lists_it(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    settings = sqlite_settings.with_overrides(sources=str(write_small_manifest(tmp_path)))
+    code, out = invoke(settings, "request", "plan", "--email", "ada@example.com", "--json")
+    assert code == 0, out
+    assert json.loads(out)["sources"][0]["source"] == "app"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -11,16 +12,20 @@ from compliance.cli.main import cli
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import RecordingDispatcher
+from tests.compliance.helpers import SMALL_MANIFEST, write_small_manifest
 
 
 @pytest.fixture
-def run(db: Database, settings: Settings):  # type: ignore[no-untyped-def]
+def run(db: Database, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`gdpr` with a small manifest whose source answers email and user_id."""
     dispatcher = RecordingDispatcher()
+    manifest = write_small_manifest(tmp_path / "sources")
 
-    def invoke(*args: str, operator: str = "alice") -> Result:
+    def invoke(*args: str, operator: str = "alice", sources: Path | None = manifest) -> Result:
         app = App()
+        overrides = {"operator": operator, "sources": str(sources or "")}
         app._cache.update(
-            settings=settings.with_overrides(operator=operator), db=db, dispatcher=dispatcher
+            settings=settings.with_overrides(**overrides), db=db, dispatcher=dispatcher
         )
         app.close = lambda: None  # type: ignore[method-assign]  # the fixture owns the db
         return CliRunner().invoke(cli, list(args), obj=app)
@@ -121,3 +126,68 @@ def test_audit_verify_reports_an_intact_chain(run) -> None:  # type: ignore[no-u
     result = run("audit", "verify")
     assert result.exit_code == 0
     assert "audit chain intact: 2 events" in result.output
+
+
+def manifest_answering_user_id(folder: Path) -> Path:
+    path = write_small_manifest(folder)
+    path.write_text(SMALL_MANIFEST.replace('email = "email", ', ""), encoding="utf-8")
+    return path
+
+
+def error_line(result: Result) -> str:
+    """The one line the command printed on stderr (besides the embedded keyring warning)."""
+    lines = [line for line in result.stderr.splitlines() if "keyring.development" not in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def assert_nothing_written(run) -> None:  # type: ignore[no-untyped-def]
+    assert json.loads(run("request", "list", "--json").stdout) == []
+    assert "audit chain intact: 0 events" in run("audit", "verify").output
+    assert run.dispatcher.dispatched == []
+
+
+def test_submitting_an_erasure_with_no_source_for_email_exits_5_and_writes_nothing(
+    run, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    manifest = manifest_answering_user_id(tmp_path / "other")
+    result = run("request", "erase", "--email", "ada@example.com", sources=manifest)
+    assert result.exit_code == 5
+    assert error_line(result).startswith(
+        "error: no registered source can look up a subject by email (they answer user_id); "
+        "register a source with an email identity column"
+    )
+    assert "ada@example.com" not in result.output
+    assert_nothing_written(run)
+
+
+def test_submitting_an_export_with_no_source_registered_exits_5_and_writes_nothing(
+    run,
+) -> None:  # type: ignore[no-untyped-def]
+    result = run("request", "export", "--email", "ada@example.com", "--json", sources=None)
+    assert result.exit_code == 5
+    assert result.stdout == ""
+    assert error_line(result).startswith("error: no data source is registered")
+    assert_nothing_written(run)
+
+
+def test_submitting_needs_only_the_manifest_not_a_live_source(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    manifest = write_small_manifest(tmp_path / "offline")
+    unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/app?connect_timeout=1"
+    manifest.write_text(SMALL_MANIFEST.replace("sqlite:///app.db", unreachable))
+    created = run("request", "export", "--email", "ada@example.com", "--json", sources=manifest)
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["status"] == "queued"
+
+
+def test_a_manifest_with_several_mistakes_is_one_line_listing_each_and_exits_5(
+    run, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    manifest = tmp_path / "broken.toml"
+    manifest.write_text('[sources.a]\nkind = "mongo"\n[sources.b]\nurl = "x"\n')
+    result = run("request", "erase", "--email", "ada@example.com", sources=manifest)
+    assert result.exit_code == 5
+    line = error_line(result)
+    assert line.startswith("error: 2 problems in the sources manifest: sources.a: ")
+    assert line.endswith(" | sources.b: missing required key 'kind'")
+    assert_nothing_written(run)

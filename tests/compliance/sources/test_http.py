@@ -66,6 +66,16 @@ def test_source_satisfies_the_data_source_protocol(crm: CrmServer) -> None:
     assert isinstance(make(crm), DataSource)
 
 
+def test_identity_types_are_the_fields_of_every_endpoint(crm: CrmServer) -> None:
+    assert make(crm).identity_types() == {"email"}
+    source = make(
+        crm,
+        erase={"method": "POST", "path": "/erasures", "body": {"id": "{customer_id}"}},
+        verify={"path": "/subjects/{email}/{user_id}"},
+    )
+    assert source.identity_types() == {"email", "customer_id", "user_id"}
+
+
 def test_export_gets_the_subjects_record_with_the_auth_header(crm: CrmServer) -> None:
     (item,) = list(make(crm).export(ADA))
     assert isinstance(item, RowsItem)

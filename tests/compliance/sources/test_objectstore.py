@@ -88,6 +88,12 @@ def test_source_satisfies_the_data_source_protocol(make: Build) -> None:
     assert isinstance(make(), DataSource)
 
 
+def test_identity_types_are_the_fields_of_the_prefixes(make: Build) -> None:
+    assert make().identity_types() == {"user_id"}
+    both = make(prefixes=["avatars/{user_id}/", {"prefix": "exports/{email}/"}])
+    assert both.identity_types() == {"user_id", "email"}
+
+
 def test_export_streams_each_of_the_subjects_objects_and_nothing_else(
     make: Build, s3: Any, s3_bucket: str
 ) -> None:

@@ -69,6 +69,15 @@ def test_source_satisfies_the_data_source_protocol(source: RedisKeysSource) -> N
     assert isinstance(source, DataSource)
 
 
+def test_identity_types_are_the_fields_of_the_key_patterns(redis_url: str) -> None:
+    patterns = ["cart:{user_id}", {"pattern": "basket:{custom:loyalty_no}:*"}]
+    built = build("cache", {"url": redis_url, "patterns": patterns}, Settings())
+    try:
+        assert built.identity_types() == {"user_id", "custom:loyalty_no"}
+    finally:
+        built.close()
+
+
 def test_export_reads_every_type_faithfully_and_only_the_subjects_keys(
     source: RedisKeysSource, r: redis.Redis
 ) -> None:
