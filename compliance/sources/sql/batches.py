@@ -82,7 +82,8 @@ class Deleter:
         simple = not self.graph.fix_edges(table) and not self.graph.keep_edges(table)
         if self.graph.dialect == "postgresql" and simple:
             stmt = delete(self.graph.tables[table]).where(key_in(self.graph, table, keys))
-            return BatchCounts(deleted=self._single(stmt, durable=last))
+            deleted = self._single(stmt, durable=last)
+            return BatchCounts(deleted=deleted, missed=len(keys) - deleted)
         with self.source.connect() as conn:
             if self.graph.dialect == "postgresql" and not last:
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -94,7 +95,8 @@ class Deleter:
                 where = key_in(self.graph, table, [tuple(r[:width]) for r in going])
                 deleted = int(conn.execute(delete(self.graph.tables[table]).where(where)).rowcount)
             tombstones = anonymize_rows(self.source, conn, table, sorted(kept.tombstones))
-        return BatchCounts(deleted, tombstones, len(kept.retained), detached, others)
+        missed = len(going) - deleted
+        return BatchCounts(deleted, tombstones, len(kept.retained), detached, others, missed)
 
     def _single(self, stmt: Delete, *, durable: bool) -> int:
         with self.source.errors():
@@ -154,6 +156,7 @@ class BatchCounts:
     retained: int = 0
     detached: int = 0
     others: int = 0
+    missed: int = 0  # rows handed to the batch that its DELETE did not remove
 
 
 def anonymize_batch(source: SourceHandle, table: str, rows: Sequence[tuple[Any, ...]]) -> int:

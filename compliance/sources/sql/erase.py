@@ -54,6 +54,7 @@ class Eraser:
         self.source = source
         self.deleter = Deleter(source)
         self.read_ahead = ReadAhead(source)
+        self._exact: dict[str, bool] = {}  # table -> run from its start here, nothing missed
 
     @property
     def graph(self) -> Graph:
@@ -88,7 +89,7 @@ class Eraser:
         scope = (table, _fingerprint(identities, encoded))
         rows = self.read_ahead.batch(scope, selector, checkpoint.get("after"), batch_size)
         if not rows:
-            if disposition == Disposition.DELETE:
+            if disposition == Disposition.DELETE and not self._exact.get(table):
                 self._check_gone(table, selector)
             return self._next(checkpoint, index)
         after = key_to_json(rows[-1][: len(self.graph.keys[table])])
@@ -96,6 +97,8 @@ class Eraser:
             columns = self.read_ahead.columns(table)
             last = self.read_ahead.drained
             counts = self.deleter.delete(selector, table, columns, rows, last=last)
+            if counts.missed:
+                self._exact[table] = False
             if not self.graph.keep_edges(table):
                 return self._progress(checkpoint, counts)  # what is left starts the table
             self.read_ahead.moved_to(after)  # kept rows stay: go on after them
@@ -106,7 +109,8 @@ class Eraser:
 
     def _check_gone(self, table: str, selector: Selector) -> None:
         """Before the parents go (after which these rows could not be found again), the
-        table must hold none of the subject's rows but those kept for others."""
+        table must hold none of the subject's rows but those kept for others. Skipped
+        when this process ran the whole table and every batch deleted all it was given."""
         with self.source.connect() as conn:
             left = left_over(self.graph, conn, table, selector)
         if left:
@@ -122,10 +126,12 @@ class Eraser:
         with self.source.connect() as conn:
             found = orphans(self.source, conn, identities)
         encoded = {t: [key_to_json(key) for key in keys] for t, keys in found.items()}
+        self._exact = dict.fromkeys(self.graph.order[:1], True)
         return EraseResult(done=False, checkpoint={"table": 0, "orphans": encoded})
 
     def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
         state = {**checkpoint, "table": index + 1, "after": None}
+        self._exact = dict.fromkeys(self.graph.order[index + 1 : index + 2], True)
         self.read_ahead.clear()
         self.deleter.release()
         done = index + 1 >= len(self.graph.order)
