@@ -92,7 +92,7 @@ class Deleter:
             detached, others = fix_references(conn, selector, table, columns, going)
             deleted = 0
             if going:
-                where = key_in(self.graph, table, [tuple(r[:width]) for r in going])
+                where = key_in(self.graph, table, [k for k in keys if k not in kept])
                 deleted = int(conn.execute(delete(self.graph.tables[table]).where(where)).rowcount)
             tombstones = anonymize_rows(self.source, conn, table, sorted(kept.tombstones))
         missed = len(going) - deleted

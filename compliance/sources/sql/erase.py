@@ -3,9 +3,10 @@
 A run goes through the tables of `Graph.order` (children before parents), one batch of
 rows per call, each batch in its own transaction:
 
-- ``delete``: first detach what still points at the batch (set references from rows that
-  stay to NULL: link references such as ``users.referred_by``, anonymised or retained
-  children), then delete the batch;
+- ``delete``: keep the rows that rows which stay still point at (anonymised or retained),
+  detach or repoint the references to the others (``on_parent_erase``), then delete them;
+  once the table is done, check none of the subject's rows were missed before the
+  parents, which lead to them, go;
 - ``anonymize``: rewrite the anonymised columns (values already anonymised are left as they
   are, so a repeated batch changes nothing);
 - ``retain``: count the rows and touch nothing (the plan and receipt name the legal basis).
@@ -17,15 +18,8 @@ They are deleted in their table's turn, and only if still unreferenced then.
 The checkpoint is small JSON: the table index, the last key for anonymisation, and the
 orphaned shared keys (found by `orphans` below). Because parents go last, the rows
 left to erase can always be found again from what remains, so a killed worker resumes
-from the checkpoint alone. Keys of the current table are read ahead (`batches.ReadAhead`); how
-a batch runs and commits is in `batches`.
-
-What a SQL erasure would do, and the shared rows it must remember before it starts.
-
-`erase_plan` counts per table (and per reference erasure sets to NULL) without writing.
-`orphans` finds the shared rows (addresses...) the subject's rows point at and nothing
-else uses: once the subject's rows are deleted nothing would lead to them any more, so
-the first erase call records their keys in the checkpoint.
+from the checkpoint alone. Keys of the current table are read ahead (`batches.ReadAhead`);
+how a batch runs and commits is in `batches`; what an erasure would do is in `plan`.
 """
 
 from __future__ import annotations
@@ -54,7 +48,7 @@ class Eraser:
         self.source = source
         self.deleter = Deleter(source)
         self.read_ahead = ReadAhead(source)
-        self._exact: dict[str, bool] = {}  # table -> run from its start here, nothing missed
+        self._whole: str | None = None  # table this process ran from its start, none missed
 
     @property
     def graph(self) -> Graph:
@@ -89,7 +83,7 @@ class Eraser:
         scope = (table, _fingerprint(identities, encoded))
         rows = self.read_ahead.batch(scope, selector, checkpoint.get("after"), batch_size)
         if not rows:
-            if disposition == Disposition.DELETE and not self._exact.get(table):
+            if disposition == Disposition.DELETE and self._whole != table:
                 self._check_gone(table, selector)
             return self._next(checkpoint, index)
         after = key_to_json(rows[-1][: len(self.graph.keys[table])])
@@ -98,7 +92,7 @@ class Eraser:
             last = self.read_ahead.drained
             counts = self.deleter.delete(selector, table, columns, rows, last=last)
             if counts.missed:
-                self._exact[table] = False
+                self._whole = None
             if not self.graph.keep_edges(table):
                 return self._progress(checkpoint, counts)  # what is left starts the table
             self.read_ahead.moved_to(after)  # kept rows stay: go on after them
@@ -126,12 +120,12 @@ class Eraser:
         with self.source.connect() as conn:
             found = orphans(self.source, conn, identities)
         encoded = {t: [key_to_json(key) for key in keys] for t, keys in found.items()}
-        self._exact = dict.fromkeys(self.graph.order[:1], True)
+        self._whole = self._table_at(0)
         return EraseResult(done=False, checkpoint={"table": 0, "orphans": encoded})
 
     def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
         state = {**checkpoint, "table": index + 1, "after": None}
-        self._exact = dict.fromkeys(self.graph.order[index + 1 : index + 2], True)
+        self._whole = self._table_at(index + 1)
         self.read_ahead.clear()
         self.deleter.release()
         done = index + 1 >= len(self.graph.order)
@@ -152,6 +146,9 @@ class Eraser:
             detached=counts.detached,
             others=counts.others,
         )
+
+    def _table_at(self, index: int) -> str | None:
+        return self.graph.order[index] if index < len(self.graph.order) else None
 
     # --- checkpoint codec -----------------------------------------------------------
 

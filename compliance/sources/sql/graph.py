@@ -28,6 +28,7 @@ from compliance.sources.sql.ownership import (
     check_ways,
     find_ways,
     owning_tables,
+    reachable_tables,
 )
 from compliance.sources.sql.schema import (
     Problems,
@@ -129,7 +130,7 @@ def build_graph(
     found = read_edges(rule_map, tables, metadata, schema, problems, source)
     problems.raise_any()
     owning = owning_tables(rule_map, found)
-    reachable = _reachable(rule_map, found)
+    reachable = reachable_tables(rule_map, found)
     order = _erase_order(reachable, found, entry)
     ways = find_ways(rule_map, found, owning)
     everything = {t.name: t for t in metadata.tables.values() if t.schema == schema}
@@ -149,22 +150,6 @@ def build_graph(
     check_ways(graph.rules, graph.edges, ways, owning, problems)
     problems.raise_any()
     return graph
-
-
-def _reachable(rules: Mapping[str, TableRule], edges: list[Edge]) -> frozenset[str]:
-    """Tables with identity columns, and what owned (down) and shared (up) edges reach."""
-    seen = {name for name, rule in rules.items() if rule.identities}
-    changed = True
-    while changed:
-        changed = False
-        for e in edges:
-            if e.kind == EdgeKind.OWNED and e.parent in seen and e.child not in seen:
-                seen.add(e.child)
-                changed = True
-            if e.kind == EdgeKind.SHARED and e.child in seen and e.parent not in seen:
-                seen.add(e.parent)
-                changed = True
-    return frozenset(seen)
 
 
 def _erase_order(reachable: frozenset[str], edges: list[Edge], entry: str) -> tuple[str, ...]:

@@ -25,6 +25,19 @@ KEEPING = (ParentErase.ANONYMIZE, ParentErase.RETAIN)
 
 def owning_tables(rules: Mapping[str, TableRule], edges: Iterable[Edge]) -> frozenset[str]:
     """Tables with identity columns, and their children through owned references."""
+    return _spread(rules, edges, shared=False)
+
+
+def reachable_tables(rules: Mapping[str, TableRule], edges: Iterable[Edge]) -> frozenset[str]:
+    """Owning tables, and what shared references from reached tables point at."""
+    return _spread(rules, edges, shared=True)
+
+
+def _spread(
+    rules: Mapping[str, TableRule], edges: Iterable[Edge], *, shared: bool
+) -> frozenset[str]:
+    """From tables with identity columns, down owned references (and, with `shared`, up
+    shared ones), to a fixpoint."""
     edges = list(edges)
     seen = {name for name, rule in rules.items() if rule.identities}
     changed = True
@@ -33,6 +46,9 @@ def owning_tables(rules: Mapping[str, TableRule], edges: Iterable[Edge]) -> froz
         for e in edges:
             if e.kind == EdgeKind.OWNED and e.parent in seen and e.child not in seen:
                 seen.add(e.child)
+                changed = True
+            if shared and e.kind == EdgeKind.SHARED and e.child in seen and e.parent not in seen:
+                seen.add(e.parent)
                 changed = True
     return frozenset(seen)
 

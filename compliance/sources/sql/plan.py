@@ -99,35 +99,35 @@ def erase_plan(
     """What erasure would do, per table and per changed reference; writes nothing."""
     graph = source.graph
     selector = Selector(graph, identities, orphans(source, conn, identities))
+    plain = Selector(graph, identities)  # without the orphans: what others still use
     plans: list[LocationPlan] = []
     for table in graph.order:
         rule = graph.rules[table]
-        scope = Scope.SUBJECT  # shared rows only the subject uses go: theirs alone
         if rule.on_erase == Disposition.DELETE:
-            plans.extend(_delete_plan(graph, conn, selector, table, scope))
+            plans.extend(_delete_plan(graph, conn, selector, table))
         else:
             count = subject_count(graph, conn, table, selector)
             if count or rule.on_erase == Disposition.RETAIN:
                 basis = rule.legal_basis if rule.on_erase == Disposition.RETAIN else ""
-                plans.append(LocationPlan(table, rule.on_erase, count, basis, scope))
-        plans.extend(_kept_shared(graph, conn, identities, table))
-        plans.extend(_others(graph, conn, Selector(graph, identities), table))
+                plans.append(LocationPlan(table, rule.on_erase, count, basis))
+        shared = shared_rows(plain, table)
+        plans += _counted(graph, conn, table, shared, Disposition.RETAIN, Scope.SHARED, SHARED_NOTE)
+        plans.extend(_others(graph, conn, plain, table))
     return plans
 
 
 def _delete_plan(
-    graph: Graph, conn: Connection, selector: Selector, table: str, scope: Scope
+    graph: Graph, conn: Connection, selector: Selector, table: str
 ) -> list[LocationPlan]:
+    """The subject's rows of a deleted table (shared rows only they use count as theirs):
+    deleted, or kept for others; then the references to the deleted ones."""
     own = selector.own(table)
     if own is None:
         return []
-    t = graph.tables[table]
-    retained = selector.kept(table, t, (ParentErase.RETAIN,))
-    tombstone = selector.kept(table, t, (ParentErase.ANONYMIZE,))
-    if retained is not None and tombstone is not None:
-        tombstone = and_(tombstone, not_(retained))
+    retained, tombstone = selector.kept_split(table, graph.tables[table])
     kept = [k for k in (retained, tombstone) if k is not None]
     going = own if not kept else and_(own, *[not_(k) for k in kept])
+    scope = Scope.SUBJECT
     plans = _counted(graph, conn, table, going, Disposition.DELETE, scope)
     if tombstone is not None:
         where = and_(own, tombstone)
@@ -169,11 +169,3 @@ def _reference_plan(
             mine_ = and_(where, own)
             plans += _counted(graph, conn, e.child, mine_, way, Scope.REFERENCE, location=at)
     return plans
-
-
-def _kept_shared(
-    graph: Graph, conn: Connection, identities: Identities, table: str
-) -> list[LocationPlan]:
-    """Shared rows the subject's rows point at that others still use: kept."""
-    where = shared_rows(Selector(graph, identities), table)
-    return _counted(graph, conn, table, where, Disposition.RETAIN, Scope.SHARED, SHARED_NOTE)

@@ -192,5 +192,16 @@ class Selector:
             parts.append(exists().where(cond if staying is None else and_(cond, staying)))
         return or_(*parts)
 
+    def kept_split(
+        self, table: str, rows: FromClause
+    ) -> tuple[ColumnElement[bool] | None, ColumnElement[bool] | None]:
+        """Rows of `rows` kept for rows that stay: (retained as they are, kept as
+        anonymised tombstones); a row kept both ways is retained. None: no such rows."""
+        retained = self.kept(table, rows, (ParentErase.RETAIN,))
+        tombstones = self.kept(table, rows, (ParentErase.ANONYMIZE,))
+        if retained is not None and tombstones is not None:
+            tombstones = and_(tombstones, not_(retained))
+        return retained, tombstones
+
     def _goes_with_parent(self, e: Edge) -> bool:
         return e.kind == EdgeKind.OWNED and self.graph.deleted(e.child)

@@ -14,7 +14,6 @@ from compliance.identities import Identities, Identity, parse_identity
 from compliance.sources.base import Disposition, Residue
 from compliance.sources.sql.graph import Graph, SourceHandle
 from compliance.sources.sql.keys import all_anonymized, key_columns
-from compliance.sources.sql.manifest import ParentErase
 from compliance.sources.sql.query import Selector
 
 MAX_RESOLVE_ROUNDS = 10
@@ -123,11 +122,8 @@ def left_over(graph: Graph, conn: Connection, table: str, selector: Selector) ->
     if own is None or kept is None:
         return subject_count(graph, conn, table, selector)
     n = count_rows(conn, t, and_(own, not_(kept)))
-    tombstones = selector.kept(table, t, (ParentErase.ANONYMIZE,))
+    _, tombstones = selector.kept_split(table, t)
     if tombstones is not None:
-        retained = selector.kept(table, t, (ParentErase.RETAIN,))
-        if retained is not None:
-            tombstones = and_(tombstones, not_(retained))
         n += _not_anonymized(graph, conn, table, and_(own, tombstones))
     return n
 

@@ -14,11 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, not_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, func, insert, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from compliance.sources.sql.graph import Graph
-from compliance.sources.sql.keys import Key, from_json, key_in, placeholder_key, values_in
+from compliance.sources.sql.keys import (
+    Key,
+    from_json,
+    key_columns,
+    key_in,
+    placeholder_key,
+    values_in,
+)
 from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
 from compliance.sources.sql.query import Selector
 
@@ -41,17 +48,25 @@ def kept_keys(conn: Connection, selector: Selector, table: str, keys: Sequence[K
     graph = selector.graph
     if not graph.keep_edges(table) or not keys:
         return Kept()
-    t = graph.tables[table]
-    found: dict[ParentErase, frozenset[Key]] = {}
-    for way in (ParentErase.RETAIN, ParentErase.ANONYMIZE):
-        kept = selector.kept(table, t, (way,))
-        if kept is None:
-            found[way] = frozenset()
-            continue
-        query = select(*[t.c[n] for n in graph.keys[table]]).where(key_in(graph, table, keys), kept)
-        found[way] = frozenset(tuple(row) for row in conn.execute(query))
-    retained = found[ParentErase.RETAIN]
-    return Kept(retained, found[ParentErase.ANONYMIZE] - retained)
+    retained, tombstones = selector.kept_split(table, graph.tables[table])
+    return Kept(
+        _matching(conn, graph, table, keys, retained),
+        _matching(conn, graph, table, keys, tombstones),
+    )
+
+
+def _matching(
+    conn: Connection,
+    graph: Graph,
+    table: str,
+    keys: Sequence[Key],
+    where: ColumnElement[bool] | None,
+) -> frozenset[Key]:
+    """Which of `keys` rows of `table` match `where` (none when it is None)."""
+    if where is None:
+        return frozenset()
+    query = select(*key_columns(graph, table)).where(key_in(graph, table, keys), where)
+    return frozenset(tuple(row) for row in conn.execute(query))
 
 
 def fix_references(
