@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,7 +68,18 @@ class Settings:
     sweep_every_seconds: int = defaults.SWEEP_EVERY_SECONDS
     redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
     stale_claim_seconds: int = defaults.STALE_CLAIM_SECONDS
-    retention_hour: int = defaults.RETENTION_HOUR
+    retention_cron: str = defaults.RETENTION_CRON  # minute hour day-of-month month weekday
+    retention_batch_size: int = defaults.RETENTION_BATCH_SIZE
+    retention_max_seconds: int = defaults.RETENTION_MAX_SECONDS
+    retention_max_items: int = defaults.RETENTION_MAX_ITEMS
+    retention_pause_ms: int = defaults.RETENTION_PAUSE_MS
+    retention_chunk_seconds: float = defaults.RETENTION_CHUNK_SECONDS
+    retention_lease_seconds: int = defaults.RETENTION_LEASE_SECONDS
+    retention_subject_batch: int = defaults.RETENTION_SUBJECT_BATCH
+    retention_parts: int = defaults.RETENTION_PARTS
+    retention_fanout_rows: int = defaults.RETENTION_FANOUT_ROWS
+    retention_notify: bool = False  # email subjects erased by retention their receipt
+    retention_report_grace_days: int = defaults.RETENTION_REPORT_GRACE_DAYS
     timezone: str = defaults.TIMEZONE
 
     # --- derived locations of the embedded defaults ---------------------------------
@@ -248,6 +260,15 @@ def _validate(settings: Settings) -> None:
         "redispatch_after_seconds": 0,
         "lock_timeout_ms": 0,
         "statement_timeout_ms": 0,
+        "retention_batch_size": 1,
+        "retention_max_seconds": 1,
+        "retention_max_items": 0,
+        "retention_pause_ms": 0,
+        "retention_lease_seconds": 10,
+        "retention_subject_batch": 1,
+        "retention_parts": 1,
+        "retention_fanout_rows": 1,
+        "retention_report_grace_days": 0,
     }
     if settings.erase_chunk_seconds <= 0:
         raise ConfigError("setting 'erase_chunk_seconds' must be more than 0")
@@ -256,8 +277,9 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting '{name}' must be at least {low}")
     if not 1 <= settings.serve_port <= 65535:
         raise ConfigError("setting 'serve_port' must be between 1 and 65535")
-    if not 0 <= settings.retention_hour <= 23:
-        raise ConfigError("setting 'retention_hour' must be between 0 and 23")
+    if settings.retention_chunk_seconds <= 0:
+        raise ConfigError("setting 'retention_chunk_seconds' must be more than 0")
+    _validate_cron(settings.retention_cron)
     _validate_timezone(settings.timezone)
     _validate_proxy(settings.trusted_proxy)
 
@@ -273,6 +295,19 @@ def _validate_proxy(address: str) -> None:
         raise ConfigError(
             "setting 'trusted_proxy' must be the IP address of your reverse proxy"
         ) from None
+
+
+_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def _validate_cron(expression: str) -> None:
+    """Five crontab fields (minute hour day-of-month month day-of-week), numbers only."""
+    fields = expression.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ConfigError(
+            f"setting 'retention_cron' must be five crontab fields like '0 2 * * *'"
+            f" (minute hour day month weekday), not {expression[:40]!r}"
+        )
 
 
 def _validate_timezone(name: str) -> None:

@@ -25,7 +25,17 @@ SWEEP_EVERY_SECONDS = 60  # beat fires the maintenance sweep this often
 REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched again
 STALE_CLAIM_SECONDS = 3600  # running claims older than this are released
 
-RETENTION_HOUR = 2  # nightly sweeps at 02:00 in the configured timezone
+RETENTION_CRON = "0 2 * * *"  # nightly sweeps at 02:00 in the configured timezone
+RETENTION_BATCH_SIZE = 20_000  # keys per batch transaction of a retention sweep
+RETENTION_MAX_SECONDS = 4 * 3600  # one run of one policy stops after this long
+RETENTION_MAX_ITEMS = 0  # ... or after this many items (0: no limit)
+RETENTION_PAUSE_MS = 0  # pause between batches (spare a busy database)
+RETENTION_CHUNK_SECONDS = 60.0  # one sweep task works this long, then re-enqueues the rest
+RETENTION_LEASE_SECONDS = 300  # a policy's lease; renewed after every chunk
+RETENTION_PARTS = 4  # a big policy fans out across this many workers by key range
+RETENTION_FANOUT_ROWS = 1_000_000  # ... when its table holds at least this many rows
+RETENTION_SUBJECT_BATCH = 500  # subjects handed to erasure per chunk of a subject policy
+RETENTION_REPORT_GRACE_DAYS = 2  # `retention report` fails when items are this late
 TIMEZONE = "UTC"
 
 SERVE_HOST = "127.0.0.1"

@@ -7,7 +7,12 @@ or in a state the table does not allow; the error names the current state.
 
     received -> awaiting_approval -> queued -> running -> completed
                     |                   |         |-> failed -> queued (retry)
-                    |-> rejected        |-> cancelled (never while running)
+                    |-> rejected        |         |-> on_hold -> queued (hold released)
+                                        |-> cancelled (never while running)
+
+An erasure that meets a legal hold erases everything else and waits `on_hold`, its
+identities still sealed, until the hold is released or expires; then it is queued again
+and erases what was held.
 
 A failed request may also be cancelled (given up): otherwise nothing would ever close it,
 and its sealed identities would stay in the control database for good.
@@ -44,6 +49,8 @@ class Event(StrEnum):
     FAIL = "fail"
     RELEASE = "release"  # a running claim handed back to the queue (transient error, stale)
     RETRY = "retry"
+    HOLD = "hold"  # erased but for what a legal hold keeps
+    RESUME = "resume"  # the hold was released: erase the rest
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,15 @@ TRANSITIONS: Mapping[Event, Transition] = {
     Event.APPROVE: Transition(frozenset({S.AWAITING_APPROVAL}), S.QUEUED),
     Event.REJECT: Transition(frozenset({S.RECEIVED, S.AWAITING_APPROVAL}), S.REJECTED),
     Event.CANCEL: Transition(
-        frozenset({S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED, S.FAILED}), S.CANCELLED
+        frozenset({S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED, S.FAILED, S.ON_HOLD}), S.CANCELLED
     ),
     Event.CLAIM: Transition(frozenset({S.QUEUED}), S.RUNNING),
     Event.COMPLETE: Transition(frozenset({S.RUNNING}), S.COMPLETED),
     Event.FAIL: Transition(frozenset({S.RUNNING}), S.FAILED),
     Event.RELEASE: Transition(frozenset({S.RUNNING}), S.QUEUED),
     Event.RETRY: Transition(frozenset({S.FAILED}), S.QUEUED),
+    Event.HOLD: Transition(frozenset({S.RUNNING}), S.ON_HOLD),
+    Event.RESUME: Transition(frozenset({S.ON_HOLD}), S.QUEUED),
 }
 
 FINAL = frozenset({S.COMPLETED, S.REJECTED, S.CANCELLED})

@@ -56,7 +56,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
 
 
 class RequestKind(StrEnum):
@@ -69,6 +69,7 @@ class RequestStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     RUNNING = "running"
+    ON_HOLD = "on_hold"  # erased except what a legal hold keeps; resumes when it is released
     COMPLETED = "completed"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -106,6 +107,8 @@ class DsrRequest(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    origin: Mapped[str | None] = mapped_column(String(300), index=True)  # "retention:<policy>"
+    notify: Mapped[bool] = mapped_column(Boolean, default=True)  # email the subject when done
 
 
 class DsrIdentity(Base):
@@ -167,10 +170,17 @@ class DownloadLink(Base):
 
 
 class LegalHold(Base):
+    """A legal hold (Art. 17(3)(e)): what it covers is neither erased nor purged.
+
+    It covers a subject (by pseudonyms only), a source or one location of a source
+    (a table, a prefix), or a subject within a source or location.
+    """
+
     __tablename__ = "legal_hold"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     subject: Mapped[str | None] = mapped_column(String(64), index=True)  # pseudonym
+    identity_hmacs: Mapped[list[str]] = mapped_column(JSON, default=list)  # the subject's
     source: Mapped[str | None] = mapped_column(String(128))
     location: Mapped[str | None] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text)
@@ -179,21 +189,56 @@ class LegalHold(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     released_at: Mapped[datetime | None]
+    released_by: Mapped[str | None] = mapped_column(String(128))
+    release_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RetentionLease(Base):
+    """One lease per policy: while it is held (and not expired) no other run starts."""
+
+    __tablename__ = "retention_lease"
+
+    policy: Mapped[str] = mapped_column(String(256), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None]
 
 
 class RetentionRun(Base):
+    """One sweep of one policy: its cutoff (fixed at the start), parts, counts, timings."""
+
     __tablename__ = "retention_run"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     policy: Mapped[str] = mapped_column(String(256), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
     cutoff: Mapped[datetime]
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16))
-    cursor: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    rows_affected: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    trigger: Mapped[str] = mapped_column(String(32))  # beat | cli
+    actor: Mapped[str] = mapped_column(String(128))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RetentionPart(Base):
+    """A key range of a run, worked by one task at a time under its own lease."""
+
+    __tablename__ = "retention_part"
+    __table_args__ = (UniqueConstraint("run_id", "part"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("retention_run.id"), index=True)
+    part: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    cursor_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # keys may be identities
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
     error: Mapped[str | None] = mapped_column(Text)
 
 

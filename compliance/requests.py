@@ -47,6 +47,9 @@ class Submission:
     ticket: str | None = None
     note: str | None = None
     dry_run: bool = False
+    origin: str | None = None  # "retention:<policy>" for erasures a retention sweep starts
+    pre_approved: bool = False  # approved in advance (a retention policy in the manifest)
+    notify: bool = True  # email the subject when done
 
 
 def parse_request_id(text: str) -> uuid.UUID:
@@ -116,6 +119,8 @@ def _new_request(
         updated_at=now,
         attempts=0,
         dry_run=sub.dry_run,
+        origin=sub.origin,
+        notify=sub.notify,
     )
 
 
@@ -131,8 +136,9 @@ def _types(submission: Submission) -> list[str]:
 
 
 def _first_event(settings: Settings, submission: Submission) -> Event:
-    """Dry runs change nothing, so they need no approval; exports may be auto-approved."""
-    if submission.dry_run:
+    """Dry runs change nothing, so they need no approval; exports may be auto-approved;
+    a retention policy's erasures were approved with the manifest that declares it."""
+    if submission.dry_run or submission.pre_approved:
         return Event.AUTO_APPROVE
     if submission.kind == RequestKind.EXPORT and settings.auto_approve_exports:
         return Event.AUTO_APPROVE

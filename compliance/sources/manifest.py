@@ -125,8 +125,19 @@ class Spec:
             purpose=self.string("purpose", defaults.purpose),
             legal_basis=self.string("legal_basis", defaults.legal_basis),
             recipients=self.list_of_str("recipients") or defaults.recipients,
-            retention=self.string("retention", defaults.retention),
+            retention=self._retention_text(defaults.retention),
         )
+
+    def _retention_text(self, default: str) -> str:
+        """`retention` as Art. 15 text: a string as written; a retention policy (a table,
+        or a list of them, read by the connector) reads "30 days"."""
+        value = self.data.get("retention")
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            days = sorted({v["days"] for v in value if isinstance(v.get("days"), int)})
+            return " or ".join(f"{d} days" for d in days) or default
+        return self.string("retention", default)
 
     def done(self) -> None:
         """Raise for the first key nobody read (a typo, or a setting that does nothing)."""

@@ -117,3 +117,25 @@ def _fill_cards(url: str) -> None:
         cards.create(engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def app_database(backend: str, tmp_path: Path, label: str) -> Iterator[str]:
+    """An empty database named after `label` on `backend` (PostgreSQL: created and
+    dropped here), as a URL."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / f'{label}.db'}"
+        return
+    require_service("PostgreSQL", PG_PORT, PG_HOST)
+    name = f"gdpr_{label}_{secrets.token_hex(4)}"
+    admin = create_engine(
+        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 06:34:27.832373
+Create Date: 2026-12-02 05:58:29.282405
 """
 
 from __future__ import annotations
@@ -61,10 +61,13 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("dry_run", sa.Boolean(), nullable=False),
         sa.Column("receipt", sa.JSON(), nullable=True),
+        sa.Column("origin", sa.String(length=300), nullable=True),
+        sa.Column("notify", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dsr_request")),
     )
     with op.batch_alter_table("dsr_request", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_dsr_request_due_at"), ["due_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_dsr_request_origin"), ["origin"], unique=False)
         batch_op.create_index(batch_op.f("ix_dsr_request_status"), ["status"], unique=False)
         batch_op.create_index(batch_op.f("ix_dsr_request_subject"), ["subject"], unique=False)
 
@@ -72,6 +75,7 @@ def upgrade() -> None:
         "legal_hold",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("subject", sa.String(length=64), nullable=True),
+        sa.Column("identity_hmacs", sa.JSON(), nullable=False),
         sa.Column("source", sa.String(length=128), nullable=True),
         sa.Column("location", sa.String(length=256), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
@@ -80,28 +84,40 @@ def upgrade() -> None:
         sa.Column("created_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("released_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("released_by", sa.String(length=128), nullable=True),
+        sa.Column("release_reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_legal_hold")),
     )
     with op.batch_alter_table("legal_hold", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_legal_hold_subject"), ["subject"], unique=False)
 
     op.create_table(
+        "retention_lease",
+        sa.Column("policy", sa.String(length=256), nullable=False),
+        sa.Column("run_id", sa.BigInteger(), nullable=True),
+        sa.Column("owner", sa.String(length=128), nullable=True),
+        sa.Column("expires_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("policy", name=op.f("pk_retention_lease")),
+    )
+    op.create_table(
         "retention_run",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("policy", sa.String(length=256), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("cutoff", compliance.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("dry_run", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("cursor", sa.JSON(), nullable=False),
-        sa.Column("rows_affected", sa.BigInteger(), nullable=False),
+        sa.Column("trigger", sa.String(length=32), nullable=False),
+        sa.Column("actor", sa.String(length=128), nullable=False),
+        sa.Column("counts", sa.JSON(), nullable=False),
         sa.Column("started_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("finished_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("lease_until", compliance.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_retention_run")),
     )
     with op.batch_alter_table("retention_run", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_retention_run_policy"), ["policy"], unique=False)
+        batch_op.create_index(batch_op.f("ix_retention_run_status"), ["status"], unique=False)
 
     op.create_table(
         "suppression",
@@ -199,11 +215,37 @@ def upgrade() -> None:
             batch_op.f("ix_export_package_request_id"), ["request_id"], unique=True
         )
 
+    op.create_table(
+        "retention_part",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("part", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("cursor_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("counts", sa.JSON(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=128), nullable=True),
+        sa.Column("lease_until", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("updated_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["retention_run.id"], name=op.f("fk_retention_part_run_id_retention_run")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_retention_part")),
+        sa.UniqueConstraint("run_id", "part", name=op.f("uq_retention_part_run_id")),
+    )
+    with op.batch_alter_table("retention_part", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_retention_part_run_id"), ["run_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("retention_part", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_retention_part_run_id"))
+
+    op.drop_table("retention_part")
     with op.batch_alter_table("export_package", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_export_package_request_id"))
         batch_op.drop_index(batch_op.f("ix_export_package_expires_at"))
@@ -224,9 +266,11 @@ def downgrade() -> None:
     op.drop_table("download_link")
     op.drop_table("suppression")
     with op.batch_alter_table("retention_run", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_retention_run_status"))
         batch_op.drop_index(batch_op.f("ix_retention_run_policy"))
 
     op.drop_table("retention_run")
+    op.drop_table("retention_lease")
     with op.batch_alter_table("legal_hold", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_legal_hold_subject"))
 
@@ -234,6 +278,7 @@ def downgrade() -> None:
     with op.batch_alter_table("dsr_request", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_dsr_request_subject"))
         batch_op.drop_index(batch_op.f("ix_dsr_request_status"))
+        batch_op.drop_index(batch_op.f("ix_dsr_request_origin"))
         batch_op.drop_index(batch_op.f("ix_dsr_request_due_at"))
 
     op.drop_table("dsr_request")

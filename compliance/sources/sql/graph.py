@@ -30,6 +30,7 @@ from compliance.sources.sql.ownership import (
     owning_tables,
     reachable_tables,
 )
+from compliance.sources.sql.policies import TableFacts, check_retention
 from compliance.sources.sql.schema import (
     Problems,
     check_rule,
@@ -148,8 +149,28 @@ def build_graph(
         ways,
     )
     check_ways(graph.rules, graph.edges, ways, owning, problems)
+    for name, table in tables.items():
+        problems.errors.extend(
+            check_retention(table, rule_map[name].retention, _facts(graph, name))
+        )
     problems.raise_any()
     return graph
+
+
+def _facts(graph: Graph, table: str) -> TableFacts:
+    """What the retention checks need to know of `table`'s place in the graph."""
+    incoming = [e for e in (*graph.edges, *graph.foreign) if e.parent == table]
+    return TableFacts(
+        legal_days=graph.rules[table].legal_retention_days,
+        linked_from=()
+        if table in graph.reachable  # the subject's rows, merely also linked to
+        else tuple(
+            sorted({e.child for e in incoming if e.kind == EdgeKind.LINK and e.child != table})
+        ),
+        referenced_by=tuple(sorted({e.child for e in incoming})),
+        identities=any(c.resolve for c in graph.rules[table].identities),
+        key=graph.keys.get(table, ()),
+    )
 
 
 def _erase_order(reachable: frozenset[str], edges: list[Edge], entry: str) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ from compliance.errors import ManifestError, ValidationError
 from compliance.identities import IdentityType, validate_type
 from compliance.sources.base import Art15, Disposition
 from compliance.sources.manifest import Spec
+from compliance.sources.sql.policies import RetentionRule, legal_days, parse_retention
 
 HMAC_LENGTH = 32
 REDACTED = "[redacted]"
@@ -133,6 +134,8 @@ class TableRule:
     key: tuple[str, ...] = ()  # declared row key, for tables without a primary key
     references: tuple[Reference, ...] = ()
     placeholder: tuple[tuple[str, Any], ...] = ()  # column values of the placeholder row
+    retention: tuple[RetentionRule, ...] = ()  # retention policies (see `policies`)
+    legal_retention_days: int = 0  # how long the law requires the rows to be kept
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,8 @@ def _table(name: str, spec: Spec, defaults: Art15) -> TableRule:
         key=spec.list_of_str("key"),
         references=tuple(_reference(ref) for ref in spec.table_list("references")),
         placeholder=tuple(_placeholder(spec.table("placeholder"))),
+        retention=parse_retention(spec),
+        legal_retention_days=legal_days(spec),
     )
     spec.done()
     return rule

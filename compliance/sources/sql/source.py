@@ -10,12 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData
 
+from compliance import defaults
 from compliance.errors import ConfigError
 from compliance.identities import Identities
+from compliance.retention.policy import (
+    Held,
+    Limits,
+    Policy,
+    PolicyKind,
+    PolicyPlan,
+    PurgeResult,
+    Status,
+    SubjectBatch,
+)
 from compliance.sources.base import (
     Action,
     EraseResult,
@@ -27,12 +39,13 @@ from compliance.sources.base import (
 from compliance.sources.check import Gap
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
-from compliance.sources.sql import coverage
+from compliance.sources.sql import coverage, retention
 from compliance.sources.sql.engine import make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
 from compliance.sources.sql.plan import erase_plan, export_plan, mine, shared_rows
+from compliance.sources.sql.policies import policy_of
 from compliance.sources.sql.query import Selector
 from compliance.sources.sql.read import count_rows, residues, resolve, stream
 from compliance.sources.templating import expand_env
@@ -50,6 +63,7 @@ def from_manifest(name: str, spec: Spec, ctx: LoadContext) -> SqlSource:
         manifest,
         pseudonym_key=ctx.pseudonym_key,
         entry=spec.path,
+        retention_batch=ctx.settings.retention_batch_size,
     )
     if ctx.connect:
         try:
@@ -73,6 +87,7 @@ class SqlSource:
         *,
         pseudonym_key: bytes,
         entry: str = "",
+        retention_batch: int = defaults.RETENTION_BATCH_SIZE,
     ) -> None:
         self.name = name
         self.engine = engine
@@ -81,6 +96,8 @@ class SqlSource:
         self.entry = entry or f"sources.{name}"
         self._graph: Graph | None = None
         self._eraser: Eraser | None = None
+        self._policies: tuple[Policy, ...] | None = None
+        self.retention_batch = retention_batch  # keys per batch a retention plan shows
 
     def __repr__(self) -> str:
         return f"SqlSource(name={self.name!r}, dialect={self.engine.dialect.name!r})"
@@ -177,6 +194,58 @@ class SqlSource:
         tables rows whose anonymised columns still hold a value. Retained rows are not
         residue (the plan and receipt report them with their legal basis)."""
         return residues(self, identities)
+
+    # --- retention (see `retention`) ------------------------------------------------
+
+    def retention_policies(self) -> tuple[Policy, ...]:
+        """The tables' retention policies; a subject-scope one erases whole subjects."""
+        if self._policies is None:
+            found = []
+            for rule in self.manifest.rules:
+                for entry in rule.retention:
+                    kind = self._policy_kind(rule.name, entry.scope, entry.column)
+                    found.append(
+                        policy_of(self.name, rule.name, entry, len(rule.retention) > 1, kind)
+                    )
+            self._policies = tuple(found)
+        return self._policies
+
+    def _policy_kind(self, table: str, scope: str, column: str) -> PolicyKind:
+        if scope == "subject":
+            return PolicyKind.SUBJECTS
+        return PolicyKind.ROWS
+
+    def retention_plan(self, policy: Policy, cutoff: datetime, held: Held) -> PolicyPlan:
+        return retention.plan_rows(self, policy, cutoff, held, self.retention_batch)
+
+    def purge(
+        self,
+        policy: Policy,
+        cutoff: datetime,
+        cursor: Mapping[str, Any],
+        limits: Limits,
+        held: Held,
+    ) -> PurgeResult:
+        return retention.purge_rows(self, policy, cutoff, cursor, limits, held)
+
+    def retention_status(self, policy: Policy, now: datetime, held: Held) -> Status:
+        return retention.status_rows(self, policy, now, held)
+
+    def split(self, policy: Policy, parts: int, min_rows: int) -> list[dict[str, Any]]:
+        """Cursors of key ranges for workers to sweep side by side (see `retention`)."""
+        return retention.split_ranges(self, policy, parts, min_rows)
+
+    def due_subjects(
+        self, policy: Policy, cutoff: datetime, cursor: Mapping[str, Any], limit: int
+    ) -> SubjectBatch:
+        """Subjects of a subject-scope policy whose row is past `cutoff`, from `cursor`."""
+        return retention.due_subjects(self, policy, cutoff, cursor, limit)
+
+    def find_subjects(self, pseudonyms: frozenset[str]) -> Identities:
+        """The identities here whose pseudonyms are `pseudonyms` (held subjects), with
+        everything this source links to them."""
+        found = retention.find_subjects(self, pseudonyms, self.pseudonym_key)
+        return self.resolve(found) if found else found
 
     # --- sources check --------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""What legal holds keep out of a sweep's reach, resolved once per chunk of work.
+
+Holds store subjects as pseudonyms only. To keep a held subject's rows, a sweep needs
+their identities at the sources: `HoldView` finds them by hashing the identity columns
+of the SQL sources (`find_subjects`) and resolving across every source from there, in
+memory, for as long as the chunk runs. A hold without a subject covers whole sources or
+locations, whoever's the data is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from compliance import holds
+from compliance.cascade import resolve
+from compliance.identities import Identities
+from compliance.models import LegalHold
+from compliance.retention.policy import Held, Policy
+from compliance.sources.base import DataSource
+
+if TYPE_CHECKING:
+    from compliance.retention.sweep import SweepContext
+
+
+@dataclass(frozen=True)
+class HoldView:
+    """The holds in force at one moment, and the held subjects' identities."""
+
+    active: Sequence[LegalHold]
+    identities: Identities  # of every held subject, found at the sources
+
+    @classmethod
+    def load(cls, ctx: SweepContext, now: datetime) -> HoldView:
+        with ctx.db.session() as session:
+            active = holds.active(session, now)
+        pseudonyms = frozenset(
+            p for h in active if h.subject for p in (*h.identity_hmacs, h.subject)
+        )
+        found = recover(ctx.sources, pseudonyms) if pseudonyms else Identities.of(())
+        return cls(tuple(active), found)
+
+    def held(self, policy: Policy) -> Held:
+        """The holds reaching `policy`'s source and location."""
+        whole = [h for h in self.active if holds.whole(h, policy.source, policy.location)]
+        subjects = [
+            h for h in self.active if h.subject and holds.covers(h, policy.source, policy.location)
+        ]
+        basis = "; ".join(sorted({h.legal_basis for h in (*whole, *subjects)}))
+        identities = self.identities if subjects and not whole else Identities.of(())
+        return Held(identities=identities, whole=bool(whole), basis=basis)
+
+    def holds_subject(self, policy: Policy, pseudonyms: Iterable[str]) -> bool:
+        """A hold keeps this subject's data at `policy`'s source and location."""
+        known = set(pseudonyms)
+        return any(
+            holds.covers(h, policy.source, policy.location) and holds.applies_to_subject(h, known)
+            for h in self.active
+        )
+
+
+def recover(sources: Sequence[DataSource], pseudonyms: frozenset[str]) -> Identities:
+    """The identities behind `pseudonyms`, found at the sources and resolved across them."""
+    found = Identities.of(())
+    for source in sources:
+        finder = getattr(source, "find_subjects", None)
+        if callable(finder):
+            found = found.union(finder(pseudonyms))
+    return resolve(sources, found) if found else found
