@@ -9,18 +9,24 @@ counts, so a killed worker resumes where it stopped and a finished step never ru
 Verification re-runs discovery at every source: any residue fails the request loudly,
 listing locations and counts (never values), and re-opens that source's erase step so a
 retry erases again.
+
+A legal hold that covers the subject at a source (`compliance.holds`) keeps that source
+untouched: the rest is erased and verified, and the receipt lists what is held, on which
+basis and until when (``held``). The request then waits `on_hold`; when the hold ends it
+is queued again, erases the held part and completes the receipt. A hold on one table of a
+source keeps the subject's whole part of that source (its cascade runs as one).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from sqlalchemy import select
 
-from compliance import audit, defaults
+from compliance import audit, defaults, holds
 from compliance.cascade import discover, plan_dict
 from compliance.errors import ComplianceError, ResidualDataError
 from compliance.execution import RunContext, fail_step, load_step, save_progress, set_counts
@@ -51,14 +57,45 @@ def run_erasure_chunk(ctx: RunContext, *, max_seconds: float | None) -> dict[str
     if ctx.settings.strict_sources:
         refuse_if_gaps(ctx.sources)
     identities = discover(ctx)
+    held = held_sources(ctx, identities)
     if ctx.dry_run:
         plans = [s.plan(identities, Action.ERASE) for s in ctx.sources]
-        return {**_header(ctx), "sources": [plan_dict(p) for p in plans]}
-    if erase_chunk(ctx, identities, max_seconds=max_seconds):
+        return {**_header(ctx), "sources": [plan_dict(p) for p in plans], **_held(held)}
+    if erase_chunk(ctx, identities, max_seconds=max_seconds, skip=held):
         return None
-    verify_erasure(ctx, identities)
-    _suppress(ctx, identities)
-    return receipt(ctx)
+    verify_erasure(ctx, identities, skip=held)
+    if not held:
+        _suppress(ctx, identities)
+    return {**receipt(ctx), **_held(held)}
+
+
+def held_sources(ctx: RunContext, identities: Identities) -> dict[str, list[dict[str, Any]]]:
+    """Per source, the legal holds that keep the subject's data there (PII-free)."""
+    key = ctx.keyring.pseudonym_key
+    pseudonyms = {pseudonym(key, i) for i in identities} | {ctx.subject}
+    with ctx.db.session() as session:
+        active = holds.active(session, ctx.clock())
+    found: dict[str, list[dict[str, Any]]] = {}
+    for source in ctx.sources:
+        for hold in active:
+            if holds.covers(hold, source.name) and holds.applies_to_subject(hold, pseudonyms):
+                found.setdefault(source.name, []).append(
+                    {
+                        "hold": hold.id,
+                        "location": hold.location or "*",
+                        "legal_basis": hold.legal_basis,
+                        "until": hold.expires_at.isoformat() if hold.expires_at else None,
+                    }
+                )
+    return found
+
+
+def _held(held: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The receipt's ``held`` part: one entry per source kept by a hold."""
+    if not held:
+        return {}
+    entries = [{"source": name, "holds": found} for name, found in held.items()]
+    return {"held": entries, "complete": False}
 
 
 def erase_chunk(
@@ -67,10 +104,14 @@ def erase_chunk(
     *,
     max_seconds: float | None = defaults.ERASE_CHUNK_SECONDS,
     monotonic: Callable[[], float] = time.monotonic,
+    skip: Collection[str] = (),
 ) -> bool:
-    """Erase for up to `max_seconds` (None: until done); True if more is left."""
+    """Erase for up to `max_seconds` (None: until done); True if more is left. Sources
+    named in `skip` (kept by a legal hold) are left as they are."""
     deadline = None if max_seconds is None else monotonic() + max_seconds
     for source in ctx.sources:
+        if source.name in skip:
+            continue
         if not _erase_source(ctx, source, identities, deadline, monotonic):
             return True
     return False
@@ -131,10 +172,13 @@ def _audit_source(ctx: RunContext, source: str, step_id: int) -> None:
 # --- verify --------------------------------------------------------------------------------
 
 
-def verify_erasure(ctx: RunContext, identities: Identities) -> None:
-    """Look for the subject again everywhere; raise `ResidualDataError` listing residue."""
+def verify_erasure(ctx: RunContext, identities: Identities, skip: Collection[str] = ()) -> None:
+    """Look for the subject again everywhere (but in `skip`: sources a legal hold keeps);
+    raise `ResidualDataError` listing residue."""
     residue: list[str] = []
     for source in ctx.sources:
+        if source.name in skip:
+            continue
         step = load_step(ctx, source.name, Action.VERIFY)
         found = source.verify(identities)
         total = sum(r.count for r in found)

@@ -41,6 +41,7 @@ class RunContext:
     clock: Callable[[], datetime] = utcnow
     actor: str = "worker"
     claim: int | None = None  # the attempt number this run claimed; heartbeats check it
+    notify: bool = True  # email the subject (retention erasures: only if configured)
 
 
 def ensure_step(session: Session, request_id: uuid.UUID, source: str, action: str) -> DsrStep:

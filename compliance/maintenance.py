@@ -4,16 +4,21 @@
   (the dispatch after commit may have failed, or the broker lost the message).
 - `release_stale_claims`: requests `running` with no progress for `stale_claim_seconds`
   (a killed worker) go back to `queued`; their steps resume from their checkpoints.
+- `resume_released`: legal holds past their end date are released, and erasures waiting
+  `on_hold` whose holds all ended are queued again to erase what was held.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
+from compliance import holds
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import Dispatcher, dispatch_quietly
@@ -29,14 +34,57 @@ ACTOR = "maintenance"
 class SweepResult:
     released: list[uuid.UUID]
     redispatched: list[uuid.UUID]
+    resumed: list[uuid.UUID] = field(default_factory=list)
+    expired_holds: list[int] = field(default_factory=list)
 
 
 def sweep(db: Database, settings: Settings, dispatcher: Dispatcher, now: datetime) -> SweepResult:
-    """Release stale claims and dispatch them at once, then re-dispatch old queued requests."""
+    """Release stale claims and dispatch them at once, then re-dispatch old queued requests;
+    end expired holds and resume the erasures they kept waiting."""
     released = release_stale_claims(db, settings, now)
     sent = [request_id for request_id in released if dispatch_quietly(dispatcher, request_id)]
     sent += [r for r in redispatch_queued(db, settings, dispatcher, now) if r not in sent]
-    return SweepResult(released, sent)
+    expired = holds.expire(db, now)
+    resumed = resume_released(db, dispatcher, now)
+    return SweepResult(released, sent, resumed, expired)
+
+
+def resume_released(db: Database, dispatcher: Dispatcher, now: datetime) -> list[uuid.UUID]:
+    """Queue again the erasures on hold whose holds have all ended (released or expired);
+    a hold that still applies, or a new one, puts them back on hold when they run."""
+    with db.session() as session:
+        live = {h.id for h in holds.active(session, now)}
+        waiting = session.execute(
+            select(DsrRequest.id, DsrRequest.receipt).where(
+                DsrRequest.status == RequestStatus.ON_HOLD
+            )
+        ).all()
+    resumed = []
+    for request_id, receipt in waiting:
+        if held_by(receipt) & live:
+            continue
+        try:
+            with db.session() as session:
+                transition(
+                    session,
+                    request_id,
+                    Event.RESUME,
+                    actor=ACTOR,
+                    now=now,
+                    values={"last_error": None},
+                )
+        except IllegalTransitionError:
+            continue  # cancelled or resumed meanwhile
+        dispatch_quietly(dispatcher, request_id)
+        resumed.append(request_id)
+    return resumed
+
+
+def held_by(receipt: Mapping[str, Any] | None) -> set[int]:
+    """The ids of the holds a receipt says keep part of the subject's data."""
+    return {
+        int(h["hold"]) for entry in (receipt or {}).get("held", []) for h in entry.get("holds", [])
+    }
 
 
 def redispatch_queued(

@@ -44,9 +44,19 @@ class ReceiptLine:
 
 
 @dataclass(frozen=True)
+class HeldLine:
+    """A place a legal hold keeps for now, its basis and when the hold ends (if known)."""
+
+    place: str
+    legal_basis: str
+    until: str | None = None  # ISO date
+
+
+@dataclass(frozen=True)
 class ReceiptSummary:
     lines: tuple[ReceiptLine, ...]
     verified: bool | None  # None: the receipt says nothing about verification
+    held: tuple[HeldLine, ...] = ()  # kept by a legal hold, erased when it ends
 
     @property
     def retained(self) -> tuple[ReceiptLine, ...]:
@@ -83,10 +93,12 @@ def send_erasure_receipt(
     now: datetime,
 ) -> None:
     """Email a summary of an erasure: what was deleted, what was retained and why."""
-    context = {"summary": summarise_receipt(receipt), "reference": reference, "now": now}
-    message = compose(
-        settings, recipients, "Your personal data has been erased", "erasure_done", context, now
-    )
+    summary = summarise_receipt(receipt)
+    context = {"summary": summary, "reference": reference, "now": now}
+    title = "Your personal data has been erased"
+    if summary.held:
+        title += ", except what a legal hold keeps for now"
+    message = compose(settings, recipients, title, "erasure_done", context, now)
     mail.send(settings, message)
     log.info("notify.erasure_done.sent", extra={"recipients": len(message["To"].split(","))})
 
@@ -146,13 +158,26 @@ def summarise_receipt(receipt: Mapping[str, Any]) -> ReceiptSummary:
     A place is any mapping holding ``deleted``/``anonymized``/``retained`` counts; when a
     mapping and its children both hold counts, the children (more detail) win.
     """
-    return ReceiptSummary(tuple(_lines(receipt, ())), _verified(receipt))
+    return ReceiptSummary(tuple(_lines(receipt, ())), _verified(receipt), _held(receipt))
+
+
+def _held(receipt: Mapping[str, Any]) -> tuple[HeldLine, ...]:
+    found = []
+    for entry in receipt.get("held", []):
+        for hold in entry.get("holds", []):
+            location = hold.get("location") or "*"
+            place = entry["source"] if location == "*" else f"{entry['source']} / {location}"
+            until = hold.get("until")
+            found.append(HeldLine(place, str(hold.get("legal_basis", "")), until and until[:10]))
+    return tuple(found)
 
 
 def _lines(node: Any, path: tuple[str, ...]) -> Iterator[ReceiptLine]:
     children: list[ReceiptLine] = []
     if isinstance(node, Mapping):
         for key, value in node.items():
+            if key == "held":
+                continue  # what a hold keeps is summarised on its own (`_held`)
             if isinstance(value, Mapping | list):
                 children.extend(_lines(value, (*path, _label(value, str(key)))))
     elif isinstance(node, list):

@@ -47,6 +47,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CONTINUED = "continued"  # a chunk is done; the next one is queued under the same claim
     RELEASED = "released"  # a chunk is done but the next could not be queued: back to queued
+    HELD = "held"  # erased but for what a legal hold keeps: waits until the hold ends
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> 
         return Outcome.FAILED
     if receipt is None:
         return _hand_over(worker, request_id, claim)
-    if not _finish(worker, request_id, claim, Event.COMPLETE, receipt=receipt):
+    held = bool(receipt.get("held"))
+    event = Event.HOLD if held else Event.COMPLETE
+    if not _finish(worker, request_id, claim, event, receipt=receipt):
         return Outcome.SKIPPED
-    log.info("dsr.run.completed", extra={"request_id": str(request_id)})
-    return Outcome.COMPLETED
+    log.info("dsr.run.held" if held else "dsr.run.completed", extra={"request_id": str(request_id)})
+    return Outcome.HELD if held else Outcome.COMPLETED
 
 
 def fail_unrunnable(
@@ -184,6 +187,7 @@ def _context(worker: Worker, request: DsrRequest) -> RunContext:
         clock=worker.clock,
         actor=worker.name,
         claim=request.attempts,
+        notify=request.notify,
     )
 
 

@@ -29,6 +29,7 @@ from exporters import links
 log = logging.getLogger("gdpr.delivery")
 
 NOTIFY_SOURCE = "email"
+NOTIFY_HELD_SOURCE = "email:held"  # the mail sent when an erasure goes on hold
 NOTIFY_ACTION = "notify"
 
 
@@ -76,10 +77,20 @@ def deliver_export(ctx: RunContext) -> dict[str, Any]:
 
 
 def notify_erasure(ctx: RunContext, receipt: Mapping[str, Any]) -> None:
-    """Email the erasure receipt to the subject; never fails a completed erasure for good."""
+    """Email the erasure receipt to the subject; never fails a completed erasure for good.
+
+    An erasure a legal hold keeps waiting mails once when it goes on hold (saying what is
+    held and why) and once more when it completes. Erasures a retention policy started
+    mail only if that policy (or the installation) says so (`RunContext.notify`)."""
     if ctx.dry_run:
         return
-    step = load_step(ctx, NOTIFY_SOURCE, NOTIFY_ACTION)
+    held = bool(receipt.get("held"))
+    step = load_step(ctx, NOTIFY_HELD_SOURCE if held else NOTIFY_SOURCE, NOTIFY_ACTION)
+    if step.status == StepStatus.DONE:
+        return
+    if not ctx.notify:
+        set_counts(ctx, step.id, {"mailed": 0, "reason": "not to be notified"}, done=True)
+        return
     if step.status == StepStatus.DONE:
         return
     recipients = recipients_of(ctx)

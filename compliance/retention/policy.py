@@ -118,6 +118,8 @@ class PurgeResult:
     changed: int = 0  # items changed rather than removed (a TTL set on a Redis key)
     batches: int = 0
     batch_ms: Sequence[float] = ()  # duration of each batch transaction, milliseconds
+    detached: int = 0  # rows in partitions detached (dropped after the grace period)
+    dropped: int = 0  # rows in detached partitions dropped once their grace period ended
     dispatched: int = 0  # subjects handed to the erasure cascade (subject policies)
     in_progress: int = 0  # due subjects already being erased (an open erasure request)
 

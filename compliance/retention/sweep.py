@@ -295,6 +295,8 @@ def _counts(result: PurgeResult) -> dict[str, Any]:
         "held": result.held,
         "changed": result.changed,
         "batches": result.batches,
+        "detached": result.detached,
+        "dropped": result.dropped,
         "dispatched": result.dispatched,
         "in_progress": result.in_progress,
     }

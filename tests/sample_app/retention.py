@@ -98,7 +98,10 @@ def create(url: str) -> None:
         conn.execute(insert(activity), list(_activity()))
         conn.execute(
             insert(ledger),
-            [{"id": u, "user_id": u, "booked_at": NOW - timedelta(days=400)} for u in range(1, USERS + 1)],
+            [
+                {"id": u, "user_id": u, "booked_at": NOW - timedelta(days=400)}
+                for u in range(1, USERS + 1)
+            ],
         )
     engine.dispose()
 

@@ -13,9 +13,11 @@ gap when it
 - has columns whose names look personal (`check.personal_columns`).
 
 PostgreSQL declarative partitions belong to their root table: they are never reported on
-their own, and a foreign key declared on a partition counts for the root. Registered and
-ignored tables live in the manifest's schema (the home schema), and gaps there are named
-as they are (``marketing_leads``); gaps elsewhere carry their schema (``backup.users``).
+their own, and a foreign key declared on a partition counts for the root; so do a
+partition detached by retention waiting out its grace period (`partitions.detached`) and
+its foreign keys. Registered and ignored tables live in the manifest's schema (the home
+schema), and gaps there are named as they are (``marketing_leads``); gaps elsewhere carry
+their schema (``backup.users``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy.engine.reflection import Inspector
 from compliance.errors import ManifestError
 from compliance.sources.check import Gap, Kind, personal_columns
 from compliance.sources.sql.manifest import SqlManifest
+from compliance.sources.sql.partitions import detached_parents
 
 MIN_COPY_COLUMNS = 3  # a table with all columns of a registered one this wide is a copy
 # Schemas that belong to the database itself, by dialect (PostgreSQL: also every "pg_*").
@@ -138,12 +141,14 @@ def _schemas(inspector: Inspector, manifest: SqlManifest, entry: str) -> list[st
 
 
 def _partition_roots(conn: Connection) -> dict[Name, Name]:
-    """Every PostgreSQL declarative partition -> the partitioned table at the top."""
+    """Every PostgreSQL declarative partition (attached, or detached by retention) -> the
+    partitioned table at the top."""
     if conn.dialect.name != "postgresql":
         return {}
     parent: dict[Name, Name] = {
         (row[0], row[1]): (row[2], row[3]) for row in conn.execute(_PARTITIONS)
     }
+    parent.update(detached_parents(conn))
     roots = {}
     for child in parent:
         top = parent[child]

@@ -240,6 +240,6 @@ def policy_of(source: str, table: str, rule: RetentionRule, many: bool, kind: Po
         column=rule.column,
         where=rule.where,
         entry=rule.entry,
-        grace_days=rule.grace_days if kind == PolicyKind.PARTITIONS else 0,
+        grace_days=rule.grace_days,
         notify=rule.notify,
     )

@@ -225,7 +225,7 @@ def purge_rows(
         with source.connect() as conn:
             return PurgeResult(True, dict(cursor), held=_count(conn, table, due_where))
     holding = held_rows(graph, policy, held)
-    walk = _Walk.start(source, key, cursor)
+    walk = _Walk.start(source, key, {k: v for k, v in cursor.items() if k in ("last", "high")})
     deleted = kept = batches = 0
     timings: list[float] = []
     started = time.monotonic()
@@ -388,7 +388,4 @@ def split_ranges(
             for i in range(1, parts)
         ]
     edges = [None, *sorted({b for b in bounds if b is not None and b < high}), high]
-    return [
-        {"last": to_json(low), "high": to_json(up)}
-        for low, up in itertools.pairwise(edges)
-    ]
+    return [{"last": to_json(low), "high": to_json(up)} for low, up in itertools.pairwise(edges)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +40,7 @@ from compliance.sources.base import (
 from compliance.sources.check import Gap
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
-from compliance.sources.sql import coverage, retention
+from compliance.sources.sql import coverage, partition_sweep, retention
 from compliance.sources.sql.engine import make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
@@ -216,7 +217,21 @@ class SqlSource:
         return PolicyKind.ROWS
 
     def retention_plan(self, policy: Policy, cutoff: datetime, held: Held) -> PolicyPlan:
-        return retention.plan_rows(self, policy, cutoff, held, self.retention_batch)
+        """Counts of what a sweep would do; on a range-partitioned table (PostgreSQL)
+        the partitions it would detach are named in the plan's note."""
+        found = retention.plan_rows(self, policy, cutoff, held, self.retention_batch)
+        if policy.kind != PolicyKind.ROWS:
+            return found
+        with self.connect() as conn:
+            if not partition_sweep.applies(conn, self.manifest.schema, policy):
+                return found
+            parts, rows, kept = partition_sweep.due(
+                conn, self.graph, self.manifest.schema, policy, cutoff, held
+            )
+        note = f"{len(parts)} partition(s) of {rows} row(s) would be detached" + (
+            f", {kept} kept attached for a legal hold" if kept else ""
+        )
+        return replace(found, note=f"{note}; {found.note}")
 
     def purge(
         self,
@@ -226,7 +241,24 @@ class SqlSource:
         limits: Limits,
         held: Held,
     ) -> PurgeResult:
-        return retention.purge_rows(self, policy, cutoff, cursor, limits, held)
+        """Delete expired rows in key-range batches (see `retention`); on a
+        range-partitioned table whole partitions are detached first (`partition_sweep`)."""
+        work = partition_sweep.PartitionWork()
+        if "partitions" not in cursor:
+            with self.connect() as conn:
+                partitioned = partition_sweep.applies(conn, self.manifest.schema, policy)
+            if partitioned:
+                work = partition_sweep.sweep(
+                    self.engine, self.graph, self.manifest.schema, policy, cutoff, held, self.name
+                )
+            cursor = {**cursor, "partitions": "done"}
+        result = retention.purge_rows(self, policy, cutoff, cursor, limits, held)
+        return replace(
+            result,
+            cursor={**result.cursor, "partitions": "done"},
+            detached=work.detached,
+            dropped=work.dropped,
+        )
 
     def retention_status(self, policy: Policy, now: datetime, held: Held) -> Status:
         return retention.status_rows(self, policy, now, held)
