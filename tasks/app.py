@@ -10,7 +10,7 @@ from celery import Celery
 import celeryconfig
 from compliance.config import Settings, load_settings
 
-app = Celery("gdpr", include=["tasks.requests", "tasks.maintenance"])
+app = Celery("gdpr", include=["tasks.requests", "tasks.retention", "tasks.maintenance"])
 _state: dict[str, Settings] = {}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from compliance import maintenance
 from compliance.db import utcnow
+from compliance.retention import runs
+from compliance.retention import sweep as retention_sweep
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import CeleryDispatcher
@@ -12,8 +14,19 @@ from tasks.dispatch import CeleryDispatcher
 @app.task(name="gdpr.maintenance.sweep", acks_late=True)
 def sweep() -> dict[str, int]:
     base = runtime.control()  # no source needed: a broken manifest must not stop the sweep
-    result = maintenance.sweep(base.db, base.settings, CeleryDispatcher(app), utcnow())
-    return {"released": len(result.released), "redispatched": len(result.redispatched)}
+    dispatcher = CeleryDispatcher(app)
+    now = utcnow()
+    result = maintenance.sweep(base.db, base.settings, dispatcher, now)
+    store = runs.Store(base.db, base.keyring, base.settings.retention_lease_seconds)
+    idle = max(base.settings.retention_lease_seconds, base.settings.redispatch_after_seconds)
+    lost = retention_sweep.lost_parts(store, dispatcher, now, idle)
+    return {
+        "released": len(result.released),
+        "redispatched": len(result.redispatched),
+        "resumed": len(result.resumed),
+        "expired_holds": len(result.expired_holds),
+        "retention_parts": len(lost),
+    }
 
 
 @app.task(name="gdpr.maintenance.purge_packages", acks_late=True)

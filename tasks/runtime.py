@@ -11,7 +11,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
@@ -21,6 +21,9 @@ from compliance.keyring import Keyring, load_keyring
 from compliance.models import RequestKind
 from compliance.worker import Outcome, Worker, execute, fail_unrunnable
 from tasks.app import settings
+
+if TYPE_CHECKING:
+    from compliance.retention.sweep import SweepContext
 
 _lock = threading.Lock()
 _built: dict[str, Any] = {}
@@ -62,6 +65,24 @@ def run(request_id: uuid.UUID, claim: int | None = None) -> Outcome:
         db = control().db
         return fail_unrunnable(db, request_id, str(exc), claim=claim, now=utcnow())
     return execute(current, request_id, claim)
+
+
+def sweep_context() -> SweepContext:
+    """What a retention task needs: the request worker's parts, and the Celery dispatcher
+    for the erasures of subject policies."""
+    from compliance.retention.sweep import SweepContext
+    from tasks.app import app
+    from tasks.dispatch import CeleryDispatcher
+
+    current = worker()
+    return SweepContext(
+        settings=current.settings,
+        db=current.db,
+        keyring=current.keyring,
+        sources=current.sources,
+        requests=CeleryDispatcher(app),
+        actor="retention",
+    )
 
 
 def reset() -> None:

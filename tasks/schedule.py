@@ -1,8 +1,11 @@
-"""Celery beat schedule: maintenance sweeps (every minute by default), package expiry hourly."""
+"""Celery beat schedule: maintenance sweeps (every minute by default), package expiry
+hourly, and the nightly retention sweep (`retention_cron`, in the configured timezone)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from celery.schedules import crontab
 
 from compliance.config import Settings
 
@@ -17,9 +20,27 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": sweep_every,
             "options": {"queue": "maintenance", "expires": sweep_every},
         },
+        "retention-sweep": {
+            "task": "gdpr.retention.sweep",
+            "schedule": retention_schedule(settings),
+            "options": {"queue": "retention", "expires": 3600.0},
+        },
         "purge-expired-packages": {
             "task": "gdpr.maintenance.purge_packages",
             "schedule": PURGE_PACKAGES_EVERY_SECONDS,
             "options": {"queue": "maintenance", "expires": PURGE_PACKAGES_EVERY_SECONDS},
         },
     }
+
+
+def retention_schedule(settings: Settings) -> crontab:
+    """`retention_cron` ("minute hour day-of-month month day-of-week") as a crontab;
+    Celery reads it in the app's timezone (`settings.timezone`)."""
+    minute, hour, day_of_month, month_of_year, day_of_week = settings.retention_cron.split()
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )

@@ -417,10 +417,12 @@ def _totals(ctx: SweepContext, run_id: int) -> dict[str, Any]:
 # --- recovery ----------------------------------------------------------------------
 
 
-def lost_parts(ctx: SweepContext, dispatcher: PartDispatcher) -> list[int]:
-    """Re-dispatch parts nobody works (a killed worker, a lost message)."""
-    idle = max(ctx.settings.retention_lease_seconds, 60)
-    found = runs.open_parts(ctx.store, ctx.clock(), idle)
+def lost_parts(
+    store: runs.Store, dispatcher: PartDispatcher, now: datetime, idle_seconds: int
+) -> list[int]:
+    """Re-dispatch parts nobody works (a killed worker, a lost message); their chunks
+    resume from the part's cursor."""
+    found = runs.open_parts(store, now, idle_seconds)
     for part_id in found:
         try:
             dispatcher.dispatch_retention_part(part_id)

@@ -6,18 +6,25 @@ In a versioned bucket erasure removes every version and delete marker, so nothin
 restored. The erase checkpoint is the index of the prefix being worked on (no key: keys
 hold identities); deleted keys vanish from the listing, so each chunk lists again from
 the start of its prefix, and a re-run after completion finds nothing to do.
+
+Retention (``retention = [{ prefix = "uploads/tmp/", days = 7 }]``) deletes every version
+under a literal prefix past its age, keeping what legal holds cover: see
+`objectstore_retention`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from compliance.config import Settings
 from compliance.errors import ManifestError
 from compliance.identities import Identities
+from compliance.retention.policy import Held, Limits, Policy, PolicyKind, PolicyPlan, PurgeResult
+from compliance.retention.policy import Status as RetentionStatus
 from compliance.sources.base import (
     Action,
     Disposition,
@@ -27,6 +34,7 @@ from compliance.sources.base import (
     Residue,
     SourcePlan,
 )
+from compliance.sources.objectstore_retention import ObjectRetention, art15_spec, parse_retention
 from compliance.sources.objectstore_s3 import MAX_DELETE, Bucket, ObjectStoreConfig, make_client
 from compliance.sources.templating import (
     ART15_KEYS,
@@ -83,31 +91,39 @@ def build(name: str, spec: Mapping[str, Any], settings: Settings) -> ObjectStore
         read_timeout=optional_number(spec, "read_timeout", where, 30, minimum=0.1),
         max_attempts=int(optional_number(spec, "max_attempts", where, 3, minimum=1)),
     )
-    locations = parse_locations(spec, "prefixes", "prefix", where, art15(spec, where))
+    policies = parse_retention(spec, name, PolicyKind.OBJECTS, "prefix", '"uploads/tmp/"')
+    locations = parse_locations(spec, "prefixes", "prefix", where, art15(art15_spec(spec), where))
     for i, loc in enumerate(locations):
         if any(not part.startswith("/") for part in loc.template.literal_parts()[1:]):
             raise ManifestError(
                 f"{where}.prefixes[{i}]: put a '/' right after each field, e.g. "
                 "'avatars/{user_id}/', so user 1 cannot match user 10's objects"
             )
-    return ObjectStoreSource(name, config, locations, make_client(config))
+    return ObjectStoreSource(name, config, locations, make_client(config), policies)
 
 
 from_manifest = manifest_factory(build)
 
 
 class ObjectStoreSource:
-    """A `DataSource` over templated prefixes of one bucket."""
+    """A `DataSource` over templated prefixes of one bucket; `Retaining` over literal ones."""
 
     kind = KIND
 
     def __init__(
-        self, name: str, config: ObjectStoreConfig, locations: tuple[Location, ...], client: Any
+        self,
+        name: str,
+        config: ObjectStoreConfig,
+        locations: tuple[Location, ...],
+        client: Any,
+        policies: tuple[Policy, ...] = (),
     ) -> None:
         self.name = name
         self.config = config
         self.locations = locations
+        self.policies = policies
         self.bucket = Bucket(name, config, client)
+        self.retention = ObjectRetention(self.bucket, self.prefixes)
 
     def identity_types(self) -> frozenset[str]:
         """The identity types named in the prefix templates."""
@@ -142,7 +158,7 @@ class ObjectStoreSource:
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
     ) -> EraseResult:
         """Delete up to min(batch_size, 1000) objects/versions; checkpoint = prefix index."""
-        prefixes = [p for loc in self.locations for p in self._expand(loc, identities)]
+        prefixes = self.prefixes(identities)
         index = int(checkpoint.get("next", 0))
         budget = max(1, min(batch_size, MAX_DELETE))
         deleted = 0
@@ -174,8 +190,37 @@ class ObjectStoreSource:
             out.append(PrefixUsage(loc.template.text, len(sizes), sum(sizes)))
         return out
 
+    # --- retention (compliance.retention.policy.Retaining; see objectstore_retention) ------
+
+    def retention_policies(self) -> tuple[Policy, ...]:
+        return self.policies
+
+    def retention_plan(self, policy: Policy, cutoff: datetime, held: Held) -> PolicyPlan:
+        """Versions (or objects) past `cutoff` under the policy's prefix; writes nothing."""
+        return self.retention.plan(policy, cutoff, held)
+
+    def purge(
+        self,
+        policy: Policy,
+        cutoff: datetime,
+        cursor: Mapping[str, Any],
+        limits: Limits,
+        held: Held,
+    ) -> PurgeResult:
+        """Delete every version past `cutoff` and not held; the cursor holds counters only
+        (no key), so each call lists again from the start of the prefix."""
+        return self.retention.purge(policy, cutoff, cursor, limits, held)
+
+    def retention_status(self, policy: Policy, now: datetime, held: Held) -> RetentionStatus:
+        """The oldest version still under the prefix; how many are past the limit."""
+        return self.retention.status(policy, now, held)
+
     def close(self) -> None:
         self.bucket.client.close()
+
+    def prefixes(self, identities: Identities) -> list[str]:
+        """Every prefix of the subject (expanded templates; they hold personal data)."""
+        return [p for loc in self.locations for p in self._expand(loc, identities)]
 
     def _expand(self, loc: Location, identities: Identities) -> list[str]:
         return loc.template.expand(identities, escape_s3_segment)

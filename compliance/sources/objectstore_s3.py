@@ -7,9 +7,10 @@ keys hold identities (``avatars/42/...``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -42,6 +43,19 @@ _TRANSIENT = {
 }
 
 ObjectId = dict[str, str]  # {"Key": ..., "VersionId": ...} as DeleteObjects wants it
+Page = tuple[list["Stored"], Any]  # one listing page and the marker of the next (None: last)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One object, version or delete marker, and when it was written. Holds a key."""
+
+    id: ObjectId
+    modified: datetime
+
+    @property
+    def key(self) -> str:
+        return self.id["Key"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,20 @@ class Bucket:
             return self.versions(prefix)
         return ({"Key": o["Key"]} for o in self.objects(prefix))
 
+    def stored(self, prefix: str) -> Iterator[Stored]:
+        """Everything under `prefix` with its LastModified: every version and delete marker
+        if versioned, else every object. Lists one page ahead, so deleting what was yielded
+        never removes the entry the next page's marker names."""
+        fetch: Callable[[str, Any], Page]
+        fetch = self._version_page if self.is_versioned() else self._object_page
+        entries, marker = fetch(prefix, None)
+        while True:
+            ahead = fetch(prefix, marker) if marker is not None else None
+            yield from entries
+            if ahead is None:
+                return
+            entries, marker = ahead
+
     def first_page(self, prefix: str, limit: int) -> tuple[list[ObjectId], bool]:
         """Up to `limit` identifiers to delete under `prefix`, and whether more remain."""
         if self.is_versioned():
@@ -149,16 +177,37 @@ class Bucket:
     def _list_versions(
         self, prefix: str, limit: int, marker: tuple[str, str] | None
     ) -> tuple[list[ObjectId], bool, tuple[str, str] | None]:
+        entries, nxt = self._version_entries(prefix, limit, marker)
+        return [_version_id(e) for e in entries], nxt is not None, nxt
+
+    def _version_entries(
+        self, prefix: str, limit: int, marker: tuple[str, str] | None
+    ) -> tuple[list[Mapping[str, Any]], tuple[str, str] | None]:
         args: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix, "MaxKeys": limit}
         if marker:
             args["KeyMarker"], args["VersionIdMarker"] = marker
         with self.errors("list object versions"):
             page = self.client.list_object_versions(**args)
-        entries = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-        ids = [{"Key": e["Key"], "VersionId": e.get("VersionId", "null")} for e in entries]
+        entries: list[Mapping[str, Any]] = [
+            *page.get("Versions", []),
+            *page.get("DeleteMarkers", []),
+        ]
         more = bool(page.get("IsTruncated"))
         nxt = (page["NextKeyMarker"], page.get("NextVersionIdMarker", "")) if more else None
-        return ids, more, nxt
+        return entries, nxt
+
+    def _version_page(self, prefix: str, marker: tuple[str, str] | None) -> Page:
+        entries, nxt = self._version_entries(prefix, MAX_DELETE, marker)
+        return [Stored(_version_id(e), e["LastModified"]) for e in entries], nxt
+
+    def _object_page(self, prefix: str, token: str | None) -> Page:
+        args: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix}
+        if token:
+            args["ContinuationToken"] = token
+        with self.errors("list objects"):
+            page = self.client.list_objects_v2(**args)
+        found = [Stored({"Key": o["Key"]}, o["LastModified"]) for o in page.get("Contents", [])]
+        return found, page.get("NextContinuationToken") if page.get("IsTruncated") else None
 
     @contextmanager
     def errors(self, operation: str) -> Iterator[None]:
@@ -196,3 +245,7 @@ class Bucket:
         return SourceRefusedError(
             f"{where}: {what}; check bucket {self.config.bucket!r} and the worker's access"
         )
+
+
+def _version_id(entry: Mapping[str, Any]) -> ObjectId:
+    return {"Key": entry["Key"], "VersionId": entry.get("VersionId", "null")}

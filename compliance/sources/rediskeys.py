@@ -6,6 +6,9 @@ are glob-escaped, so a user id ``*`` matches only the literal ``*``. Keys are re
 with UNLINK (freed in the background). The erase checkpoint holds the pattern index,
 the SCAN cursor and the server's run id: after a restart the cursor starts again at 0,
 as an old cursor could skip keys on a new server.
+
+Retention (``retention = [{ pattern = "session:*", days = 30 }]``) unlinks keys idle past
+their limit and gives keys without a TTL one: see `redis_retention`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -20,6 +24,8 @@ import redis
 from compliance.config import Settings
 from compliance.errors import ManifestError, SourceRefusedError, SourceUnavailableError
 from compliance.identities import Identities
+from compliance.retention.policy import Held, Limits, Policy, PolicyKind, PolicyPlan, PurgeResult
+from compliance.retention.policy import Status as RetentionStatus
 from compliance.sources.base import (
     Action,
     Disposition,
@@ -29,6 +35,8 @@ from compliance.sources.base import (
     RowsItem,
     SourcePlan,
 )
+from compliance.sources.objectstore_retention import art15_spec, parse_retention
+from compliance.sources.redis_retention import KeyRetention
 from compliance.sources.redisvalues import Client, read_key
 from compliance.sources.templating import (
     ART15_KEYS,
@@ -64,7 +72,9 @@ def build(name: str, spec: Mapping[str, Any], settings: Settings) -> RedisKeysSo
     url = require_str(spec, "url", where, '"redis://127.0.0.1:6379/0"')
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ManifestError(f"{where}.url must start with redis://, rediss:// or unix://")
-    locations = parse_locations(spec, "patterns", "pattern", where, art15(spec, where))
+    policies = parse_retention(spec, name, PolicyKind.KEYS, "pattern", '"session:*"')
+    meta = art15(art15_spec(spec), where)
+    locations = parse_locations(spec, "patterns", "pattern", where, meta)
     for i, loc in enumerate(locations):
         if any(part[:1] in ("*", "?", "[") for part in loc.template.literal_parts()[1:]):
             raise ManifestError(
@@ -80,24 +90,32 @@ def build(name: str, spec: Mapping[str, Any], settings: Settings) -> RedisKeysSo
     except ValueError as exc:  # the message could echo a password: do not pass it on
         raise ManifestError(f"{where}.url is not a valid Redis URL; fix it") from exc
     scan_count = int(optional_number(spec, "scan_count", where, 1000, minimum=1))
-    return RedisKeysSource(name, locations, client, scan_count)
+    return RedisKeysSource(name, locations, client, scan_count, policies)
 
 
 from_manifest = manifest_factory(build)
 
 
 class RedisKeysSource:
-    """A `DataSource` over templated key patterns of one Redis database."""
+    """A `DataSource` over templated key patterns of one Redis database; `Retaining` over
+    literal ones."""
 
     kind = KIND
 
     def __init__(
-        self, name: str, locations: tuple[Location, ...], client: Any, scan_count: int = 1000
+        self,
+        name: str,
+        locations: tuple[Location, ...],
+        client: Any,
+        scan_count: int = 1000,
+        policies: tuple[Policy, ...] = (),
     ) -> None:
         self.name = name
         self.locations = locations
         self.client: Client = client
         self.scan_count = scan_count
+        self.policies = policies
+        self.retention = KeyRetention(self)
 
     def identity_types(self) -> frozenset[str]:
         """The identity types named in the key patterns."""
@@ -118,7 +136,7 @@ class RedisKeysSource:
 
     def export(self, identities: Identities) -> Iterator[RowsItem]:
         """One collection per pattern; rows are {key, type, value, ttl}."""
-        targets = self._targets(identities)
+        targets = self.targets(identities)
         for loc in self.locations:
             mine = [t for t in targets if t.location is loc]
             if mine:
@@ -127,7 +145,7 @@ class RedisKeysSource:
     def erase(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
     ) -> EraseResult:
-        targets = self._targets(identities)
+        targets = self.targets(identities)
         index, cursor = int(checkpoint.get("next", 0)), int(checkpoint.get("cursor", 0))
         run_id = self._run_id()
         if checkpoint.get("run_id", run_id) != run_id:
@@ -136,7 +154,7 @@ class RedisKeysSource:
         while index < len(targets) and deleted < batch_size and scans < SCANS_PER_CHUNK:
             target = targets[index]
             if target.is_pattern:
-                cursor, keys = self._scan_once(cursor, target.match)
+                cursor, keys = self.scan_once(cursor, target.match)
                 scans += 1
             else:
                 cursor, keys = 0, [target.match.encode()]
@@ -154,12 +172,38 @@ class RedisKeysSource:
             if counts[i]
         ]
 
+    # --- retention (compliance.retention.policy.Retaining; see redis_retention) ----------
+
+    def retention_policies(self) -> tuple[Policy, ...]:
+        return self.policies
+
+    def retention_plan(self, policy: Policy, cutoff: datetime, held: Held) -> PolicyPlan:
+        """Keys that would be unlinked or given a TTL; writes nothing."""
+        return self.retention.plan(policy, cutoff, held)
+
+    def purge(
+        self,
+        policy: Policy,
+        cutoff: datetime,
+        cursor: Mapping[str, Any],
+        limits: Limits,
+        held: Held,
+    ) -> PurgeResult:
+        """Unlink keys idle past `cutoff`, give the others without a TTL one; cursor
+        {"scan": <SCAN cursor>}."""
+        return self.retention.purge(policy, cutoff, cursor, limits, held)
+
+    def retention_status(self, policy: Policy, now: datetime, held: Held) -> RetentionStatus:
+        """The oldest key (now - the longest idle time: an approximation) and how many
+        keys are idle past the limit or have no TTL."""
+        return self.retention.status(policy, now, held)
+
     def close(self) -> None:
         self.client.close()
 
     # --- keys -----------------------------------------------------------------------------
 
-    def _targets(self, identities: Identities) -> list[Target]:
+    def targets(self, identities: Identities) -> list[Target]:
         out = []
         for loc in self.locations:
             if any(is_glob(part) for part in loc.template.literal_parts()):
@@ -170,21 +214,21 @@ class RedisKeysSource:
 
     def _keys(self, target: Target) -> Iterator[bytes]:
         if not target.is_pattern:
-            with self._errors("look up a key"):
+            with self.errors("look up a key"):
                 found = self.client.exists(target.match)
             if found:
                 yield target.match.encode()
             return
         cursor = 0
         while True:
-            cursor, keys = self._scan_once(cursor, target.match)
+            cursor, keys = self.scan_once(cursor, target.match)
             yield from keys
             if cursor == 0:
                 return
 
     def _counts(self, identities: Identities) -> list[int]:
         counts = [0] * len(self.locations)
-        for target in self._targets(identities):
+        for target in self.targets(identities):
             seen = set(self._keys(target))  # SCAN may return a key twice
             counts[self.locations.index(target.location)] += len(seen)
         return counts
@@ -196,28 +240,30 @@ class RedisKeysSource:
                 if key in seen:
                     continue
                 seen.add(key)
-                with self._errors("read a key"):
+                with self.errors("read a key"):
                     row = read_key(self.client, key)
                 if row is not None:
                     yield row
 
-    def _scan_once(self, cursor: int, match: str) -> tuple[int, list[bytes]]:
-        with self._errors("scan keys"):
-            cursor, keys = self.client.scan(cursor, match=match, count=self.scan_count)
+    def scan_once(
+        self, cursor: int, match: str, count: int | None = None
+    ) -> tuple[int, list[bytes]]:
+        with self.errors("scan keys"):
+            cursor, keys = self.client.scan(cursor, match=match, count=count or self.scan_count)
         return int(cursor), list(keys)
 
     def _unlink(self, keys: Sequence[bytes | str]) -> int:
         if not keys:
             return 0
-        with self._errors("unlink keys"):
+        with self.errors("unlink keys"):
             return int(self.client.unlink(*keys))
 
     def _run_id(self) -> str:
-        with self._errors("read server info"):
+        with self.errors("read server info"):
             return str(self.client.info("server").get("run_id", ""))
 
     @contextmanager
-    def _errors(self, operation: str) -> Iterator[None]:
+    def errors(self, operation: str) -> Iterator[None]:
         """Translate redis-py errors; messages name the server, never a key or password."""
         kwargs = self.client.connection_pool.connection_kwargs
         server = f"redis {kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"

@@ -68,4 +68,10 @@ def test_the_maintenance_sweep_needs_no_source_and_runs_with_a_broken_manifest(
 
     _, manifest = configured
     manifest.write_text('[sources.app]\nkind = "mongo"\n', encoding="utf-8")
-    assert sweep() == {"released": 0, "redispatched": 0}
+    assert sweep() == {
+        "released": 0,
+        "redispatched": 0,
+        "resumed": 0,
+        "expired_holds": 0,
+        "retention_parts": 0,
+    }
