@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -203,7 +204,7 @@ def whole(hold: LegalHold, source: str, location: str | None = None) -> bool:
     return hold.subject is None and covers(hold, source, location)
 
 
-def describe(hold: LegalHold) -> dict[str, object]:
+def describe(hold: LegalHold) -> dict[str, Any]:
     """A PII-free view (for `hold list --json`, receipts and audit)."""
     return {
         "id": hold.id,
@@ -219,7 +220,7 @@ def describe(hold: LegalHold) -> dict[str, object]:
     }
 
 
-def _where(hold: LegalHold) -> dict[str, object]:
+def _where(hold: LegalHold) -> dict[str, Any]:
     return {"source": hold.source or "*", "location": hold.location or "*"}
 
 

@@ -41,6 +41,8 @@ COMMANDS = [
     ("compliance.cli.worker_cmd", "worker"),
     ("compliance.cli.worker_cmd", "beat"),
     ("compliance.cli.sources_cmd", "sources"),
+    ("compliance.cli.retention_cmd", "retention"),
+    ("compliance.cli.hold_cmd", "hold"),
     ("compliance.cli.export_cmd", "export"),
     ("compliance.cli.link_cmd", "link"),
     ("compliance.cli.serve_cmd", "serve"),
