@@ -66,6 +66,7 @@ class Limits:
     max_items: int | None = None  # stop after this many items in this call (None: no limit)
     max_seconds: float | None = None  # stop after this long (None: no limit)
     pause_seconds: float = 0.0  # sleep between batches (spares a busy database)
+    max_batches: int | None = None  # stop after this many batches (the caller saves then)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,21 +55,26 @@ class Store:
 
 
 def take_lease(store: Store, policy: str, owner: str, now: datetime) -> RetentionLease:
-    """The policy's lease for `owner`, or `LeaseHeldError` naming until when it is held."""
+    """The policy's lease for `owner`, or `LeaseHeldError` naming until when it is held.
+    A lease whose owner was a process of this host that is gone is free at once."""
     until = now + timedelta(seconds=store.lease_seconds)
     with store.db.session() as session:
-        if session.get(RetentionLease, policy) is None:
+        current = session.get(RetentionLease, policy)
+        if current is None:
             session.add(RetentionLease(policy=policy))
             session.flush()
+        dead = current.owner if current is not None and gone(current.owner) else None
     with store.db.session() as session:
+        free = (
+            (RetentionLease.expires_at.is_(None))
+            | (RetentionLease.expires_at < now)
+            | (RetentionLease.owner == owner)
+        )
+        if dead is not None:
+            free = free | (RetentionLease.owner == dead)
         taken = session.execute(
             update(RetentionLease)
-            .where(
-                RetentionLease.policy == policy,
-                (RetentionLease.expires_at.is_(None))
-                | (RetentionLease.expires_at < now)
-                | (RetentionLease.owner == owner),
-            )
+            .where(RetentionLease.policy == policy, free)
             .values(owner=owner, expires_at=until)
         ).rowcount  # type: ignore[attr-defined]
         lease = session.get_one(RetentionLease, policy, populate_existing=True)
@@ -198,15 +206,23 @@ def parts_of(store: Store, run_id: int) -> list[RetentionPart]:
 
 
 def claim_part(store: Store, part_id: int, owner: str, now: datetime) -> RetentionPart | None:
-    """Take a part's lease (None: finished, or another task works it right now)."""
+    """Take a part's lease (None: finished, or another task works it right now). A lease
+    of a process of this host that is gone is free at once."""
     until = now + timedelta(seconds=store.lease_seconds)
     with store.db.session() as session:
+        holder = session.scalar(
+            select(RetentionPart.lease_owner).where(RetentionPart.id == part_id)
+        )
+    with store.db.session() as session:
+        free = (RetentionPart.lease_until.is_(None)) | (RetentionPart.lease_until < now)
+        if holder is not None and gone(holder):
+            free = free | (RetentionPart.lease_owner == holder)
         taken = session.execute(
             update(RetentionPart)
             .where(
                 RetentionPart.id == part_id,
                 RetentionPart.status.in_((PENDING, RUNNING)),
-                (RetentionPart.lease_until.is_(None)) | (RetentionPart.lease_until < now),
+                free,
             )
             .values(
                 status=RUNNING,
@@ -331,6 +347,31 @@ def open_parts(store: Store, now: datetime, idle_seconds: int) -> list[int]:
                 )
             )
         )
+
+
+# --- owners ------------------------------------------------------------------------
+
+
+def owner_name() -> str:
+    """A lease owner: ``host:pid:nonce`` (the nonce tells two runs of one process apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def gone(owner: str | None) -> bool:
+    """The owner was a process of this host that no longer runs (killed, crashed)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # --- sealed cursors ----------------------------------------------------------------

@@ -15,10 +15,7 @@ cursors. A run stops early (``stopped``) at `retention_max_items` or
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +41,8 @@ from compliance.sources.base import DataSource
 
 log = logging.getLogger("gdpr.retention")
 
-SAVE_EVERY_SECONDS = 5.0  # a chunk records its cursor at least this often
+SAVE_EVERY_SECONDS = 5.0  # a chunk records its cursor at least this often...
+SAVE_EVERY_BATCHES = 10  # ... and after this many batches
 
 
 class PartOutcome(StrEnum):
@@ -71,9 +69,7 @@ class SweepContext:
     requests: Dispatcher  # where the erasures of subject policies go
     clock: Callable[[], datetime] = utcnow
     actor: str = "retention"
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    )
+    owner: str = field(default_factory=runs.owner_name)  # host:pid:nonce, for leases
 
     @property
     def catalog(self) -> Catalog:
@@ -234,6 +230,7 @@ def _chunk(
             limits = Limits(
                 batch_size=ctx.settings.retention_batch_size,
                 max_items=budget[0],
+                max_batches=SAVE_EVERY_BATCHES,
                 max_seconds=step_seconds,
                 pause_seconds=ctx.settings.retention_pause_ms / 1000,
             )

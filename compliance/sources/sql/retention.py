@@ -241,7 +241,7 @@ def purge_rows(
         timings.append((time.perf_counter() - began) * 1000)
         walk.advance(upper)
         batches += 1
-        if _stop(limits, deleted, started):
+        if _stop(limits, deleted, started) or batches == limits.max_batches:
             break
         if limits.pause_seconds:
             time.sleep(limits.pause_seconds)

@@ -57,8 +57,12 @@ class Harness:
             engine.dispose()
 
     def reload(self, extra: str) -> None:
-        self.registry.close()
+        """Write the manifest with `extra` appended and load it again."""
         self.manifest.write_text(app.MANIFEST.format(url=self.url, extra=extra), encoding="utf-8")
+        self.reload_from_file()
+
+    def reload_from_file(self) -> None:
+        self.registry.close()
         self.registry = _registry(self.settings, self.keyring)
 
 
