@@ -85,10 +85,10 @@ def add(
 
 
 def _check_scope(scope: HoldScope, known_sources: Sequence[str]) -> None:
-    if scope.identities is None and scope.source is None:
-        raise ValidationError("a hold needs a subject (--email, --user-id ...) or --source")
     if scope.location is not None and scope.source is None:
         raise ValidationError("--table goes with --source: name the source the table is in")
+    if scope.identities is None and scope.source is None:
+        raise ValidationError("a hold needs a subject (--email, --user-id ...) or --source")
     if scope.source is not None and scope.source not in known_sources:
         listed = ", ".join(known_sources) or "none"
         raise ValidationError(f"no source named {scope.source!r}; sources: {listed}")
