@@ -44,6 +44,7 @@ def worker(
         *celery_args,
     ]
     if with_beat:
+        current().settings().home.mkdir(parents=True, exist_ok=True)  # beat's schedule file
         argv.append("-B")
     app.worker_main(argv)
 
@@ -63,7 +64,8 @@ def check_sources(app: App) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Start Celery beat: maintenance sweeps and package expiry on schedule."""
+    """Start Celery beat: maintenance sweeps, package expiry and the nightly retention
+    sweep (`retention_cron`, in `timezone`), on schedule."""
     from tasks.app import configure
 
     settings = current().settings()

@@ -11,7 +11,9 @@ sessions and activity, and a ledger kept by law. Ages are relative to `NOW`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -89,52 +91,51 @@ def email(user: int) -> str:
     return f"user{user}@example.com"
 
 
-def create(url: str) -> None:
+def create(url: str, now: datetime = NOW) -> None:
+    """The tables and rows, aged relative to `now`."""
     engine = create_engine(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(insert(users), [_user(u) for u in range(1, USERS + 1)])
-        conn.execute(insert(sessions), list(_sessions()))
-        conn.execute(insert(activity), list(_activity()))
+        conn.execute(insert(users), [_user(u, now) for u in range(1, USERS + 1)])
+        conn.execute(insert(sessions), list(_sessions(now)))
+        conn.execute(insert(activity), list(_activity(now)))
+        booked = now - timedelta(days=400)
         conn.execute(
             insert(ledger),
-            [
-                {"id": u, "user_id": u, "booked_at": NOW - timedelta(days=400)}
-                for u in range(1, USERS + 1)
-            ],
+            [{"id": u, "user_id": u, "booked_at": booked} for u in range(1, USERS + 1)],
         )
     engine.dispose()
 
 
-def _user(user: int) -> dict[str, object]:
+def _user(user: int, now: datetime) -> dict[str, object]:
     closed = None
     if user in CLOSED_LONG_AGO:
-        closed = NOW - timedelta(days=730)
+        closed = now - timedelta(days=730)
     elif user == USERS:
-        closed = NOW - timedelta(days=30)
+        closed = now - timedelta(days=30)
     return {"id": user, "email": email(user), "closed_at": closed}
 
 
-def _sessions() -> object:
+def _sessions(now: datetime = NOW) -> Iterator[dict[str, Any]]:
     key = 0
     for user in range(1, USERS + 1):
         for age in (40, 40, 40, 5, 5):
             key += 1
-            yield {"id": key, "user_id": user, "created_at": NOW - timedelta(days=age, hours=key)}
+            yield {"id": key, "user_id": user, "created_at": now - timedelta(days=age, hours=key)}
 
 
-def _activity() -> object:
+def _activity(now: datetime) -> Iterator[dict[str, Any]]:
     key = 0
     for user in range(1, USERS + 1):
         for kind, age in (("view", 60), ("order", 60), ("view", 1)):
             key += 1
-            yield {"id": key, "user_id": user, "kind": kind, "at": NOW - timedelta(days=age)}
+            yield {"id": key, "user_id": user, "kind": kind, "at": now - timedelta(days=age)}
 
 
 def expired_sessions(user: int | None = None) -> set[int]:
     """Keys of sessions older than 30 days (of one user, or all)."""
     return {
-        row["id"]  # type: ignore[misc]
-        for row in _sessions()  # type: ignore[attr-defined]
+        int(row["id"])
+        for row in _sessions()
         if row["created_at"] < NOW - timedelta(days=30) and user in (None, row["user_id"])
     }
