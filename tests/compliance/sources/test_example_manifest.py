@@ -30,3 +30,23 @@ def test_the_example_manifest_loads_every_kind(tmp_path: Path) -> None:
         "cache": "redis",
         "helpdesk": "http",
     }
+
+
+def test_the_example_manifest_carries_the_typical_retention_policies(tmp_path: Path) -> None:
+    from compliance.retention.catalog import Catalog
+
+    settings = Settings(home=tmp_path, sources=str(EXAMPLE))
+    registry = load_registry(settings, environ=ENV, pseudonym_key=b"k" * 32, connect=False)
+    try:
+        policies = {e.policy.name: e.policy for e in Catalog.of(registry.sources)}
+    finally:
+        registry.close()
+    assert {name: p.days for name, p in policies.items()} == {
+        "shop.users": 365,
+        "shop.sessions": 30,
+        "shop.activity_log": 30,
+        "avatars.uploads/tmp/": 7,
+        "cache.cart:*": 30,
+        "cache.session:*": 30,
+    }
+    assert policies["shop.users"].kind == "subjects"
