@@ -69,7 +69,12 @@ def build_sample_app() -> None:
     schema.create(*engines)
     for engine in engines:
         engine.dispose()
-    (DEMO / "sources.toml").write_text(schema.manifest(shop, crm), encoding="utf-8")
+    manifest = schema.manifest(shop, crm)
+    for table, column in (("sessions", "created_at"), ("activity_log", "at")):
+        header = f"[sources.shop.tables.{table}]\n"
+        policy = f'retention = {{ column = "{column}", days = 30 }}\n'
+        manifest = manifest.replace(header, header + policy)
+    (DEMO / "sources.toml").write_text(manifest, encoding="utf-8")
 
 
 def start_worker() -> subprocess.Popen[bytes]:
@@ -127,6 +132,26 @@ def show_export() -> None:
         print(f"  {name}")
 
 
+def retention() -> None:
+    say("Retention: sessions and activity logs older than 30 days; a legal hold on the logs")
+    hold = gdpr(
+        "hold",
+        "add",
+        "--source",
+        "shop",
+        "--table",
+        "activity_log",
+        "--reason",
+        "DEMO-3 security review",
+        "--basis",
+        "Art. 17(3)(e) GDPR: legal claims",
+    )
+    print(f"legal hold {hold['id']} on shop.activity_log ({hold['basis']})")
+    print(gdpr("retention", "plan", parse=False).rstrip())
+    print(gdpr("retention", "run", parse=False).rstrip())
+    print(gdpr("retention", "report", parse=False, ok=(0, 1)).rstrip())
+
+
 def main() -> None:
     say("Building a sample shop and CRM (SQLite) with four customers")
     build_sample_app()
@@ -158,6 +183,7 @@ def main() -> None:
         say("Rows left in the shop")
         print(f"ada (user 1): {shop_rows(1)}")
         print(f"bob (user 2): {shop_rows(2)}")
+        retention()
         say("Audit trail")
         print(gdpr("audit", "verify", parse=False, ok=(0, 1)).rstrip())
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,7 +84,8 @@ def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
     for entry in ctx.catalog.select(policy):
         name = entry.policy.name
         [found] = sweep.plan(ctx, name)
-        finished.append(_run_one(ctx, name, found.due, quiet=as_json))
+        quiet = as_json or not sys.stdout.isatty()  # a progress bar only for people
+        finished.append(_run_one(ctx, name, found.due, quiet=quiet))
     _show_runs(finished, as_json)
     if any(r.counts.get("dispatched") for r in finished) and not as_json:
         click.echo(
