@@ -16,6 +16,7 @@ STATUS_COLOURS = {
     "running": "cyan",
     "queued": "blue",
     "awaiting_approval": "magenta",
+    "on_hold": "yellow",
 }
 
 

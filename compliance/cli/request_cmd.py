@@ -178,7 +178,7 @@ def list_(status: str | None, overdue: bool, limit: int, as_json: bool) -> None:
 
 @request.command()
 @click.argument("request_id")
-@click.option("--wait", is_flag=True, help="Wait until the request reaches a final state.")
+@click.option("--wait", is_flag=True, help="Wait until the request is final, failed or on hold.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait.")
 @json_option
 def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
@@ -187,7 +187,8 @@ def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     rid = _id(request_id)
     found, steps, types = queries.show(app.db(), rid)
     deadline = time.monotonic() + timeout
-    while wait and RequestStatus(found.status) not in FINAL | {RequestStatus.FAILED}:
+    settled = FINAL | {RequestStatus.FAILED, RequestStatus.ON_HOLD}
+    while wait and RequestStatus(found.status) not in settled:
         if time.monotonic() > deadline:
             raise click.ClickException(f"request {rid} still {found.status} after {timeout:g}s")
         time.sleep(0.5)
@@ -216,6 +217,13 @@ def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
         click.echo("")
         rows = [step | {"counts": output.summarise(step["counts"])} for step in view["steps"]]
         output.table(rows, ["source", "action", "status", "counts", "attempts", "error"])
+    held = (found.receipt or {}).get("held", [])
+    for entry in held:
+        for hold in entry["holds"]:
+            click.echo(
+                f"held: {entry['source']} by legal hold {hold['hold']} ({hold['legal_basis']});"
+                " erased when the hold ends"
+            )
     if found.status == RequestStatus.FAILED:
         click.get_current_context().exit(1)
 
