@@ -12,17 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from compliance import holds
 from compliance.cascade import resolve
+from compliance.db import Database
 from compliance.identities import Identities
 from compliance.models import LegalHold
 from compliance.retention.policy import Held, Policy
 from compliance.sources.base import DataSource
-
-if TYPE_CHECKING:
-    from compliance.retention.sweep import SweepContext
 
 
 @dataclass(frozen=True)
@@ -33,13 +30,13 @@ class HoldView:
     identities: Identities  # of every held subject, found at the sources
 
     @classmethod
-    def load(cls, ctx: SweepContext, now: datetime) -> HoldView:
-        with ctx.db.session() as session:
+    def load(cls, db: Database, sources: Sequence[DataSource], now: datetime) -> HoldView:
+        with db.session() as session:
             active = holds.active(session, now)
         pseudonyms = frozenset(
             p for h in active if h.subject for p in (*h.identity_hmacs, h.subject)
         )
-        found = recover(ctx.sources, pseudonyms) if pseudonyms else Identities.of(())
+        found = recover(sources, pseudonyms) if pseudonyms else Identities.of(())
         return cls(tuple(active), found)
 
     def held(self, policy: Policy) -> Held:

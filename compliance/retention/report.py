@@ -58,7 +58,7 @@ class PolicyReport:
 
 def report(ctx: SweepContext) -> list[PolicyReport]:
     now = ctx.clock()
-    view = HoldView.load(ctx, now)
+    view = HoldView.load(ctx.db, ctx.sources, now)
     grace = timedelta(days=ctx.settings.retention_report_grace_days)
     found = []
     for entry in ctx.catalog:

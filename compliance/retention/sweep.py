@@ -93,7 +93,7 @@ class Started:
 def plan(ctx: SweepContext, name: str | None = None) -> list[PolicyPlan]:
     """What a sweep would do now, per policy (counts only, nothing written)."""
     now = ctx.clock()
-    view = HoldView.load(ctx, now)
+    view = HoldView.load(ctx.db, ctx.sources, now)
     return [
         entry.source.retention_plan(entry.policy, entry.policy.cutoff(now), view.held(entry.policy))
         for entry in ctx.catalog.select(name)
@@ -216,7 +216,7 @@ def _chunk(
     ctx: SweepContext, entry: Entry, run: RetentionRun, part: RetentionPart, seconds: float
 ) -> PartOutcome:
     cursor = runs.unseal_cursor(ctx.keyring, part)
-    view = HoldView.load(ctx, ctx.clock())
+    view = HoldView.load(ctx.db, ctx.sources, ctx.clock())
     deadline = time.monotonic() + seconds
     while True:
         budget = _budget(ctx, run)

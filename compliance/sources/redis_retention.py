@@ -29,20 +29,37 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from compliance.errors import SourceRefusedError
+from compliance.identities import Identities
 from compliance.retention.policy import Held, Limits, Policy, PolicyPlan, PurgeResult, Status
 from compliance.sources.objectstore_retention import aware
 
 if TYPE_CHECKING:
-    from compliance.sources.rediskeys import RedisKeysSource
+    from compliance.sources.redisvalues import Client
+
+
+class Keyspace(Protocol):
+    """What retention needs of a redis source (`rediskeys.RedisKeysSource`)."""
+
+    name: str
+    client: Client
+
+    def scan_once(
+        self, cursor: int, match: str, count: int | None = None
+    ) -> tuple[int, list[bytes]]: ...
+
+    def errors(self, operation: str) -> AbstractContextManager[None]: ...
+
+    def targets(self, identities: Identities) -> Sequence[Any]: ...
+
 
 DAY = 86_400
 
@@ -121,7 +138,7 @@ class Outcome:
 class KeyRetention:
     """The `Retaining` work of one redis source, over its client."""
 
-    def __init__(self, source: RedisKeysSource) -> None:
+    def __init__(self, source: Keyspace) -> None:
         self.source = source
 
     def plan(self, policy: Policy, cutoff: datetime, held: Held) -> PolicyPlan:
