@@ -4,7 +4,8 @@ Before rows are deleted one range at a time, whole partitions go at once: those 
 detach grace period is over are dropped, then those wholly past the cutoff are detached
 (see `partitions`). A partition holding a row of a held subject stays attached (the row
 path deletes its other expired rows), and is never dropped while a hold covers it; a hold
-on the whole table keeps every partition.
+on the whole table keeps every partition. An erasure during the grace period deletes the
+subject's rows from detached partitions too (`erase_detached`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
+from compliance.identities import Identities
 from compliance.retention.policy import Held, Policy
+from compliance.sources.base import Disposition
 from compliance.sources.sql import partitions
-from compliance.sources.sql.graph import Graph
+from compliance.sources.sql.graph import Graph, SourceHandle
+from compliance.sources.sql.query import Selector
 from compliance.sources.sql.retention import expired, held_rows
 
 
@@ -92,3 +96,24 @@ def sweep(
             source=source,
         )
     return PartitionWork(detached=rows, dropped=dropped.rows, kept=kept)
+
+
+def erase_detached(source: SourceHandle, schema: str | None, identities: Identities) -> int:
+    """Delete the subject's rows from partitions detached for retention but not dropped
+    yet (their grace period), so an erasure leaves nothing there either; how many.
+
+    Run before the erasure proper: rows owned through a parent (a visit of a user) are
+    found through that parent, which the erasure deletes."""
+    graph = source.graph
+    selector = Selector(graph, identities)
+    deleted = 0
+    with source.connect() as conn:
+        if conn.dialect.name != "postgresql":
+            return 0
+        for table in graph.order:
+            where = selector.own(table)
+            if where is None or graph.rules[table].on_erase != Disposition.DELETE:
+                continue
+            for part in partitions.detached(conn, schema, graph.tables[table].name):
+                deleted += partitions.delete_matching(conn, part, graph.tables[table], where)
+    return deleted

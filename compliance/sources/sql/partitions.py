@@ -41,6 +41,7 @@ from sqlalchemy import (
     Table,
     TableClause,
     column,
+    delete,
     exists,
     func,
     literal,
@@ -219,6 +220,19 @@ def holds_rows(
     query = select(exists().select_from(child).where(_moved(where, parent, child)))
     with _errors("", partition.schema, partition.name):
         return bool(conn.execute(query).scalar())
+
+
+def delete_matching(
+    conn: Connection,
+    partition: Partition | DetachedPartition,
+    parent: Table,
+    where: ColumnElement[bool],
+) -> int:
+    """Delete the rows of `partition` matching `where` (built on `parent`'s columns),
+    e.g. an erased subject's rows in a partition detached for retention; how many."""
+    child = partition_table(parent, partition)
+    with _errors("", partition.schema, partition.name):
+        return int(conn.execute(delete(child).where(_moved(where, parent, child))).rowcount)
 
 
 # --- changing --------------------------------------------------------------------------

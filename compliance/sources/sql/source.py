@@ -188,7 +188,11 @@ class SqlSource:
         """One batch of erasure, children before parents; see `erase`."""
         if self._eraser is None:
             self._eraser = Eraser(self)
-        return self._eraser.step(identities, checkpoint, batch_size)
+        early = 0
+        if not checkpoint:  # before anything goes: rows in partitions detached for retention
+            early = partition_sweep.erase_detached(self, self.manifest.schema, identities)
+        result = self._eraser.step(identities, checkpoint, batch_size)
+        return replace(result, deleted=result.deleted + early) if early else result
 
     def verify(self, identities: Identities) -> list[Residue]:
         """Rows still there for the subject: in deleted tables any row; in anonymised

@@ -173,3 +173,26 @@ def test_a_held_subject_keeps_their_months_attached(setup: Setup) -> None:
     # ann's old visits (1, 3, 5, 7) stay; ben's old ones (2, 4, 6) go row by row
     assert setup.visible() == {1, 3, 5, 7, 8, 9, 10}
     assert run.counts["detached"] == 0 and run.counts["held"] == 4
+
+
+def test_an_erasure_in_the_grace_period_clears_the_detached_partitions_too(
+    setup: Setup,
+) -> None:
+    sweep.run_inline(setup.ctx, "app.visits")  # Feb-Apr detached, kept for 7 days
+    [app_source] = setup.ctx.sources
+    ann = Identities.of(
+        [parse_identity("email", "ann@example.com"), parse_identity("user_id", "1")]
+    )
+    checkpoint: dict[str, object] = {}
+    while True:
+        result = app_source.erase(ann, checkpoint, 100)
+        checkpoint = dict(result.checkpoint)
+        if result.done:
+            break
+    detached = _ids(
+        setup.url,
+        "SELECT id FROM visits_2026_02 UNION ALL SELECT id FROM"
+        " visits_2026_03 UNION ALL SELECT id FROM visits_2026_04",
+    )
+    assert detached == {2, 4, 6}  # ben's stay until the partitions are dropped; ann's are gone
+    assert setup.visible() == {8, 10}  # ann's fresh May visit went with her, ben's stay
