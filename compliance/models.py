@@ -104,6 +104,8 @@ class DsrRequest(Base):
     completed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None]  # a running claim lives while its heartbeat renews it
+    retry_at: Mapped[datetime | None]  # a released request waits in backoff until then
     last_error: Mapped[str | None] = mapped_column(Text)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -154,6 +156,24 @@ class ExportPackage(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
     deleted_at: Mapped[datetime | None]
+
+
+class MultipartUpload(Base):
+    """An S3 multipart upload of an export package, recorded before its first part, so
+    one whose run died (or whose abort failed) is found and aborted: its parts hold the
+    package header with the wrapped data key."""
+
+    __tablename__ = "multipart_upload"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dsr_request.id"), index=True)
+    bucket: Mapped[str] = mapped_column(String(256))
+    object_key: Mapped[str] = mapped_column(String(1024))
+    upload_id: Mapped[str] = mapped_column(String(1024))
+    claim: Mapped[int] = mapped_column(Integer)  # the request's attempts value of that run
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # completed | aborted
 
 
 class DownloadLink(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-02 05:58:29.282405
+Create Date: 2026-12-02 06:31:20.112460
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def upgrade() -> None:
         sa.Column("completed_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("updated_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("lease_until", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("retry_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("dry_run", sa.Boolean(), nullable=False),
         sa.Column("receipt", sa.JSON(), nullable=True),
@@ -216,6 +218,32 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "multipart_upload",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("request_id", sa.Uuid(), nullable=False),
+        sa.Column("bucket", sa.String(length=256), nullable=False),
+        sa.Column("object_key", sa.String(length=1024), nullable=False),
+        sa.Column("upload_id", sa.String(length=1024), nullable=False),
+        sa.Column("claim", sa.Integer(), nullable=False),
+        sa.Column("started_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("outcome", sa.String(length=16), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["request_id"],
+            ["dsr_request.id"],
+            name=op.f("fk_multipart_upload_request_id_dsr_request"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_multipart_upload")),
+    )
+    with op.batch_alter_table("multipart_upload", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_multipart_upload_finished_at"), ["finished_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_multipart_upload_request_id"), ["request_id"], unique=False
+        )
+
+    op.create_table(
         "retention_part",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -246,6 +274,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_retention_part_run_id"))
 
     op.drop_table("retention_part")
+    with op.batch_alter_table("multipart_upload", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_multipart_upload_request_id"))
+        batch_op.drop_index(batch_op.f("ix_multipart_upload_finished_at"))
+
+    op.drop_table("multipart_upload")
     with op.batch_alter_table("export_package", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_export_package_request_id"))
         batch_op.drop_index(batch_op.f("ix_export_package_expires_at"))
