@@ -67,7 +67,7 @@ class Settings:
     statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
     sweep_every_seconds: int = defaults.SWEEP_EVERY_SECONDS
     redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
-    stale_claim_seconds: int = defaults.STALE_CLAIM_SECONDS
+    lease_seconds: int = defaults.LEASE_SECONDS
     retention_cron: str = defaults.RETENTION_CRON  # minute hour day-of-month month weekday
     retention_batch_size: int = defaults.RETENTION_BATCH_SIZE
     retention_max_seconds: int = defaults.RETENTION_MAX_SECONDS
@@ -256,7 +256,7 @@ def _validate(settings: Settings) -> None:
         "batch_size": 1,
         "rate_limit_per_minute": 1,
         "sweep_every_seconds": 1,
-        "stale_claim_seconds": 0,
+        "lease_seconds": 3,
         "redispatch_after_seconds": 0,
         "lock_timeout_ms": 0,
         "statement_timeout_ms": 0,

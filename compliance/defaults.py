@@ -23,7 +23,7 @@ STATEMENT_TIMEOUT_MS = 60_000
 
 SWEEP_EVERY_SECONDS = 60  # beat fires the maintenance sweep this often
 REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched again
-STALE_CLAIM_SECONDS = 3600  # running claims older than this are released
+LEASE_SECONDS = 30  # a running claim's lease; its heartbeat renews it every third of that
 
 RETENTION_CRON = "0 2 * * *"  # nightly sweeps at 02:00 in the configured timezone
 RETENTION_BATCH_SIZE = 20_000  # keys per batch transaction of a retention sweep

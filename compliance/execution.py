@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -101,29 +101,31 @@ def save_progress(
 
 
 def heartbeat(session: Session, ctx: RunContext) -> None:
-    """Mark the request as making progress, so the stale-claim sweep leaves it alone.
+    """Renew the run's lease (`lease_seconds` from now): while it lives, no other run
+    takes the request over and the sweep leaves it alone.
 
-    Raises `LeaseHeldError` when this run no longer holds the claim (the sweep released it
-    and another run may have taken over): the run must stop before doing more side effects.
+    Raises `LeaseHeldError` when this run no longer holds the claim (its lease expired and
+    another run took over): the run must stop before doing more side effects.
     """
     query = update(DsrRequest).where(
         DsrRequest.id == ctx.request_id, DsrRequest.status == RequestStatus.RUNNING
     )
     if ctx.claim is not None:
         query = query.where(DsrRequest.attempts == ctx.claim)
-    result = session.execute(query.values(updated_at=ctx.clock()))
+    now = ctx.clock()
+    lease = now + timedelta(seconds=ctx.settings.lease_seconds)
+    result = session.execute(query.values(updated_at=now, lease_until=lease))
     if ctx.claim is not None and result.rowcount == 0:  # type: ignore[attr-defined]
         raise LeaseHeldError(
             f"request {ctx.request_id} was handed to another run; this run stops here"
         )
 
 
-HEARTBEAT_SECONDS = 60.0
-
-
-def pulse(ctx: RunContext, every: float = HEARTBEAT_SECONDS) -> Callable[[], None]:
+def pulse(ctx: RunContext, every: float | None = None) -> Callable[[], None]:
     """A heartbeat for work that records no checkpoints (an export streaming its package):
-    call it as often as you like; it touches the request at most once per `every` seconds."""
+    call it as often as you like; it renews the lease at most once per `every` seconds
+    (default: a third of the lease)."""
+    every = ctx.settings.lease_seconds / 3 if every is None else every
     last: list[datetime] = []
 
     def beat() -> None:

@@ -49,6 +49,7 @@ class Event(StrEnum):
     FAIL = "fail"
     RELEASE = "release"  # a running claim handed back to the queue (transient error, stale)
     RETRY = "retry"
+    TAKEOVER = "takeover"  # a new run takes a running request whose lease expired
     HOLD = "hold"  # erased but for what a legal hold keeps
     RESUME = "resume"  # the hold was released: erase the rest
 
@@ -72,6 +73,7 @@ TRANSITIONS: Mapping[Event, Transition] = {
     Event.FAIL: Transition(frozenset({S.RUNNING}), S.FAILED),
     Event.RELEASE: Transition(frozenset({S.RUNNING}), S.QUEUED),
     Event.RETRY: Transition(frozenset({S.FAILED}), S.QUEUED),
+    Event.TAKEOVER: Transition(frozenset({S.RUNNING}), S.RUNNING),
     Event.HOLD: Transition(frozenset({S.RUNNING}), S.ON_HOLD),
     Event.RESUME: Transition(frozenset({S.ON_HOLD}), S.QUEUED),
 }

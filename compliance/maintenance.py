@@ -2,8 +2,10 @@
 
 - `redispatch_queued`: requests queued for longer than a minute are dispatched again
   (the dispatch after commit may have failed, or the broker lost the message).
-- `release_stale_claims`: requests `running` with no progress for `stale_claim_seconds`
-  (a killed worker) go back to `queued`; their steps resume from their checkpoints.
+- `release_stale_claims`: requests `running` whose lease expired (a killed worker, a lost
+  continuation message) go back to `queued` and are dispatched; their steps resume from
+  their checkpoints.
+- Requests released in retry backoff (`retry_at` in the future) are left to their retry.
 - `resume_released`: legal holds past their end date are released, and erasures waiting
   `on_hold` whose holds all ended are queued again to erase what was held.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from compliance import holds
 from compliance.config import Settings
@@ -25,6 +27,7 @@ from compliance.dispatch import Dispatcher, dispatch_quietly
 from compliance.errors import IllegalTransitionError
 from compliance.lifecycle import Event, transition
 from compliance.models import DsrRequest, RequestStatus
+from compliance.worker import lease_expired
 
 SWEEP_LIMIT = 500
 ACTOR = "maintenance"
@@ -94,7 +97,11 @@ def redispatch_queued(
     with db.session() as session:
         ids = session.scalars(
             select(DsrRequest.id)
-            .where(DsrRequest.status == RequestStatus.QUEUED, DsrRequest.updated_at < cutoff)
+            .where(
+                DsrRequest.status == RequestStatus.QUEUED,
+                DsrRequest.updated_at < cutoff,
+                or_(DsrRequest.retry_at.is_(None), DsrRequest.retry_at <= now),
+            )
             .order_by(DsrRequest.updated_at)
             .limit(SWEEP_LIMIT)
         ).all()
@@ -115,11 +122,11 @@ def _touch(db: Database, ids: list[uuid.UUID], now: datetime) -> None:
 
 
 def release_stale_claims(db: Database, settings: Settings, now: datetime) -> list[uuid.UUID]:
-    cutoff = now - timedelta(seconds=settings.stale_claim_seconds)
+    expired = lease_expired(now, settings.lease_seconds)
     with db.session() as session:
         ids = session.scalars(
             select(DsrRequest.id)
-            .where(DsrRequest.status == RequestStatus.RUNNING, DsrRequest.updated_at < cutoff)
+            .where(DsrRequest.status == RequestStatus.RUNNING, expired)
             .limit(SWEEP_LIMIT)
         ).all()
     released = []
@@ -132,8 +139,11 @@ def release_stale_claims(db: Database, settings: Settings, now: datetime) -> lis
                     Event.RELEASE,
                     actor=ACTOR,
                     now=now,
-                    values={"last_error": "claim went stale (worker lost); resuming"},
-                    where=[DsrRequest.updated_at < cutoff],  # no heartbeat since the select
+                    values={
+                        "last_error": "lease expired (worker lost); resuming",
+                        "lease_until": None,
+                    },
+                    where=[expired],  # no heartbeat since the select
                 )
             released.append(request_id)
         except IllegalTransitionError:

@@ -3,6 +3,11 @@
 `execute` is what the Celery task calls. It is safe under at-least-once delivery: the
 claim is an atomic `queued -> running` update, so a duplicate message finds the request
 already claimed (or finished) and does nothing.
+
+A claim is a lease (`lease_seconds`), renewed by the run's heartbeat. A message for a
+request whose lease expired (its worker was killed, or only its pool child) takes it over
+at once under a new claim, from its checkpoints; a message for one whose lease is still
+alive is `BUSY` and comes back when the lease would have run out.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
@@ -33,6 +40,8 @@ from compliance.sources.lookup import require_lookup
 
 log = logging.getLogger("gdpr.worker")
 
+LEASE_FOR_FAILING = 60.0  # a claim made only to record a failure
+
 # A runner returns the receipt, or None when it stopped after a bounded chunk of work
 # and wants to be called again (the worker re-enqueues the request under the same claim).
 Runner = Callable[[RunContext], dict[str, Any] | None]
@@ -47,6 +56,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CONTINUED = "continued"  # a chunk is done; the next one is queued under the same claim
     RELEASED = "released"  # a chunk is done but the next could not be queued: back to queued
+    BUSY = "busy"  # another run holds a live lease: try again when it would have expired
     HELD = "held"  # erased but for what a legal hold keeps: waits until the hold ends
 
 
@@ -64,10 +74,18 @@ class Worker:
     continuation: Continuation | None = None  # None: run every chunk in this call
 
 
-def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> Outcome:
+def execute(
+    worker: Worker, request_id: uuid.UUID, claim: int | None = None, *, retry_in: float = 0.0
+) -> Outcome:
     """Claim and run one request (or, with `claim`, its next chunk under that claim).
-    Raises `RetryableError` after releasing it to the queue."""
-    request = _claim(worker, request_id) if claim is None else _resume(worker, request_id, claim)
+    Raises `RetryableError` after releasing it to the queue, to be retried in `retry_in`
+    seconds (the maintenance sweep leaves it alone until then)."""
+    if claim is None:
+        request = _claim(worker, request_id)
+        if request is None and _lease_alive(worker, request_id):
+            return Outcome.BUSY
+    else:
+        request = _resume(worker, request_id, claim)
     if request is None:
         return Outcome.SKIPPED
     claim = request.attempts
@@ -82,7 +100,8 @@ def execute(worker: Worker, request_id: uuid.UUID, claim: int | None = None) -> 
         while receipt is None and worker.continuation is None:
             receipt = runner(ctx)
     except RetryableError as exc:
-        if not _finish(worker, request_id, claim, Event.RELEASE, error=str(exc)):
+        later = {"retry_at": worker.clock() + timedelta(seconds=retry_in)}
+        if not _finish(worker, request_id, claim, Event.RELEASE, error=str(exc), values=later):
             return Outcome.SKIPPED  # the run that took over the claim carries on
         raise
     except TerminalError as exc:
@@ -124,7 +143,7 @@ def fail_unrunnable(
     A request that is not ours (finished, cancelled, claimed by another) is left alone.
     """
     if claim is None:
-        request = _claim_in(db, request_id, actor, now)
+        request = _claim_in(db, request_id, actor, now, LEASE_FOR_FAILING)
         if request is None:
             return Outcome.SKIPPED
         claim = request.attempts
@@ -160,18 +179,83 @@ def _hand_over(worker: Worker, request_id: uuid.UUID, claim: int) -> Outcome:
 
 
 def _claim(worker: Worker, request_id: uuid.UUID) -> DsrRequest | None:
-    return _claim_in(worker.db, request_id, worker.name, worker.clock())
+    """Claim a queued request, or take over a running one whose lease expired."""
+    lease = worker.settings.lease_seconds
+    found = _claim_in(worker.db, request_id, worker.name, worker.clock(), lease)
+    if found is None:
+        found = _take_over(worker.db, request_id, worker.name, worker.clock(), lease)
+    return found
 
 
-def _claim_in(db: Database, request_id: uuid.UUID, actor: str, now: datetime) -> DsrRequest | None:
+def _claim_in(
+    db: Database, request_id: uuid.UUID, actor: str, now: datetime, lease: float
+) -> DsrRequest | None:
+    until = now + timedelta(seconds=lease)
     try:
         with db.session() as session:
-            request = transition(session, request_id, Event.CLAIM, actor=actor, now=now)
+            request = transition(
+                session,
+                request_id,
+                Event.CLAIM,
+                actor=actor,
+                now=now,
+                values={"lease_until": until, "retry_at": None},
+            )
             request.attempts += 1
             return request
     except IllegalTransitionError:
         log.info("dsr.claim.skipped", extra={"request_id": str(request_id)})
         return None
+
+
+def _take_over(
+    db: Database, request_id: uuid.UUID, actor: str, now: datetime, lease: float
+) -> DsrRequest | None:
+    """A new claim on a running request whose lease expired (its run is gone); the old
+    run's heartbeats fail from now on (the claim number changed)."""
+    try:
+        with db.session() as session:
+            request = transition(
+                session,
+                request_id,
+                Event.TAKEOVER,
+                actor=actor,
+                now=now,
+                values={
+                    "lease_until": now + timedelta(seconds=lease),
+                    "attempts": DsrRequest.attempts + 1,
+                    "last_error": "lease expired (worker lost); taken over",
+                },
+                where=[lease_expired(now, lease)],
+            )
+    except IllegalTransitionError:
+        return None
+    log.warning("dsr.claim.taken_over", extra={"request_id": str(request_id)})
+    return request
+
+
+def lease_expired(now: datetime, lease: float) -> ColumnElement[bool]:
+    """A running request whose lease ran out (rows claimed before leases existed: no
+    heartbeat for a lease's length)."""
+    return or_(
+        DsrRequest.lease_until < now,
+        and_(
+            DsrRequest.lease_until.is_(None),
+            DsrRequest.updated_at < now - timedelta(seconds=lease),
+        ),
+    )
+
+
+def _lease_alive(worker: Worker, request_id: uuid.UUID) -> bool:
+    """Another run holds a live lease on the request."""
+    with worker.db.session() as session:
+        request = session.get(DsrRequest, request_id)
+        return (
+            request is not None
+            and request.status == RequestStatus.RUNNING
+            and request.lease_until is not None
+            and request.lease_until >= worker.clock()
+        )
 
 
 def _context(worker: Worker, request: DsrRequest) -> RunContext:
@@ -199,6 +283,7 @@ def _finish(
     *,
     error: str | None = None,
     receipt: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> bool:
     """Record the outcome of our claim; False if the claim was lost (released or taken)."""
     return _finish_in(
@@ -210,6 +295,7 @@ def _finish(
         now=worker.clock(),
         error=error,
         receipt=receipt,
+        values=values,
     )
 
 
@@ -223,8 +309,9 @@ def _finish_in(
     now: datetime,
     error: str | None = None,
     receipt: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> bool:
-    values: dict[str, Any] = {"last_error": error[:2000] if error else None}
+    values = {"last_error": error[:2000] if error else None, "lease_until": None, **(values or {})}
     if receipt is not None:
         values["receipt"] = receipt
     details = {"error": type_of(error)} if error else {}

@@ -55,7 +55,7 @@ def worker() -> Worker:
         return _built["worker"]  # type: ignore[no-any-return]
 
 
-def run(request_id: uuid.UUID, claim: int | None = None) -> Outcome:
+def run(request_id: uuid.UUID, claim: int | None = None, *, retry_in: float = 0.0) -> Outcome:
     """Run a request (or its next chunk under `claim`). If the sources cannot be loaded
     for a reason retrying cannot fix (a manifest error), the request fails with that
     one line as its `last_error`; a retryable load error propagates (the task retries)."""
@@ -64,7 +64,7 @@ def run(request_id: uuid.UUID, claim: int | None = None) -> Outcome:
     except TerminalError as exc:
         db = control().db
         return fail_unrunnable(db, request_id, str(exc), claim=claim, now=utcnow())
-    return execute(current, request_id, claim)
+    return execute(current, request_id, claim, retry_in=retry_in)
 
 
 def sweep_context() -> SweepContext:

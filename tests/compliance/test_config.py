@@ -72,7 +72,7 @@ def test_unknown_timezone_is_refused() -> None:
     [
         ("GDPR_RATE_LIMIT_PER_MINUTE", "0"),
         ("GDPR_SERVE_PORT", "99999"),
-        ("GDPR_STALE_CLAIM_SECONDS", "-1"),
+        ("GDPR_LEASE_SECONDS", "1"),
         ("GDPR_REDISPATCH_AFTER_SECONDS", "-5"),
         ("GDPR_LOCK_TIMEOUT_MS", "-1"),
         ("GDPR_STATEMENT_TIMEOUT_MS", "-1"),

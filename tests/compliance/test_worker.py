@@ -114,7 +114,7 @@ def test_stale_running_claim_is_released_and_then_redispatched(
     with db.session() as session:  # a worker claimed it and died
         row = session.get_one(DsrRequest, created.id)
         row.status, row.updated_at = "running", NOW
-    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     assert release_stale_claims(db, settings, later) == [created.id]
     assert status_of(db, created).status == "queued"
     dispatcher = RecordingDispatcher()
@@ -138,7 +138,7 @@ def test_a_worker_whose_claim_went_stale_cannot_finish_the_new_claim(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     second = make_worker(db, settings, lambda ctx: {})
 
     def slow_runner(ctx: RunContext) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def test_a_stale_worker_failing_late_does_not_fail_the_new_claim(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     second = make_worker(db, settings, lambda ctx: {})
 
     def failing_runner(ctx: RunContext) -> dict[str, Any]:
@@ -200,11 +200,11 @@ def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
 
     created = submit_request(db, settings, RequestKind.EXPORT)
     assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
-    later = NOW + timedelta(seconds=settings.stale_claim_seconds + 1)
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
 
     def heartbeat_then_transition(session: Any, request_id: Any, *args: Any, **kw: Any) -> Any:
-        with db.session() as other:  # the worker reports progress just after the select
-            other.get_one(DsrRequest, request_id).updated_at = later
+        with db.session() as other:  # the worker's heartbeat renews the lease after the select
+            other.get_one(DsrRequest, request_id).lease_until = later + timedelta(seconds=30)
         return transition(session, request_id, *args, **kw)
 
     monkeypatch.setattr(maintenance, "transition", heartbeat_then_transition)

@@ -207,7 +207,7 @@ def test_a_long_export_keeps_its_claim_fresh_so_it_is_not_run_twice(
     class SlowSource(ShopSource):
         def _orders(self, identities: Identities) -> Iterator[Mapping[str, Any]]:
             for n in range(3):  # each row takes longer than a claim may stay silent
-                times.append(times[-1] + timedelta(seconds=settings.stale_claim_seconds + 1))
+                times.append(times[-1] + timedelta(seconds=settings.lease_seconds + 1))
                 yield {"id": n, "email": EMAIL, "total": "1.00"}
                 released.append(release_stale_claims(db, settings, times[-1]))
 

@@ -71,7 +71,7 @@ def app_with_sources(tmp_path: Path, **settings: str) -> tuple[Path, dict[str, s
 
 
 def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> None:
-    app_db, env = app_with_sources(tmp_path, stale_claim_seconds="0", redispatch_after_seconds="0")
+    app_db, env = app_with_sources(tmp_path, lease_seconds="3", redispatch_after_seconds="0")
     created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
     gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
 
