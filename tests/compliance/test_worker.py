@@ -373,3 +373,97 @@ def test_a_broken_manifest_leaves_a_request_that_is_not_queued_alone(
     created = submit_request(db, settings, RequestKind.ERASURE)  # awaiting approval
     assert fail_unrunnable(db, created.id, "bad", now=NOW) == Outcome.SKIPPED
     assert status_of(db, created).status == "awaiting_approval"
+
+
+# --- leases -------------------------------------------------------------------------
+
+
+def _at(db: Database, settings: Settings, runner: Runner, when: Any) -> Worker:
+    worker = make_worker(db, settings, runner)
+    return Worker(
+        worker.settings,
+        worker.db,
+        worker.keyring,
+        worker.sources,
+        worker.runners,
+        clock=lambda: when,
+        name=f"worker@{when:%H%M%S}",
+    )
+
+
+def test_a_message_for_a_request_whose_lease_expired_takes_it_over(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None  # then dies
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
+    seen: list[int | None] = []
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        seen.append(ctx.claim)
+        return {"done": True}
+
+    assert execute(_at(db, settings, runner, later), created.id) == Outcome.COMPLETED
+    done = status_of(db, created)
+    assert (done.status, done.attempts, seen) == ("completed", 2, [2])
+    assert done.lease_until is None
+
+
+def test_a_message_for_a_request_whose_lease_is_alive_is_busy(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    soon = NOW + timedelta(seconds=settings.lease_seconds - 1)
+    assert execute(_at(db, settings, lambda ctx: {}, soon), created.id) == Outcome.BUSY
+    assert status_of(db, created).attempts == 1
+
+
+def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.errors import LeaseHeldError
+    from compliance.execution import heartbeat
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    old = _claim(make_worker(db, settings, lambda ctx: {}), created.id)
+    assert old is not None
+    later = NOW + timedelta(seconds=settings.lease_seconds + 1)
+    from compliance.worker import _take_over
+
+    assert _take_over(db, created.id, "b", later, settings.lease_seconds) is not None
+    stale = RunContext(
+        settings,
+        db,
+        load_keyring(settings),
+        answering(),
+        created.id,
+        created.subject,
+        requests_identities(),
+        clock=lambda: later,
+        claim=old.attempts,
+    )
+    with db.session() as session, pytest.raises(LeaseHeldError):
+        heartbeat(session, stale)
+
+
+def requests_identities() -> Any:
+    from tests.compliance.helpers import ada
+
+    return ada()
+
+
+def test_the_sweep_leaves_a_request_in_retry_backoff_alone(
+    db: Database, settings: Settings
+) -> None:
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        raise SourceUnavailableError("app database unavailable: connection refused")
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    with pytest.raises(SourceUnavailableError):
+        execute(make_worker(db, settings, runner), created.id, retry_in=300)
+    assert status_of(db, created).status == "queued"
+    during = NOW + timedelta(seconds=200)
+    assert redispatch_queued(db, settings, RecordingDispatcher(), during) == []
+    after = NOW + timedelta(seconds=301)
+    assert redispatch_queued(db, settings, RecordingDispatcher(), after) == [created.id]
