@@ -33,7 +33,7 @@ def test_expired_rows_go_and_fresh_rows_stay(harness: Harness) -> None:
     assert run.status == "completed"
     assert harness.keys("sessions") == ALL_SESSIONS - app.expired_sessions()
     assert run.counts["deleted"] == len(app.expired_sessions())
-    assert run.counts["batches"] >= 30 // 4
+    assert run.counts["batches"] > 1  # key-range batches, not one statement
 
 
 def test_a_second_run_finds_nothing_to_do(harness: Harness) -> None:
