@@ -263,10 +263,10 @@ class _Walk:
     the highest key when the run started.
 
     An integer key walks by arithmetic: each batch covers `step` key values, and `step`
-    adapts after every batch towards `TARGET_BATCH_MS` (within 1/8 and 8 times the
-    configured batch size), so sparse and dense ranges both make short transactions and
-    no batch reads the index to find its end. Other keys (uuid, text, timestamps) find
-    each batch's end with one step along the index (`_next_bound`)."""
+    adapts after every batch towards `TARGET_BATCH_MS` (from a quarter of the configured
+    batch size, within 1/8 and 4 times it), so sparse and dense ranges both make short
+    transactions and no batch reads the index to find its end. Other keys (uuid, text,
+    timestamps) find each batch's end with one step along the index (`_next_bound`)."""
 
     def __init__(self, key: Column[Any], last: Any, high: Any, size: int, step: int) -> None:
         self.key, self.last, self.high, self.size, self.step = key, last, high, size, step
@@ -277,7 +277,7 @@ class _Walk:
     def start(
         cls, source: SourceHandle, key: Column[Any], cursor: Mapping[str, Any], size: int
     ) -> _Walk:
-        step = int(cursor.get("step") or size)
+        step = int(cursor.get("step") or max(1, size // 4))  # start small, then adapt
         if "high" in cursor:
             last = cursor.get("last")
             low = None if last is None else from_json(key, last)
@@ -303,8 +303,8 @@ class _Walk:
         self.last = self.high if upper is None else upper
         self.finished = upper is None
         if self.integer:
-            factor = min(2.0, max(0.5, TARGET_BATCH_MS / max(elapsed_ms, 1.0)))
-            self.step = int(min(self.size * 8, max(self.size // 8 or 1, self.step * factor)))
+            factor = min(1.5, max(0.5, TARGET_BATCH_MS / max(elapsed_ms, 1.0)))
+            self.step = int(min(self.size * 4, max(self.size // 8 or 1, self.step * factor)))
 
     def cursor(self) -> dict[str, Any]:
         return {"last": to_json(self.last), "high": to_json(self.high), "step": self.step}
