@@ -57,6 +57,7 @@ class ReceiptSummary:
     lines: tuple[ReceiptLine, ...]
     verified: bool | None  # None: the receipt says nothing about verification
     held: tuple[HeldLine, ...] = ()  # kept by a legal hold, erased when it ends
+    exports_removed: int = 0  # earlier exports' links revoked and packages deleted
 
     @property
     def retained(self) -> tuple[ReceiptLine, ...]:
@@ -158,7 +159,17 @@ def summarise_receipt(receipt: Mapping[str, Any]) -> ReceiptSummary:
     A place is any mapping holding ``deleted``/``anonymized``/``retained`` counts; when a
     mapping and its children both hold counts, the children (more detail) win.
     """
-    return ReceiptSummary(tuple(_lines(receipt, ())), _verified(receipt), _held(receipt))
+    return ReceiptSummary(
+        tuple(_lines(receipt, ())), _verified(receipt), _held(receipt), _exports(receipt)
+    )
+
+
+def _exports(receipt: Mapping[str, Any]) -> int:
+    """How many export links and packages the erasure removed (``exports`` key)."""
+    found = receipt.get("exports")
+    if not isinstance(found, Mapping):
+        return 0
+    return _count(found, "links_revoked") + _count(found, "packages_deleted")
 
 
 def _held(receipt: Mapping[str, Any]) -> tuple[HeldLine, ...]:
@@ -176,8 +187,8 @@ def _lines(node: Any, path: tuple[str, ...]) -> Iterator[ReceiptLine]:
     children: list[ReceiptLine] = []
     if isinstance(node, Mapping):
         for key, value in node.items():
-            if key == "held":
-                continue  # what a hold keeps is summarised on its own (`_held`)
+            if key in ("held", "exports"):
+                continue  # summarised on their own (`_held`, `_exports`)
             if isinstance(value, Mapping | list):
                 children.extend(_lines(value, (*path, _label(value, str(key)))))
     elif isinstance(node, list):

@@ -8,9 +8,11 @@ counted and audited once however many workers run the sweep.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from compliance import audit
 from compliance.db import Database
@@ -55,21 +57,38 @@ def _due(db: Database, now: datetime, after: int, batch: int) -> list[tuple[int,
 
 def _mark_deleted(db: Database, package_id: int, now: datetime) -> int:
     with db.session() as session:
-        result = session.execute(
-            update(ExportPackage)
-            .where(ExportPackage.id == package_id, ExportPackage.deleted_at.is_(None))
-            .values(deleted_at=now)
-        )
-        if not getattr(result, "rowcount", 0):
-            return 0  # another sweep got there first
-        package = session.get_one(ExportPackage, package_id)
-        audit.record(
-            session,
-            actor=ACTOR,
-            action="export.package.deleted",
-            now=now,
-            request_id=package.request_id,
-            details={"size": package.size, "reason": "expired"},
-        )
-    log.info("dsr.export.package_deleted", extra={"request_id": str(package.request_id)})
+        return mark_deleted(session, package_id, now, actor=ACTOR, reason="expired")
+
+
+def mark_deleted(
+    session: Session,
+    package_id: int,
+    now: datetime,
+    *,
+    actor: str,
+    reason: str,
+    details: Mapping[str, str] | None = None,
+) -> int:
+    """Mark a package whose object was deleted, and audit it, inside the caller's
+    transaction: 1 if this call marked it, 0 if it was already marked."""
+    result = session.execute(
+        update(ExportPackage)
+        .where(ExportPackage.id == package_id, ExportPackage.deleted_at.is_(None))
+        .values(deleted_at=now)
+    )
+    if not getattr(result, "rowcount", 0):
+        return 0  # another sweep (or an erasure) got there first
+    package = session.get_one(ExportPackage, package_id)
+    audit.record(
+        session,
+        actor=actor,
+        action="export.package.deleted",
+        now=now,
+        request_id=package.request_id,
+        details={"size": package.size, "reason": reason, **(details or {})},
+    )
+    log.info(
+        "dsr.export.package_deleted",
+        extra={"request_id": str(package.request_id), "reason": reason},
+    )
     return 1

@@ -30,6 +30,7 @@ from compliance.sources.base import Action, DataSource, ExportItem, FileItem, Ro
 from exporters.crypto import encrypt_stream, wrapper_for
 from exporters.package import write_package
 from exporters.storage import open_storage
+from exporters.uploads import UploadLog
 
 log = logging.getLogger("gdpr.exporters.job")
 
@@ -56,8 +57,11 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
         subject_label=", ".join(identities.values(IdentityType.EMAIL)),
     )
     key = package_key(ctx.request_id)
+    # A multipart upload is on record before its first part: if this run dies, the
+    # maintenance sweep aborts it (exporters.uploads).
+    uploads = UploadLog(ctx.db, ctx.request_id, ctx.claim, ctx.clock, beat=pulse(ctx))
     size = open_storage(ctx.settings).upload(
-        key, _hashed(encrypt_stream(plaintext, wrapper), digest)
+        key, _hashed(encrypt_stream(plaintext, wrapper), digest), uploads
     )
     row = ExportPackage(
         request_id=ctx.request_id,

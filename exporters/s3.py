@@ -2,24 +2,43 @@
 
 Large bodies go up as a multipart upload (parts of at least 8 MiB, a few in flight at a
 time so memory stays bounded, each with a CRC32 checksum), aborted on any failure: the
-object appears only when the upload completes. boto3 errors are translated here, at the edge.
+object appears only when the upload completes. The upload is reported to an
+`UploadRecorder` before its first part is sent (its parts hold the package header, with
+the wrapped data key), so one that a killed worker or an unreachable S3 leaves behind is
+aborted later by `exporters.uploads`. boto3 errors are translated here, at the edge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from compliance.config import Settings
-from compliance.errors import NotFoundError, StorageAccessError, StorageUnavailableError
-from exporters.storage import READ_CHUNK, check_key
+from compliance.errors import (
+    ComplianceError,
+    NotFoundError,
+    StorageAccessError,
+    StorageUnavailableError,
+)
+from exporters.storage import (
+    NO_RECORDER,
+    READ_CHUNK,
+    IncompleteUpload,
+    UploadOutcome,
+    UploadRecorder,
+    check_key,
+)
+
+log = logging.getLogger("gdpr.exporters.s3")
 
 PART_SIZE = 8 * 1024 * 1024
 IN_FLIGHT = 8
@@ -72,7 +91,9 @@ class S3Storage:
             args["SSEKMSKeyId"] = self.sse_kms_key
         return args
 
-    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
+    def upload(
+        self, key: str, chunks: Iterable[bytes], recorder: UploadRecorder = NO_RECORDER
+    ) -> int:
         full = self._key(key)
         parts = _parts(chunks, self.part_size)
         first = next(parts, b"")
@@ -81,16 +102,19 @@ class S3Storage:
             with translated(key):
                 self.client.put_object(Bucket=self.bucket, Key=full, Body=first, **self._sse_args())
             return len(first)
-        return self._multipart(key, full, _chain(first, second, parts))
+        return self._multipart(key, full, _chain(first, second, parts), recorder)
 
-    def _multipart(self, key: str, full: str, parts: Iterator[bytes]) -> int:
+    def _multipart(
+        self, key: str, full: str, parts: Iterator[bytes], recorder: UploadRecorder
+    ) -> int:
         with translated(key):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=full, ChecksumAlgorithm=CHECKSUM, **self._sse_args()
             )["UploadId"]
         try:
+            recorder.started(self.bucket, full, upload_id)
             with translated(key):
-                done, size = self._send_parts(full, upload_id, parts)
+                done, size = self._send_parts(full, upload_id, parts, recorder)
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=full,
@@ -98,13 +122,78 @@ class S3Storage:
                     MultipartUpload={"Parts": done},
                 )
         except BaseException:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            self._abort_after_failure(key, full, upload_id, recorder)
             raise
+        recorder.finished(upload_id, UploadOutcome.COMPLETED)
         return size
 
+    def _abort_after_failure(
+        self, key: str, full: str, upload_id: str, recorder: UploadRecorder
+    ) -> None:
+        """Abort a failed upload. If S3 cannot be reached, its record stays open and the
+        sweep aborts it later; if the record cannot be closed, the sweep closes it."""
+        try:
+            self.abort_upload(self.bucket, full, upload_id)
+        except ComplianceError as exc:
+            log.warning("dsr.export.upload_abort_failed", extra={"key": key, "error": str(exc)})
+            return
+        try:
+            recorder.finished(upload_id, UploadOutcome.ABORTED)
+        except Exception as exc:  # the original error matters more; the sweep tidies up
+            log.warning("dsr.export.upload_unrecorded", extra={"key": key, "error": repr(exc)})
+
+    def abort_upload(self, bucket: str, s3_key: str, upload_id: str) -> None:
+        """Abort a multipart upload, freeing its parts; one that is already gone (aborted,
+        or completed) is not an error. `s3_key` is the full key, prefix included."""
+        with translated(s3_key):
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=s3_key, UploadId=upload_id)
+            except ClientError as exc:
+                if _code(exc) != "NoSuchUpload":
+                    raise
+
+    def incomplete_uploads(self) -> list[IncompleteUpload]:
+        """Every multipart upload under the storage prefix that is neither completed nor
+        aborted, whoever started it."""
+        args = {"Bucket": self.bucket}
+        if self.prefix:
+            args["Prefix"] = f"{self.prefix}/"
+        found = []
+        with translated(self.prefix or self.bucket):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(**args):
+                found += [
+                    IncompleteUpload(
+                        bucket=self.bucket,
+                        s3_key=item["Key"],
+                        upload_id=item["UploadId"],
+                        initiated=item["Initiated"].astimezone(UTC),
+                    )
+                    for item in page.get("Uploads", [])
+                ]
+        return found
+
+    def abort_rule_days(self) -> int | None:
+        """After how many days the bucket's lifecycle configuration aborts incomplete
+        multipart uploads under the storage prefix; None when no enabled rule does."""
+        with translated(self.prefix or self.bucket):
+            try:
+                reply = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+            except ClientError as exc:
+                if _code(exc) != "NoSuchLifecycleConfiguration":
+                    raise
+                return None
+        root = f"{self.prefix}/" if self.prefix else ""
+        days = [
+            int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+            for rule in reply.get("Rules", [])
+            if rule.get("Status") == "Enabled"
+            and "AbortIncompleteMultipartUpload" in rule
+            and _rule_covers(rule, root)
+        ]
+        return min(days, default=None)
+
     def _send_parts(
-        self, full: str, upload_id: str, parts: Iterator[bytes]
+        self, full: str, upload_id: str, parts: Iterator[bytes], recorder: UploadRecorder
     ) -> tuple[list[dict[str, Any]], int]:
         done: list[dict[str, Any]] = []
         pending: deque[Future[dict[str, Any]]] = deque()
@@ -116,8 +205,10 @@ class S3Storage:
                     pending.append(pool.submit(self._put_part, full, upload_id, number, body))
                     while len(pending) >= self.in_flight:
                         done.append(pending.popleft().result())
+                        recorder.alive()
                 while pending:
                     done.append(pending.popleft().result())
+                    recorder.alive()
             finally:
                 for future in pending:
                     future.cancel()
@@ -218,11 +309,28 @@ def translated(key: str) -> Iterator[None]:
         ) from exc
 
 
+def _rule_covers(rule: dict[str, Any], root: str) -> bool:
+    """Whether a lifecycle rule applies to every object under `root` (a prefix-only filter,
+    or none; a rule that also filters on size or tags covers only some)."""
+    where = rule.get("Filter", {"Prefix": rule.get("Prefix", "")})
+    if "And" in where:
+        where = where["And"]
+    if set(where) - {"Prefix"}:
+        return False
+    return root.startswith(str(where.get("Prefix", "")))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 def _from_client_error(exc: ClientError, key: str) -> Exception:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
+    code = _code(exc)
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     if code in _MISSING:
         return NotFoundError(f"object '{key}' does not exist in storage")
+    if code == "NoSuchUpload":  # aborted meanwhile: a sweep found its run gone, or an erasure
+        return StorageUnavailableError("the multipart upload was aborted meanwhile; retry")
     if code in _RETRYABLE or status >= 500:
         return StorageUnavailableError(f"S3 temporarily failed ({code or status}); retry later")
     if code == "NoSuchBucket":

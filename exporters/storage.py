@@ -3,6 +3,11 @@
 `open_storage(settings)` picks the backend from `settings.storage`: ``file:///path`` (the
 embedded default: a folder) or ``s3://bucket/prefix`` (any S3-compatible endpoint; see
 `exporters.s3`). Uploads are atomic: a reader sees the whole object or none of it.
+
+A backend that uploads in parts (S3) tells an `UploadRecorder` about each multipart upload
+before its first part is sent and when it ends, so an upload a crash or an outage leaves
+incomplete is found and aborted later (`exporters.uploads`); the folder backend has no
+such uploads and ignores it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
@@ -29,11 +36,65 @@ READ_CHUNK = 1024 * 1024
 MAX_KEY = 900
 
 
+class UploadOutcome(StrEnum):
+    """How a multipart upload ended (``multipart_upload.outcome``)."""
+
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class UploadRecorder(Protocol):
+    """Keeps track of the multipart uploads of one run (`exporters.uploads.UploadLog`)."""
+
+    def started(self, bucket: str, s3_key: str, upload_id: str) -> None:
+        """Record the upload durably; called before its first part is sent. If this
+        raises, the upload is aborted and the error propagates."""
+        ...
+
+    def alive(self) -> None:
+        """Called as parts complete: the upload is making progress (renew the run's
+        lease). If this raises, the upload is aborted and the error propagates."""
+        ...
+
+    def finished(self, upload_id: str, outcome: UploadOutcome) -> None:
+        """The upload completed, or was aborted (so its parts are gone)."""
+        ...
+
+
+class NoRecorder:
+    """The default recorder: keeps no record (uploads outside a request's run: tests, bench)."""
+
+    def started(self, bucket: str, s3_key: str, upload_id: str) -> None:
+        pass
+
+    def alive(self) -> None:
+        pass
+
+    def finished(self, upload_id: str, outcome: UploadOutcome) -> None:
+        pass
+
+
+NO_RECORDER = NoRecorder()
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A multipart upload the storage lists as neither completed nor aborted."""
+
+    bucket: str
+    s3_key: str  # the full key in the bucket, prefix included
+    upload_id: str
+    initiated: datetime
+
+
 class ObjectStorage(Protocol):
     """Where encrypted packages live. Keys are relative paths such as ``exports/<id>.zip.enc``."""
 
-    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
-        """Store the stream under `key` atomically; returns the number of bytes written."""
+    def upload(
+        self, key: str, chunks: Iterable[bytes], recorder: UploadRecorder = NO_RECORDER
+    ) -> int:
+        """Store the stream under `key` atomically; returns the number of bytes written.
+        A multipart upload, if the backend makes one, is reported to `recorder`."""
         ...
 
     def download(self, key: str) -> Iterator[bytes]:
@@ -75,8 +136,10 @@ class FileStorage:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def upload(self, key: str, chunks: Iterable[bytes]) -> int:
-        path = self._path(key)
+    def upload(
+        self, key: str, chunks: Iterable[bytes], recorder: UploadRecorder = NO_RECORDER
+    ) -> int:
+        path = self._path(key)  # one local file, no multipart upload: nothing to record
         with _os_errors(key):
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")

@@ -1,6 +1,9 @@
-"""Maintenance tasks fired by beat: keep requests moving, delete expired packages."""
+"""Maintenance tasks fired by beat: keep requests moving, abort orphaned uploads, delete
+expired packages."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from compliance import maintenance
 from compliance.db import utcnow
@@ -20,6 +23,7 @@ def sweep() -> dict[str, int]:
     store = runs.Store(base.db, base.keyring, base.settings.retention_lease_seconds)
     idle = max(base.settings.retention_lease_seconds, base.settings.redispatch_after_seconds)
     lost = retention_sweep.lost_parts(store, dispatcher, now, idle)
+    abort_orphaned_uploads(base, now)  # each abort is logged
     return {
         "released": len(result.released),
         "redispatched": len(result.redispatched),
@@ -27,6 +31,16 @@ def sweep() -> dict[str, int]:
         "expired_holds": len(result.expired_holds),
         "retention_parts": len(lost),
     }
+
+
+def abort_orphaned_uploads(base: runtime.Control, now: datetime) -> int:
+    """Abort the S3 multipart uploads no live run owns (its parts hold personal data);
+    an unreachable S3 leaves them on record for the next sweep."""
+    from exporters.storage import open_storage
+    from exporters.uploads import abort_orphaned_uploads as abort_orphans
+
+    report = abort_orphans(base.db, open_storage(base.settings), base.settings, now)
+    return len(report.aborted) + len(report.unrecorded)
 
 
 @app.task(name="gdpr.maintenance.purge_packages", acks_late=True)

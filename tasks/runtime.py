@@ -129,13 +129,23 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
 
 
 def run_erasure(ctx: RunContext) -> dict[str, Any] | None:
-    """One chunk of the erasure; at the end, the receipt is mailed to the subject."""
+    """One chunk of the erasure; at the end, the subject's exports lose their links and
+    packages (receipt key ``exports``), then the receipt is mailed to the subject."""
     from compliance.erasure import run_erasure_chunk
     from exporters.delivery import notify_erasure
+    from exporters.revoke import revoke_subject_exports
+    from exporters.storage import open_storage
 
     receipt = run_erasure_chunk(ctx, max_seconds=ctx.settings.erase_chunk_seconds)
     if receipt is None:
         return None
-    if not ctx.dry_run:
-        notify_erasure(ctx, receipt)
+    if ctx.dry_run:
+        return receipt
+    # An erasure on hold revokes and deletes too: an export package is a copy made for
+    # the subject, not the records a legal hold keeps (those stay at their sources). The
+    # step finishes only with the erasure, so exports made while it waits go then.
+    held = bool(receipt.get("held"))
+    exports = revoke_subject_exports(ctx, open_storage(ctx.settings), final=not held)
+    receipt = {**receipt, "exports": exports}
+    notify_erasure(ctx, receipt)
     return receipt
