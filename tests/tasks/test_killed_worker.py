@@ -86,7 +86,14 @@ def test_erasure_resumes_after_the_worker_is_killed_mid_way(tmp_path: Path) -> N
     assert 0 < left < ADA_EVENTS, "the kill must land in the middle of the erasure"
     assert gdpr(tmp_path, env, "request", "show", created["id"])["status"] == "running"
 
+    # beat's sweep (every minute) recovers the request once its lease (3 s here) expired
     swept = gdpr(tmp_path, env, "maintenance", "sweep")
+    assert swept["released"] == []  # the lease is still alive right after the kill
+    deadline = time.monotonic() + 15
+    while not swept["released"]:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.5)
+        swept = gdpr(tmp_path, env, "maintenance", "sweep")
     assert swept["released"] == [created["id"]]
     assert swept["redispatched"] == [created["id"]]
     second = start_worker(tmp_path, env, log)
