@@ -33,6 +33,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+def describe(settings: Settings) -> list[str]:
+    """The schedule in words, one line per entry (printed when beat starts)."""
+    every = settings.sweep_every_seconds
+    return [
+        f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
+        f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
+        f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
+    ]
+
+
 def retention_schedule(settings: Settings) -> crontab:
     """`retention_cron` ("minute hour day-of-month month day-of-week") as a crontab;
     Celery reads it in the app's timezone (`settings.timezone`)."""

@@ -12,7 +12,8 @@ import click
 
 from compliance.cli.context import App, current
 from compliance.cli.output import one_line
-from compliance.errors import RetryableError
+from compliance.config import Settings
+from compliance.errors import ConfigError, RetryableError
 
 ALL_QUEUES = "requests,retention,maintenance"
 
@@ -44,9 +45,25 @@ def worker(
         *celery_args,
     ]
     if with_beat:
-        current().settings().home.mkdir(parents=True, exist_ok=True)  # beat's schedule file
+        prepare_beat(current().settings())
         argv.append("-B")
     app.worker_main(argv)
+
+
+def prepare_beat(settings: Settings) -> None:
+    """Create the folder beat keeps its schedule file in (or refuse in one line), and
+    print the schedule."""
+    from tasks.schedule import describe
+
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {settings.home} for beat's schedule file ({exc.strerror});"
+            " set GDPR_HOME to a writable folder"
+        ) from None
+    for line in describe(settings):
+        click.echo(f"beat: {line}")
 
 
 def check_sources(app: App) -> None:
@@ -69,6 +86,6 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     from tasks.app import configure
 
     settings = current().settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_beat(settings)
     app = configure(settings)
     app.start(["beat", "-l", loglevel, *celery_args])

@@ -69,3 +69,26 @@ def test_a_worker_whose_source_is_unreachable_warns_and_starts(
     (line,) = error_lines(result)
     assert line.startswith("warning: ") and line.endswith("; starting anyway")
     assert len(started) == 1
+
+
+def test_beat_creates_its_folder_and_prints_its_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from compliance.cli.worker_cmd import prepare_beat
+
+    settings = Settings(home=tmp_path / "missing" / ".gdpr", retention_cron="30 3 * * *")
+    prepare_beat(settings)
+    assert settings.home.is_dir()
+    out = capsys.readouterr().out
+    assert "beat: retention sweep at '30 3 * * *' (UTC)" in out
+    assert "beat: maintenance sweep every 60 s" in out
+
+
+def test_beat_refuses_in_one_line_when_its_folder_cannot_be_made(tmp_path: Path) -> None:
+    from compliance.cli.worker_cmd import prepare_beat
+    from compliance.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot create .* set GDPR_HOME to a writable"):
+        prepare_beat(Settings(home=blocker / ".gdpr"))
