@@ -1,10 +1,42 @@
 """Identities of a data subject: types, validation, normalisation and pseudonyms.
 
-An `Identity` is a (type, value) pair such as ``email:ada@example.com``. Values are
-normalised before they are stored, hashed or matched, so ``Ada@Example.COM`` and
-``ada@example.com`` are the same subject. A pseudonym is an HMAC of the normalised
-identity under the installation's pseudonym key: stable, unlinkable without the key,
-and the only form in which a subject appears in logs, audit events and messages.
+An `Identity` is a (type, value) pair such as ``email:ada@example.com``. A pseudonym is
+an HMAC of the identity under the installation's pseudonym key: stable, unlinkable
+without the key, and the only form in which a subject appears in logs, audit events and
+messages.
+
+A value is what the operator typed. `parse_identity` changes it only in ways that cannot
+turn one person's identity into another's:
+
+- surrounding whitespace is removed;
+- an email address is lower-cased, so ``Ada@Example.COM`` and ``ada@example.com`` are
+  the same subject;
+- a phone number loses its formatting (spaces of any kind and ``( ) . -``), and a
+  leading ``00`` becomes ``+``.
+
+Anything else Unicode normalisation would change is refused, never folded: a lookalike
+pasted from a ticket (a full-width ``ada@example.com``, a superscript one as user id)
+would otherwise become somebody else's identity. A value is refused when
+
+- it holds an invisible or control character: categories Cc, Cf, Cs, Co, Cn (zero-width
+  space, bidi overrides, soft hyphen) or another default-ignorable code point
+  (variation selectors, Hangul fillers);
+- it is not in NFC (composed) form: ``u`` + U+0308 COMBINING DIAERESIS is refused,
+  ``ü`` as one character (``jürgen@example.de``) is accepted; so is a canonical
+  singleton such as U+212A KELVIN SIGN refused, which NFC (and lower-casing) would
+  turn into ``K`` (``k``);
+- its NFKC form differs from its NFC form: compatibility characters such as full-width
+  forms, superscripts, ligatures (``ﬁ``) and the no-break space (in a phone number any
+  space is formatting and allowed);
+- a phone number holds a digit other than ASCII 0-9 (Arabic-Indic, full-width,
+  superscript).
+
+Emails may contain letters, marks and digits of any script (RFC 6531); user ids,
+customer ids and custom identities are ASCII. A `ValidationError` never echoes the
+value: it names the first offending character by code point, name and position
+(``U+FF41 FULLWIDTH LATIN SMALL LETTER A at position 1``) and how many more there are.
+Sources compare values as given (`compliance.sources.sql.keys.coerce`: ``01`` is not
+``1``).
 """
 
 from __future__ import annotations
@@ -36,6 +68,28 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_PHONE_FORMATTING = re.compile(r"[ ().-]")
+_ASCII_DIGITS = frozenset("0123456789")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_DEFAULT_IGNORABLE = (  # DerivedCoreProperties.txt, Default_Ignorable_Code_Point
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
 _CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ID_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 
@@ -96,33 +150,110 @@ def validate_type(identity_type: str) -> str:
 
 
 def parse_identity(identity_type: str, raw: str) -> Identity:
-    """Validate and normalise one identity; a `ValidationError` never echoes the value."""
+    """Validate and normalise one identity (module docstring); a `ValidationError` never
+    echoes the value."""
     identity_type = validate_type(identity_type)
     if not isinstance(raw, str) or not raw.strip():
         raise ValidationError(f"{identity_type} is empty; give a value")
     if len(raw) > MAX_VALUE_LENGTH:
         raise ValidationError(f"{identity_type} is longer than {MAX_VALUE_LENGTH} characters")
-    value = unicodedata.normalize("NFKC", raw).strip()
-    if any(unicodedata.category(ch).startswith("C") for ch in value):
-        raise ValidationError(f"{identity_type} contains control characters; remove them")
+    value = raw.strip()
+    _refuse_lookalikes(identity_type, value, start=len(raw) - len(raw.lstrip()))
     return Identity(identity_type, _normalise(identity_type, value))
+
+
+def _refuse_lookalikes(identity_type: str, value: str, start: int) -> None:
+    """Raise if normalisation would change `value` beyond case and formatting; `start`
+    is where `value` begins in what was typed (positions in the message count from 1)."""
+    found = _lookalikes(identity_type, value)
+    if found is None:
+        return
+    problem, fix, positions = found
+    first = _describe(value[positions[0]], start + positions[0] + 1)
+    more = f", and {len(positions) - 1} more" if len(positions) > 1 else ""
+    raise ValidationError(f"{identity_type} {problem} ({first}{more}); {fix}")
+
+
+def _lookalikes(identity_type: str, value: str) -> tuple[str, str, list[int]] | None:
+    """What is wrong with `value`, how to fix it, and where; None: nothing."""
+    invisible = [i for i, ch in enumerate(value) if _invisible(ch)]
+    if invisible:
+        return (
+            "contains an invisible or control character",
+            "delete it, or retype the value by hand",
+            invisible,
+        )
+    if identity_type == IdentityType.PHONE:
+        digits = [i for i, ch in enumerate(value) if ch.isdigit() and ch not in _ASCII_DIGITS]
+        if digits:
+            return "has a digit other than 0-9", "type the number with digits 0-9", digits
+        value = _plain_spaces(value)
+    if not unicodedata.is_normalized("NFC", value):
+        return (
+            "is not in composed Unicode form (NFC)",
+            "retype it by hand so that each accented letter is one character",
+            [_first_uncomposed(value)],
+        )
+    compatible = [i for i, ch in enumerate(value) if unicodedata.normalize("NFKC", ch) != ch]
+    if compatible:
+        return (
+            "contains look-alike characters",
+            "retype it in plain characters, without full-width forms, superscripts, "
+            "ligatures or special spaces",
+            compatible,
+        )
+    return None
+
+
+def _invisible(ch: str) -> bool:
+    if unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+        return True
+    code = ord(ch)
+    return any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
+
+
+def _first_uncomposed(value: str) -> int:
+    """The position of the first character at which `value` stops being in NFC form."""
+    for end in range(1, len(value) + 1):
+        if not unicodedata.is_normalized("NFC", value[:end]):
+            return end - 1
+    return 0
+
+
+def _describe(ch: str, position: int) -> str:
+    """One character for an error message: code point and name, never the character."""
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}{' ' + name if name else ''} at position {position}"
+
+
+def _plain_spaces(value: str) -> str:
+    """`value` with every space character (no-break, thin, ideographic...) as ``' '``."""
+    return "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in value)
+
+
+def _ascii_shape(value: str) -> str:
+    """`value` with each non-ASCII letter, mark or digit as ``a``, for the ASCII pattern."""
+    return "".join(
+        "a" if ord(ch) > 127 and unicodedata.category(ch)[0] in "LMN" else ch for ch in value
+    )
 
 
 def _normalise(identity_type: str, value: str) -> str:
     if identity_type == IdentityType.EMAIL:
-        if len(value) > 254 or not _EMAIL.match(value) or len(value.split("@")[0]) > 64:
+        local = value.split("@")[0]
+        if len(value) > 254 or not _EMAIL.fullmatch(_ascii_shape(value)) or len(local) > 64:
             raise ValidationError("email is malformed; expected something like name@example.com")
         return value.lower()
     if identity_type == IdentityType.PHONE:
-        digits = re.sub(r"[\s().-]", "", value)
+        digits = _PHONE_FORMATTING.sub("", _plain_spaces(value))
         if digits.startswith("00"):
             digits = "+" + digits[2:]
-        if not _PHONE.match(digits):
+        if not _PHONE.fullmatch(digits):
             raise ValidationError(
                 "phone is malformed; use international format like +4915112345678"
             )
         return digits
-    if not _ID_VALUE.match(value):
+    if not _ID_VALUE.fullmatch(value):
         raise ValidationError(
             f"{identity_type} is malformed; use up to 128 letters, digits and . _ : @ + -"
         )

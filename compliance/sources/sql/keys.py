@@ -3,6 +3,15 @@ and reading many keys fast. Every value goes in as a bound parameter.
 
 Single values of a SQL source: identity strings coerced to a column's type, keys in
 and out of a JSON checkpoint, anonymised values and the test for them.
+
+An identity is matched as the text it is, or as a value of the column's declared type
+only when that value's canonical text is the identity: ``1`` matches integer 1, but
+``01``, ``+1``, ``-0``, ``1.0`` and ``1e0`` match nothing in an integer column (they
+are not how anyone writes that id, and would otherwise turn one subject into another).
+A UUID matches in its canonical 8-4-4-4-12 form with dashes, in either case (UUIDs are
+case-insensitive); braces, ``urn:uuid:`` and the form without dashes match nothing.
+Other numbers (numeric, decimal, float), dates and bytes are not identity columns: no
+identity matches there.
 """
 
 from __future__ import annotations
@@ -126,7 +135,8 @@ def fetch_all(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
     return rows
 
 
-_INT = re.compile(r"^-?[0-9]{1,19}$")
+_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")  # canonical: no sign but -, no leading zeros
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HMAC = re.compile(rf"^[0-9a-f]{{{HMAC_LENGTH}}}$")
 
 
@@ -138,15 +148,13 @@ def _python_type(column: Column[Any]) -> type | None:
 
 
 def coerce(column: Column[Any], value: str) -> Any | None:
-    """`value` as a value of `column`, or None if it cannot be one."""
+    """`value` as a value of `column`, or None if it cannot be one or is not written the
+    canonical way (module docstring: ``01`` is not integer 1)."""
     kind = _python_type(column)
     if kind is int:
-        return int(value) if _INT.match(value) and -(2**63) <= int(value) < 2**63 else None
+        return int(value) if _INT.fullmatch(value) and -(2**63) <= int(value) < 2**63 else None
     if kind is uuid.UUID:
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            return None
+        return uuid.UUID(value) if _UUID.fullmatch(value) else None
     if kind is str or isinstance(column.type, String):
         length = getattr(column.type, "length", None)
         return value if length is None or len(value) <= length else None
