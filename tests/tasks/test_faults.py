@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.conftest import make_test_keys
 from tests.tasks.test_killed_worker import ADA_EVENTS, BOB_EVENTS, MANIFEST, count, make_app_db
@@ -137,10 +138,11 @@ def _mid_way(app_db: Path, log: Path) -> None:
         time.sleep(0.05)
 
 
-def _nothing_left(app_db: Path) -> None:
+def _nothing_left(app_db: Path, home: Path) -> None:
     assert count(app_db, "SELECT count(*) FROM events WHERE user_id = 1") == 0
     assert count(app_db, "SELECT count(*) FROM users WHERE id = 1") == 0
     assert count(app_db, "SELECT count(*) FROM events WHERE user_id = 2") == BOB_EVENTS
+    assert len(list((home / "outbox").glob("*.eml"))) == 1  # one receipt, not one per run
 
 
 def _children(pid: int) -> list[int]:
@@ -170,7 +172,7 @@ def test_a_killed_worker_is_recovered_by_the_next_one_within_two_minutes(
     print(f"\nrecovery after the whole worker was killed: {took:.1f} s")
     assert done["status"] == "completed", done["last_error"]
     assert took < RECOVERY_LIMIT
-    _nothing_left(app_db)
+    _nothing_left(app_db, tmp_path / ".gdpr")
 
 
 def test_a_killed_pool_child_is_redelivered_and_taken_over_within_two_minutes(
@@ -194,7 +196,7 @@ def test_a_killed_pool_child_is_redelivered_and_taken_over_within_two_minutes(
     print(f"\nrecovery after the pool child was killed: {took:.1f} s")
     assert done["status"] == "completed", done["last_error"]
     assert took < RECOVERY_LIMIT
-    _nothing_left(app_db)
+    _nothing_left(app_db, tmp_path / ".gdpr")
 
 
 def test_a_redis_restart_that_loses_the_next_chunk_is_recovered_within_two_minutes(
@@ -218,4 +220,43 @@ def test_a_redis_restart_that_loses_the_next_chunk_is_recovered_within_two_minut
     print(f"\nrecovery after Redis restarted empty: {took:.1f} s")
     assert done["status"] == "completed", done["last_error"]
     assert took < RECOVERY_LIMIT
-    _nothing_left(app_db)
+    _nothing_left(app_db, tmp_path / ".gdpr")
+
+
+def test_a_worker_killed_mid_export_leaves_one_package_and_one_email(
+    tmp_path: Path, pg_settings: object, pg_url: str, broker: OwnRedis
+) -> None:
+    _, env = _env(tmp_path, pg_url, broker)
+    log = tmp_path / "worker.log"
+    first = _worker(tmp_path, env, log, "--beat")
+    wait_for_text(log, "ready.", timeout=60)
+    created = gdpr(tmp_path, env, "request", "export", "--email", "ada@example.com")
+    control = create_engine(pg_url)
+    deadline = time.monotonic() + 60
+    status = "queued"
+    while status == "queued":
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        with control.connect() as conn:
+            status = conn.execute(
+                text("SELECT status FROM dsr_request WHERE id = :id"), {"id": created["id"]}
+            ).scalar_one()
+        time.sleep(0.01)
+    control.dispose()
+    assert status == "running", "the kill must land while the export runs"
+    stop(first, signal.SIGKILL)
+    second = _worker(tmp_path, env, log, "--beat")
+    try:
+        wait_for_text(log, "ready.", timeout=60)
+        live = time.monotonic()
+        done = wait_for_status(
+            tmp_path, env, created["id"], {"completed", "failed"}, 2 * RECOVERY_LIMIT
+        )
+        took = time.monotonic() - live
+    finally:
+        stop(second)
+    print(f"\nrecovery of an export after the whole worker was killed: {took:.1f} s")
+    assert done["status"] == "completed", done["last_error"]
+    assert took < RECOVERY_LIMIT
+    home = tmp_path / ".gdpr"
+    assert len(list((home / "objects").rglob("*.zip.enc"))) == 1
+    assert len(list((home / "outbox").glob("*.eml"))) == 1
