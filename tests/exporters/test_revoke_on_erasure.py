@@ -54,6 +54,8 @@ from tests.compliance.sources.sqlsample import load
 from tests.exporters.test_web import call
 from tests.sample_app.fixtures import sample_databases
 
+pytestmark = pytest.mark.fault  # part of the fault suite
+
 LINK = re.compile(r"https?://\S+/d/([A-Za-z0-9_-]+)")
 ADA_EMAIL = ("email", "ada@example.com")
 ADA_USER = ("user_id", "1")

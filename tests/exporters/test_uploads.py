@@ -51,6 +51,8 @@ from exporters.uploads import (
 )
 from tests.compliance.helpers import NOW, ada, submit_request
 
+pytestmark = pytest.mark.fault  # part of the fault suite
+
 MIB = 1024 * 1024
 
 
