@@ -89,6 +89,11 @@ class SourceRefusedError(TerminalError):
     from an API): fix its configuration or grant access, then retry the request."""
 
 
+class MailRefusedError(TerminalError):
+    """The mail server refused a message for good (e.g. it cannot carry an internationalised
+    address); the subject must be reached another way."""
+
+
 class StorageAccessError(TerminalError):
     """Object storage refused permanently (access denied, no such bucket, bad credentials)."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from compliance.config import Settings
-from compliance.errors import ConfigError, MailUnavailableError, TerminalError
+from compliance.errors import ConfigError, MailRefusedError, MailUnavailableError, TerminalError
 
 log = logging.getLogger("gdpr.mail")
 
@@ -41,6 +41,11 @@ def send(settings: Settings, message: EmailMessage) -> None:
     try:
         _send_smtp(settings, parts.scheme, host, port, message)
     except smtplib.SMTPNotSupportedError as exc:
+        if "SMTPUTF8" in str(exc):
+            raise MailRefusedError(
+                "the SMTP server does not accept internationalised addresses (SMTPUTF8);"
+                " enable SMTPUTF8 on it, or reach the subject another way"
+            ) from exc
         raise ConfigError(
             "the SMTP server does not offer STARTTLS; use smtps:// or unset mail_starttls"
         ) from exc

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from email.policy import SMTPUTF8
 from email.utils import format_datetime, make_msgid
 from functools import cache
 from pathlib import Path
@@ -113,9 +114,13 @@ def compose(
     now: datetime,
 ) -> EmailMessage:
     """A multipart/alternative message rendered from `<template>.txt` and `.html`."""
-    message = EmailMessage()
+    addresses = _addresses(recipients)
+    international = not all(a.isascii() for a in addresses)
+    # an internationalised address (jürgen@example.de) goes out as UTF-8 (SMTPUTF8), never
+    # as an encoded word, which would make it a different, invalid address
+    message = EmailMessage(policy=SMTPUTF8) if international else EmailMessage()
     message["From"] = settings.mail_from
-    message["To"] = ", ".join(_addresses(recipients))
+    message["To"] = ", ".join(addresses)
     message["Subject"] = subject
     message["Date"] = format_datetime(now)
     message["Message-ID"] = make_msgid(domain=settings.mail_from.rpartition("@")[2] or None)

@@ -37,7 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     maildir = Path(args.maildir)
     maildir.mkdir(parents=True, exist_ok=True)
-    controller = Controller(MaildirHandler(maildir), hostname=args.host, port=args.port)
+    controller = Controller(
+        MaildirHandler(maildir), hostname=args.host, port=args.port, enable_SMTPUTF8=True
+    )
     controller.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

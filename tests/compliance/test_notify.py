@@ -332,3 +332,17 @@ def test_a_temporary_login_failure_is_retried_and_a_wrong_password_is_not(
         controller.stop()
     assert reply[:3] in str(caught.value)
     assert "not-this-one" not in str(caught.value)
+
+
+def test_an_internationalised_address_goes_out_as_utf8_not_as_an_encoded_word(
+    tmp_path: Path,
+) -> None:
+    outbox = tmp_path / "outbox"
+    settings = Settings(home=tmp_path, mail_url=outbox.as_uri())
+    notify.send_erasure_receipt(
+        settings, ["Jürgen@Example.DE"], receipt={}, reference="R-1", now=NOW
+    )
+    (path,) = outbox.iterdir()
+    raw = path.read_bytes()
+    assert "To: jürgen@example.de".encode() in raw
+    assert b"=?utf-8?" not in raw.split(b"\r\n\r\n", 1)[0]
