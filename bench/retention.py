@@ -71,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from sqlalchemy import URL, func, make_url, select
 
+from compliance import defaults
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import Dispatcher, RecordingDispatcher
@@ -587,6 +588,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument(
+        "--parts", type=int, default=defaults.RETENTION_PARTS, help="key ranges swept side by side"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--writer-rate", type=float, default=100.0, help="txn/s per writer")
     parser.add_argument("--subjects", type=int, default=0, help="accounts; 0: skip")
@@ -621,6 +625,7 @@ def our_sweep(app: URL, control: URL, args: Any) -> Iterator[Sweep]:
         sources=str(manifest),
         operator="bench",
         retention_batch_size=args.batch,
+        retention_parts=args.parts,
         keys=new_key_line("bench-1"),
         pseudonym_key=base64.b64encode(secrets.token_bytes(32)).decode(),
     )

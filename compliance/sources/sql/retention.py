@@ -255,7 +255,7 @@ def _stop(limits: Limits, done: int, started: float) -> bool:
     return limits.max_seconds is not None and time.monotonic() - started >= limits.max_seconds
 
 
-TARGET_BATCH_MS = 40.0  # an integer key's batches grow or shrink towards this duration
+TARGET_BATCH_MS = 30.0  # an integer key's batches grow or shrink towards this duration
 
 
 class _Walk:
@@ -264,7 +264,7 @@ class _Walk:
 
     An integer key walks by arithmetic: each batch covers `step` key values, and `step`
     adapts after every batch towards `TARGET_BATCH_MS` (from a quarter of the configured
-    batch size, within 1/8 and 4 times it), so sparse and dense ranges both make short
+    batch size, within 1/8 and 2 times it), so sparse and dense ranges both make short
     transactions and no batch reads the index to find its end. Other keys (uuid, text,
     timestamps) find each batch's end with one step along the index (`_next_bound`)."""
 
@@ -304,7 +304,7 @@ class _Walk:
         self.finished = upper is None
         if self.integer:
             factor = min(1.5, max(0.5, TARGET_BATCH_MS / max(elapsed_ms, 1.0)))
-            self.step = int(min(self.size * 4, max(self.size // 8 or 1, self.step * factor)))
+            self.step = int(min(self.size * 2, max(self.size // 8 or 1, self.step * factor)))
 
     def cursor(self) -> dict[str, Any]:
         return {"last": to_json(self.last), "high": to_json(self.high), "step": self.step}
