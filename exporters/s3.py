@@ -29,7 +29,7 @@ from compliance.errors import (
     StorageAccessError,
     StorageUnavailableError,
 )
-from exporters.storage import (
+from exporters.objects import (
     NO_RECORDER,
     READ_CHUNK,
     IncompleteUpload,
