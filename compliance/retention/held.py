@@ -9,6 +9,8 @@ locations, whoever's the data is.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +38,7 @@ class HoldView:
         pseudonyms = frozenset(
             p for h in active if h.subject for p in (*h.identity_hmacs, h.subject)
         )
-        found = recover(sources, pseudonyms) if pseudonyms else Identities.of(())
+        found = _recovered(sources, pseudonyms) if pseudonyms else Identities.of(())
         return cls(tuple(active), found)
 
     def held(self, policy: Policy) -> Held:
@@ -56,6 +58,26 @@ class HoldView:
             holds.covers(h, policy.source, policy.location) and holds.applies_to_subject(h, known)
             for h in self.active
         )
+
+
+RECOVERED_SECONDS = 300.0  # held subjects found at the sources are reused this long
+_recovered_cache: dict[tuple[int, frozenset[str]], tuple[float, Identities]] = {}
+_cache_lock = threading.Lock()
+
+
+def _recovered(sources: Sequence[DataSource], pseudonyms: frozenset[str]) -> Identities:
+    """`recover`, reused for a few minutes: finding held subjects reads every identity
+    column, and a sweep asks again for every chunk of every part."""
+    key = (id(sources), pseudonyms)
+    with _cache_lock:
+        cached = _recovered_cache.get(key)
+    if cached is not None and time.monotonic() - cached[0] < RECOVERED_SECONDS:
+        return cached[1]
+    found = recover(sources, pseudonyms)
+    with _cache_lock:
+        _recovered_cache.clear()  # one set of holds at a time is enough
+        _recovered_cache[key] = (time.monotonic(), found)
+    return found
 
 
 def recover(sources: Sequence[DataSource], pseudonyms: frozenset[str]) -> Identities:
