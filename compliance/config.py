@@ -60,6 +60,13 @@ class Settings:
     serve_host: str = defaults.SERVE_HOST
     serve_port: int = defaults.SERVE_PORT
     rate_limit_per_minute: int = defaults.RATE_LIMIT_PER_MINUTE
+    serve_threads: int = defaults.SERVE_THREADS
+    serve_connection_limit: int = defaults.SERVE_CONNECTION_LIMIT
+    serve_connections_per_client: int = defaults.SERVE_CONNECTIONS_PER_CLIENT
+    serve_idle_timeout_seconds: int = defaults.SERVE_IDLE_TIMEOUT_SECONDS
+    serve_request_timeout_seconds: int = defaults.SERVE_REQUEST_TIMEOUT_SECONDS
+    serve_max_header_bytes: int = defaults.SERVE_MAX_HEADER_BYTES
+    serve_max_body_bytes: int = defaults.SERVE_MAX_BODY_BYTES
     trusted_proxy: str = ""  # address of the reverse proxy in front of `gdpr serve`, if any
     batch_size: int = defaults.BATCH_SIZE
     erase_chunk_seconds: float = defaults.ERASE_CHUNK_SECONDS
@@ -255,6 +262,12 @@ def _validate(settings: Settings) -> None:
         "package_ttl_days": 1,
         "batch_size": 1,
         "rate_limit_per_minute": 1,
+        "serve_connection_limit": 10,
+        "serve_connections_per_client": 0,
+        "serve_idle_timeout_seconds": 1,
+        "serve_request_timeout_seconds": 1,
+        "serve_max_header_bytes": 1024,
+        "serve_max_body_bytes": 4096,  # the app itself takes bodies up to 4 KiB
         "sweep_every_seconds": 1,
         "lease_seconds": 3,
         "redispatch_after_seconds": 0,
@@ -277,6 +290,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting '{name}' must be at least {low}")
     if not 1 <= settings.serve_port <= 65535:
         raise ConfigError("setting 'serve_port' must be between 1 and 65535")
+    if not 1 <= settings.serve_threads <= 256:
+        raise ConfigError("setting 'serve_threads' must be between 1 and 256")
     if settings.retention_chunk_seconds <= 0:
         raise ConfigError("setting 'retention_chunk_seconds' must be more than 0")
     _validate_cron(settings.retention_cron)

@@ -2,9 +2,10 @@
 
 GET /d/<token> shows a landing page with a Download button (mail scanners prefetch GETs,
 so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP. Every
-response carries strict security headers and is never cached. Bad tokens of every kind
-(unknown, expired, revoked, used up, malformed) get one identical page. No exception
-detail reaches a client, and no token reaches a log line.
+response carries strict security headers and is never cached; waitress's own error
+responses too (`exporters.web_server`). Bad tokens of every kind (unknown, expired,
+revoked, used up, malformed) get one identical page. No exception detail reaches a
+client, and no token reaches a log line.
 
 Run it with `gdpr serve` (waitress); see `exporters.web_server`.
 """
@@ -30,29 +31,20 @@ from exporters.links import Verdict
 from exporters.ratelimit import SlidingWindowLimiter, client_key
 from exporters.storage import ObjectStorage
 from exporters.web_download import DownloadService
-from exporters.web_server import redact_tokens_in_logs
+from exporters.web_server import SECURITY_HEADERS, ServerLimits, redact_tokens_in_logs
 
 log = logging.getLogger("gdpr.web")
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "compliance" / "templates" / "web"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Pragma": "no-cache",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
 GONE_STATUS = 404  # the same for every kind of bad token
 
 
 class DownloadApp(Flask):
     """Flask, but an unhandled error is logged by place only: the request path holds a token,
-    and an exception's text may hold anything."""
+    and an exception's text may hold anything. It carries the server limits from the same
+    settings, for `exporters.web_server` to serve it with."""
+
+    server_limits = ServerLimits()
 
     def log_exception(self, exc_info: Any) -> None:
         exc = exc_info[1] if exc_info else None
@@ -81,6 +73,7 @@ def create_app(
     _routes(app, service, limiter, clock)
     _error_pages(app)
     app.after_request(_secure_headers)
+    app.server_limits = ServerLimits.from_settings(settings)
     return app
 
 

@@ -3,23 +3,67 @@
 Waitress logs the request path when something fails mid-response; our paths hold
 download tokens, so `redact_tokens_in_logs` rewrites ``/d/<anything>`` in every record of
 the waitress loggers before a handler sees it.
+
+Waitress is built here from its own parts, `TcpWSGIServer` and `HTTPChannel` (the
+subclassing route webtest takes), so that slow and greedy clients cannot hold it:
+
+- `GuardedServer` refuses a client's connection beyond `connections_per_client` at
+  accept (closed at once, before it costs a channel), except from the trusted proxy;
+- `GuardedChannel` notes when a request's first byte arrived, and the server's
+  maintenance (every `CLEANUP_INTERVAL` s) closes a request still incomplete after
+  `request_timeout`, however steadily it trickles, and a response nobody has read
+  for `idle_timeout` (waitress closes only idle connections, by their last byte);
+- `SecureErrorTask` puts `SECURITY_HEADERS` on waitress's own 400/413/431/500 responses;
+- poll() instead of select() (select cannot watch descriptors above 1023) and a soft
+  RLIMIT_NOFILE raised to fit `connection_limit` (see `fit_file_descriptors`).
+
+See exporters/README.md, "The download service under load", for the numbers and why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+import resource
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from waitress import create_server
-from waitress.server import BaseWSGIServer
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, MultiSocketServer, TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+
+from compliance import defaults
+from exporters.ratelimit import client_key
+
+if TYPE_CHECKING:
+    from compliance.config import Settings
+
+log = logging.getLogger("gdpr.web.server")
 
 TOKEN_IN_PATH = re.compile(r"/d/[^\s/?#\"']+")
 REDACTED = "/d/<token>"
 SERVER_IDENT = "gdpr"
 _LOGGERS = ("waitress", "waitress.queue")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+CLEANUP_INTERVAL = 1  # seconds between sweeps for timed-out connections (waitress: 30)
+BACKLOG = 2048  # accepted-but-unserved connections the kernel queues (capped by somaxconn)
+FD_RESERVE = 128  # descriptors kept for the database, storage, spooled buffers and logs
+REFUSALS_LOG_EVERY = 10.0  # seconds; refused connections are logged as a count, not each
 
 
 class TokenRedactor(logging.Filter):
@@ -59,17 +103,264 @@ def proxy_options(trusted_proxy: str) -> dict[str, Any]:
     }
 
 
-def serve(app: Any, host: str, port: int, threads: int = 8, trusted_proxy: str = "") -> None:
-    """Serve `app` until interrupted."""
-    redact_tokens_in_logs()
-    server = create_server(
-        app,
+# --- limits -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How many connections the server holds, per client and in all, and for how long."""
+
+    connection_limit: int = defaults.SERVE_CONNECTION_LIMIT
+    connections_per_client: int = defaults.SERVE_CONNECTIONS_PER_CLIENT  # 0: no cap
+    idle_timeout: int = defaults.SERVE_IDLE_TIMEOUT_SECONDS
+    request_timeout: int = defaults.SERVE_REQUEST_TIMEOUT_SECONDS
+    max_header_bytes: int = defaults.SERVE_MAX_HEADER_BYTES
+    max_body_bytes: int = defaults.SERVE_MAX_BODY_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerLimits:
+        return cls(
+            connection_limit=settings.serve_connection_limit,
+            connections_per_client=settings.serve_connections_per_client,
+            idle_timeout=settings.serve_idle_timeout_seconds,
+            request_timeout=settings.serve_request_timeout_seconds,
+            max_header_bytes=settings.serve_max_header_bytes,
+            max_body_bytes=settings.serve_max_body_bytes,
+        )
+
+    def adjustments(self) -> dict[str, Any]:
+        """The waitress options these limits stand for."""
+        return {
+            "connection_limit": self.connection_limit,
+            "channel_timeout": self.idle_timeout,
+            "cleanup_interval": CLEANUP_INTERVAL,
+            "max_request_header_size": self.max_header_bytes,
+            "max_request_body_size": self.max_body_bytes,
+            "asyncore_use_poll": True,
+            "backlog": BACKLOG,
+        }
+
+
+def limits_for(app: Any) -> ServerLimits:
+    """The limits an app was built with (`create_app` sets them from settings)."""
+    limits = getattr(app, "server_limits", None)
+    return limits if isinstance(limits, ServerLimits) else ServerLimits()
+
+
+def fit_file_descriptors(limits: ServerLimits) -> ServerLimits:
+    """Raise the soft RLIMIT_NOFILE to the hard limit when `connection_limit` needs more
+    descriptors than it allows; lower `connection_limit` when even the hard limit is short."""
+    needed = limits.connection_limit + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else hard
+    if _below(soft, needed) and _below(soft, target):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("web.fd_limit_not_raised", extra={"soft": soft, "hard": hard})
+        else:
+            log.info("web.fd_limit_raised", extra={"soft_was": soft, "soft": target})
+            soft = target
+    if not _below(soft, needed):
+        return limits
+    fitted = max(soft - FD_RESERVE, 10)
+    log.warning(
+        "web.connection_limit_lowered",
+        extra={"configured": limits.connection_limit, "effective": fitted, "fd_limit": soft},
+    )
+    return dataclasses.replace(limits, connection_limit=fitted)
+
+
+def _below(limit: int, needed: int) -> bool:
+    return limit != resource.RLIM_INFINITY and limit < needed
+
+
+# --- waitress parts ---------------------------------------------------------------------
+
+
+class SecureErrorTask(ErrorTask):  # type: ignore[misc]
+    """Waitress's own error responses (400, 413, 431, 500...) with our security headers."""
+
+    def execute(self) -> None:
+        self.response_headers.extend(SECURITY_HEADERS.items())
+        super().execute()
+
+
+class GuardedChannel(HTTPChannel):  # type: ignore[misc]
+    """One connection: counted against its client, and timed from each request's start."""
+
+    error_task_class = SecureErrorTask
+    client = ""
+    request_started = 0.0  # when the first byte of the incomplete `request` arrived
+    _counted = False
+
+    def __init__(self, server: GuardedServer, sock: Any, addr: Any, adj: Any, map: Any) -> None:
+        self.client = client_key(addr[0])
+        super().__init__(server, sock, addr, adj, map=map)
+
+    def add_channel(self, map: Any = None) -> None:
+        super().add_channel(map)
+        self.server.opened(self.client)
+        self._counted = True
+
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        if self._counted:
+            self._counted = False
+            self.server.closed(self.client)
+
+    def received(self, data: bytes) -> bool:
+        pending = self.request
+        result: bool = super().received(data)
+        if self.request is not None and self.request is not pending:
+            self.request_started = time.time()
+        return result
+
+
+class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
+    """A waitress TCP server that caps connections per client and times out slow ones."""
+
+    channel_class = GuardedChannel
+
+    def __init__(
+        self, application: Any, *, limits: ServerLimits, open_per_client: dict[str, int], **kw: Any
+    ) -> None:
+        self.limits = limits
+        self.open_per_client = open_per_client  # shared by the servers of one listen list
+        self._refused = 0
+        self._refusals_logged_at = 0.0
+        super().__init__(application, **kw)
+        proxy = self.adj.trusted_proxy
+        self.exempt = client_key(proxy) if proxy else ""
+
+    def handle_accept(self) -> None:
+        try:
+            pair = self.accept()
+        except OSError:
+            if self.adj.log_socket_errors:
+                self.logger.warning("server accept() threw an exception", exc_info=True)
+            return
+        if pair is None:
+            return
+        conn, addr = pair
+        if self._over_cap(client_key(addr[0])):
+            conn.close()
+            self._note_refusal()
+            return
+        try:
+            self.set_socket_options(conn)
+        except OSError:  # the client is gone already
+            conn.close()
+            return
+        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+
+    def opened(self, client: str) -> None:
+        self.open_per_client[client] = self.open_per_client.get(client, 0) + 1
+
+    def closed(self, client: str) -> None:
+        left = self.open_per_client.get(client, 0) - 1
+        if left > 0:
+            self.open_per_client[client] = left
+        else:
+            self.open_per_client.pop(client, None)
+
+    def maintenance(self, now: float) -> None:
+        """Close idle connections (waitress), requests that take too long to arrive and
+        responses nobody reads (a task blocked on a full buffer holds a thread)."""
+        super().maintenance(now)
+        late = now - self.limits.request_timeout
+        stalled = now - self.adj.channel_timeout
+        unread = []
+        for channel in self.active_channels.values():
+            if _arriving_since(channel, late):
+                channel.will_close = True  # closed on the loop's next turn
+            elif _unread_since(channel, stalled):
+                unread.append(channel)
+        for channel in unread:  # its socket never turns writable: close it here, which
+            channel.handle_close()  # wakes its task with ClientDisconnected
+
+    def _over_cap(self, client: str) -> bool:
+        cap = self.limits.connections_per_client
+        return bool(cap) and client != self.exempt and self.open_per_client.get(client, 0) >= cap
+
+    def _note_refusal(self) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= REFUSALS_LOG_EVERY:
+            log.warning(
+                "web.connections_refused",
+                extra={"refused": self._refused, "per_client": self.limits.connections_per_client},
+            )
+            self._refused, self._refusals_logged_at = 0, now
+
+
+def _arriving_since(channel: GuardedChannel, cutoff: float) -> bool:
+    """A request has been coming in since before `cutoff`, however steadily it trickles."""
+    return channel.request is not None and channel.request_started < cutoff
+
+
+def _unread_since(channel: GuardedChannel, cutoff: float) -> bool:
+    """A response waits to be sent, and no byte went either way since `cutoff`."""
+    return bool(channel.requests and channel.total_outbufs_len) and channel.last_activity < cutoff
+
+
+def create_guarded_server(
+    app: Any, host: str, port: int, threads: int, trusted_proxy: str, limits: ServerLimits
+) -> Any:
+    """What `waitress.create_server` builds for TCP, from our server and channel classes:
+    one `GuardedServer` per listen address, sharing one socket map and thread pool."""
+    adj = Adjustments(
         host=host,
         port=port,
         threads=threads,
         ident=SERVER_IDENT,
         **proxy_options(trusted_proxy),
+        **limits.adjustments(),
     )
+    socket_map: dict[int, Any] = {}
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    per_client: dict[str, int] = {}
+    servers = [
+        GuardedServer(
+            app,
+            limits=limits,
+            open_per_client=per_client,
+            map=socket_map,
+            dispatcher=dispatcher,
+            adj=adj,
+            sockinfo=sockinfo,
+        )
+        for sockinfo in adj.listen
+    ]
+    if len(servers) == 1:
+        return servers[0]
+    listening = [(server.effective_host, server.effective_port) for server in servers]
+    return MultiSocketServer(socket_map, adj, listening, dispatcher, servers[-1].log_info)
+
+
+def _build(
+    app: Any, host: str, port: int, threads: int, trusted_proxy: str, limits: ServerLimits | None
+) -> Any:
+    redact_tokens_in_logs()
+    fitted = fit_file_descriptors(limits or limits_for(app))
+    log.info("web.limits", extra={"threads": threads, **dataclasses.asdict(fitted)})
+    return create_guarded_server(app, host, port, threads, trusted_proxy, fitted)
+
+
+# --- running it -------------------------------------------------------------------------
+
+
+def serve(
+    app: Any,
+    host: str,
+    port: int,
+    threads: int = defaults.SERVE_THREADS,
+    trusted_proxy: str = "",
+    limits: ServerLimits | None = None,
+) -> None:
+    """Serve `app` until interrupted, with `limits` (default: the app's own)."""
+    server = _build(app, host, port, threads, trusted_proxy, limits)
     server.print_listen("gdpr download service listening on http://{}:{}")
     server.run()
 
@@ -105,13 +396,15 @@ class BackgroundServer:
 
 
 def start_in_thread(
-    app: Any, host: str = "127.0.0.1", port: int = 0, trusted_proxy: str = ""
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    trusted_proxy: str = "",
+    limits: ServerLimits | None = None,
+    threads: int = defaults.SERVE_THREADS,
 ) -> BackgroundServer:
     """Start waitress on an ephemeral port (by default) in a daemon thread."""
-    redact_tokens_in_logs()
-    server = create_server(
-        app, host=host, port=port, threads=8, ident=SERVER_IDENT, **proxy_options(trusted_proxy)
-    )
+    server = _build(app, host, port, threads, trusted_proxy, limits)
     thread = threading.Thread(target=server.run, name="gdpr-web", daemon=True)
     thread.start()
     return BackgroundServer(server, thread)

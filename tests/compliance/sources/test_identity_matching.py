@@ -24,6 +24,8 @@ from tests.compliance.helpers import write_small_manifest
 from tests.compliance.sources.sqlsample import ada_email, ada_resolved, load
 from tests.sample_app.fixtures import SampleDatabases
 
+pytestmark = pytest.mark.fault  # part of the fault suite
+
 FULLWIDTH_ADA = "\uff41\uff44\uff41@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.\uff43\uff4f\uff4d"
 ADA_UUID = uuid.UUID("0b0e6c2a-5f1d-4c3e-9a57-2f3e4d5c6b7a")
 
