@@ -22,10 +22,13 @@ See exporters/README.md, "The download service under load", for the numbers and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import resource
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -252,7 +255,10 @@ class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
         except OSError:  # the client is gone already
             conn.close()
             return
-        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+        try:
+            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+        except OSError:  # never up to the listening socket's error handler: it closes it
+            conn.close()
 
     def opened(self, client: str) -> None:
         self.open_per_client[client] = self.open_per_client.get(client, 0) + 1
@@ -270,14 +276,11 @@ class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
         super().maintenance(now)
         late = now - self.limits.request_timeout
         stalled = now - self.adj.channel_timeout
-        unread = []
         for channel in self.active_channels.values():
             if _arriving_since(channel, late):
-                channel.will_close = True  # closed on the loop's next turn
+                channel.will_close = True  # its socket is writable: closed on the next turn
             elif _unread_since(channel, stalled):
-                unread.append(channel)
-        for channel in unread:  # its socket never turns writable: close it here, which
-            channel.handle_close()  # wakes its task with ClientDisconnected
+                _hang_up(channel)
 
     def _over_cap(self, client: str) -> bool:
         cap = self.limits.connections_per_client
@@ -302,6 +305,19 @@ def _arriving_since(channel: GuardedChannel, cutoff: float) -> bool:
 def _unread_since(channel: GuardedChannel, cutoff: float) -> bool:
     """A response waits to be sent, and no byte went either way since `cutoff`."""
     return bool(channel.requests and channel.total_outbufs_len) and channel.last_activity < cutoff
+
+
+def _hang_up(channel: GuardedChannel) -> None:
+    """Reset a connection whose socket will never turn writable. The hang-up wakes the
+    loop, which closes it on its own path (not here, in the middle of building its poll
+    set); that wakes a task blocked on the full buffer with ClientDisconnected."""
+    channel.will_close = True
+    sock = channel.socket
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def create_guarded_server(
@@ -390,7 +406,13 @@ class BackgroundServer:
                     channel.close()
             server.close()
 
-        server.trigger.pull_trigger(close_all)
+        trigger = server.trigger
+        # Not `trigger.pull_trigger(close_all)`: a task thread's pull may wake the loop
+        # between queueing the thunk and writing to the pipe, and the thunk closes the
+        # pipe. The loop runs thunks under this lock, so it waits for our write.
+        with trigger.lock:
+            trigger.thunks.append(close_all)
+            trigger._physical_pull()
         self.thread.join(timeout=10)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
