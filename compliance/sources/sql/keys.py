@@ -140,7 +140,8 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _HMAC = re.compile(rf"^[0-9a-f]{{{HMAC_LENGTH}}}$")
 
 
-def _python_type(column: Column[Any]) -> type | None:
+def python_type(column: Column[Any]) -> type | None:
+    """The Python type a column's values come back as (None: the dialect does not say)."""
     try:
         return column.type.python_type
     except NotImplementedError:
@@ -150,7 +151,7 @@ def _python_type(column: Column[Any]) -> type | None:
 def coerce(column: Column[Any], value: str) -> Any | None:
     """`value` as a value of `column`, or None if it cannot be one or is not written the
     canonical way (module docstring: ``01`` is not integer 1)."""
-    kind = _python_type(column)
+    kind = python_type(column)
     if kind is int:
         return int(value) if _INT.fullmatch(value) and -(2**63) <= int(value) < 2**63 else None
     if kind is uuid.UUID:
@@ -177,7 +178,7 @@ def to_json(value: Any) -> Any:
 
 def from_json(column: Column[Any], value: Any) -> Any:
     """Undo `to_json` for a value of `column`."""
-    kind = _python_type(column)
+    kind = python_type(column)
     if value is None or kind is None or isinstance(value, kind):
         return value
     if kind is uuid.UUID:

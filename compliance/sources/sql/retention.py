@@ -54,9 +54,10 @@ from compliance.retention.policy import (
     SubjectBatch,
 )
 from compliance.sources.sql.graph import Graph, SourceHandle
-from compliance.sources.sql.keys import from_json, to_json
+from compliance.sources.sql.keys import from_json, python_type, to_json
 from compliance.sources.sql.plan import mine, shared_rows
 from compliance.sources.sql.query import Selector
+from compliance.sources.sql.read import count_rows
 
 PLAN_BATCHES = 10  # batches a plan lists; the rest are counted
 SCAN_ROWS = 5000  # identity values read per round when recovering held subjects
@@ -88,8 +89,7 @@ def bound(column: Column[Any], moment: datetime) -> Any:
     """`moment` as the column compares it: naive UTC for a timestamp without time zone,
     the date for a date column."""
     moment = moment.astimezone(UTC)
-    python_type = column.type.python_type
-    if python_type is date:
+    if python_type(column) is date:
         return moment.date()
     if not getattr(column.type, "timezone", False):
         return moment.replace(tzinfo=None)
@@ -136,10 +136,10 @@ def plan_rows(
     due_where = expired(graph, policy, cutoff)
     holding = held_rows(graph, policy, held)
     with source.connect() as conn:
-        total = _count(conn, table, due_where)
+        total = count_rows(conn, table, due_where)
         kept = total if held.whole else _count_held(conn, table, due_where, holding)
         batches = _batches(conn, graph, policy, batch_size)
-    count = _count_keys(source, policy)
+        count = count_rows(conn, table, true())
     more = max(0, -(-count // batch_size) - len(batches))
     note = f"{len(batches) + more} batch(es) of {batch_size} keys" + (
         f" ({more} more not listed)" if more else ""
@@ -147,20 +147,10 @@ def plan_rows(
     return PolicyPlan(policy.name, cutoff, total - kept, kept, batches, note)
 
 
-def _count(conn: Connection, table: Table, where: ColumnElement[bool]) -> int:
-    return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar_one())
-
-
 def _count_held(
     conn: Connection, table: Table, due: ColumnElement[bool], holding: ColumnElement[bool] | None
 ) -> int:
-    return 0 if holding is None else _count(conn, table, and_(due, holding))
-
-
-def _count_keys(source: SourceHandle, policy: Policy) -> int:
-    table = source.graph.tables[policy.location]
-    with source.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+    return 0 if holding is None else count_rows(conn, table, and_(due, holding))
 
 
 def _batches(conn: Connection, graph: Graph, policy: Policy, size: int) -> list[Batch]:
@@ -188,7 +178,7 @@ def status_rows(source: SourceHandle, policy: Policy, now: datetime, held: Held)
     holding = held_rows(graph, policy, held)
     with source.connect() as conn:
         oldest = conn.execute(select(func.min(column)).where(and_(true(), *filters))).scalar()
-        overdue = _count(conn, table, due_where)
+        overdue = count_rows(conn, table, due_where)
         kept = overdue if held.whole else _count_held(conn, table, due_where, holding)
     return Status(policy.name, policy.days, _aware(oldest), overdue, kept)
 
@@ -224,7 +214,7 @@ def purge_rows(
     due_where = expired(graph, policy, cutoff)
     if held.whole:
         with source.connect() as conn:
-            return PurgeResult(True, dict(cursor), held=_count(conn, table, due_where))
+            return PurgeResult(True, dict(cursor), held=count_rows(conn, table, due_where))
     holding = held_rows(graph, policy, held)
     walk = _Walk.start(source, key, cursor, limits.batch_size)
     deleted = kept = batches = 0
@@ -236,7 +226,7 @@ def purge_rows(
             upper = walk.next_upper(conn)
             in_range = walk.range(upper)
             if holding is not None:
-                kept += _count(conn, table, and_(in_range, due_where, holding))
+                kept += count_rows(conn, table, and_(in_range, due_where, holding))
             goes = and_(in_range, due_where, *(() if holding is None else (not_(holding),)))
             deleted += conn.execute(delete(table).where(goes)).rowcount
         timings.append((time.perf_counter() - began) * 1000)
@@ -270,7 +260,7 @@ class _Walk:
 
     def __init__(self, key: Column[Any], last: Any, high: Any, size: int, step: int) -> None:
         self.key, self.last, self.high, self.size, self.step = key, last, high, size, step
-        self.integer = _python_type(key) is int
+        self.integer = python_type(key) is int
         self.finished = high is None or (last is not None and last >= high)
 
     @classmethod
@@ -284,7 +274,7 @@ class _Walk:
             return cls(key, low, from_json(key, cursor["high"]), size, step)
         with source.connect() as conn:
             low, high = conn.execute(select(func.min(key), func.max(key))).one()
-        start = low - 1 if _python_type(key) is int and low is not None else None
+        start = low - 1 if python_type(key) is int and low is not None else None
         return cls(key, start, high, size, step)
 
     def next_upper(self, conn: Connection) -> Any:
@@ -308,13 +298,6 @@ class _Walk:
 
     def cursor(self) -> dict[str, Any]:
         return {"last": to_json(self.last), "high": to_json(self.high), "step": self.step}
-
-
-def _python_type(column: Column[Any]) -> type | None:
-    try:
-        return column.type.python_type
-    except NotImplementedError:
-        return None
 
 
 def _next_bound(conn: Connection, key: Column[Any], last: Any, size: int) -> Any:
@@ -409,7 +392,7 @@ def split_ranges(
         low, high = conn.execute(select(func.min(key), func.max(key))).one()
         if parts <= 1 or count < min_rows or high is None:
             return [{}]
-        if _python_type(key) is int:
+        if python_type(key) is int:
             width = (high - low + 1) / parts
             bounds = [low - 1 + int(width * i) for i in range(1, parts)]
             first: Any = low - 1
