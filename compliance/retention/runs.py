@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from compliance import audit
 from compliance.db import Database
@@ -63,18 +63,12 @@ def take_lease(store: Store, policy: str, owner: str, now: datetime) -> Retentio
         if current is None:
             session.add(RetentionLease(policy=policy))
             session.flush()
-        dead = current.owner if current is not None and gone(current.owner) else None
+        holder = current.owner if current is not None else None
     with store.db.session() as session:
-        free = (
-            (RetentionLease.expires_at.is_(None))
-            | (RetentionLease.expires_at < now)
-            | (RetentionLease.owner == owner)
-        )
-        if dead is not None:
-            free = free | (RetentionLease.owner == dead)
+        free = is_free(RetentionLease.expires_at, RetentionLease.owner, now, holder)
         taken = session.execute(
             update(RetentionLease)
-            .where(RetentionLease.policy == policy, free)
+            .where(RetentionLease.policy == policy, free | (RetentionLease.owner == owner))
             .values(owner=owner, expires_at=until)
         ).rowcount  # type: ignore[attr-defined]
         lease = session.get_one(RetentionLease, policy, populate_existing=True)
@@ -214,9 +208,7 @@ def claim_part(store: Store, part_id: int, owner: str, now: datetime) -> Retenti
             select(RetentionPart.lease_owner).where(RetentionPart.id == part_id)
         )
     with store.db.session() as session:
-        free = (RetentionPart.lease_until.is_(None)) | (RetentionPart.lease_until < now)
-        if holder is not None and gone(holder):
-            free = free | (RetentionPart.lease_owner == holder)
+        free = is_free(RetentionPart.lease_until, RetentionPart.lease_owner, now, holder)
         taken = session.execute(
             update(RetentionPart)
             .where(
@@ -355,6 +347,21 @@ def open_parts(store: Store, now: datetime, idle_seconds: int) -> list[int]:
 def owner_name() -> str:
     """A lease owner: ``host:pid:nonce`` (the nonce tells two runs of one process apart)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def is_free(
+    until: InstrumentedAttribute[datetime | None],
+    owner: InstrumentedAttribute[str | None],
+    now: datetime,
+    holder: str | None,
+) -> ColumnElement[bool]:
+    """A lease (`until`, `owner` columns) anyone may take: none, expired, or held by
+    `holder` (as read just before) when that is a process of this host that is gone. The
+    update that takes it repeats the condition, so two takers never both win."""
+    free = until.is_(None) | (until < now)
+    if holder is not None and gone(holder):
+        free = free | (owner == holder)
+    return free
 
 
 def gone(owner: str | None) -> bool:
