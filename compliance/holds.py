@@ -24,6 +24,7 @@ from compliance.db import Database
 from compliance.errors import NotFoundError, ValidationError
 from compliance.identities import Identities, pseudonym, subject_pseudonym
 from compliance.models import LegalHold
+from compliance.requests import check_text
 
 MAX_TEXT = 2000
 EXPIRED = "expired"  # released_by of a hold that reached its own end date
@@ -99,10 +100,7 @@ def _check_scope(scope: HoldScope, known_sources: Sequence[str]) -> None:
 def _check_text(name: str, value: str) -> None:
     if not value or not value.strip():
         raise ValidationError(f"a hold needs --{name} '...'")
-    if len(value) > MAX_TEXT:
-        raise ValidationError(f"--{name} is longer than {MAX_TEXT} characters; shorten it")
-    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
-        raise ValidationError(f"--{name} contains control characters; remove them")
+    check_text(f"--{name}", value, MAX_TEXT)
 
 
 def _pseudonyms(

@@ -79,6 +79,7 @@ TRANSITIONS: Mapping[Event, Transition] = {
 }
 
 FINAL = frozenset({S.COMPLETED, S.REJECTED, S.CANCELLED})
+OPEN = frozenset(S) - FINAL  # still to be done (failed and on_hold included)
 
 _TIMESTAMP_ON_ENTRY = {
     S.QUEUED: "queued_at",

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from compliance.db import Database
 from compliance.errors import NotFoundError, ValidationError
-from compliance.lifecycle import FINAL
+from compliance.lifecycle import OPEN
 from compliance.models import DsrIdentity, DsrRequest, DsrStep, RequestStatus
 
 
@@ -44,7 +44,7 @@ def list_requests(
             raise ValidationError(f"unknown status {status!r}; use one of {known}")
         query = query.where(DsrRequest.status == status)
     if overdue:
-        open_states = [s.value for s in RequestStatus if s not in FINAL]
+        open_states = [s.value for s in OPEN]
         query = query.where(DsrRequest.due_at < now, DsrRequest.status.in_(open_states))
     with db.session() as session:
         return session.scalars(query).all()

@@ -77,8 +77,8 @@ def submit(
     Refused, with nothing written, when none of `sources` (the registry; loaded without
     live checks is enough) can look a subject up by any of the request's identity types.
     """
-    _check_text("ticket", submission.ticket, MAX_TICKET)
-    _check_text("note", submission.note, MAX_NOTE)
+    check_text("ticket", submission.ticket, MAX_TICKET)
+    check_text("note", submission.note, MAX_NOTE)
     subject = subject_pseudonym(keyring.pseudonym_key, submission.identities)
     require_lookup(sources, submission.identities.types())
     request_id = uuid.uuid4()
@@ -145,7 +145,8 @@ def _first_event(settings: Settings, submission: Submission) -> Event:
     return Event.AWAIT_APPROVAL
 
 
-def _check_text(name: str, value: str | None, limit: int) -> None:
+def check_text(name: str, value: str | None, limit: int) -> None:
+    """Refuse operator text longer than `limit` or holding control characters."""
     if value is None:
         return
     if len(value) > limit:
@@ -274,7 +275,7 @@ def extend(
 def _require_reason(reason: str) -> None:
     if not reason or not reason.strip():
         raise ValidationError("a reason is required; pass --reason '...'")
-    _check_text("reason", reason, MAX_NOTE)
+    check_text("reason", reason, MAX_NOTE)
 
 
 def _append_note(existing: str | None, line: str) -> str:

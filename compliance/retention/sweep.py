@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -32,8 +33,8 @@ from compliance.dispatch import Dispatcher
 from compliance.errors import ComplianceError, LeaseHeldError, NotFoundError, TerminalError
 from compliance.identities import Identities, pseudonym, subject_pseudonym
 from compliance.keyring import Keyring
-from compliance.lifecycle import FINAL
-from compliance.models import DsrRequest, RequestKind, RequestStatus, RetentionPart, RetentionRun
+from compliance.lifecycle import OPEN
+from compliance.models import DsrRequest, RequestKind, RetentionPart, RetentionRun
 from compliance.requests import Submission, submit
 from compliance.retention import runs
 from compliance.retention.catalog import Catalog, Entry
@@ -73,8 +74,9 @@ class SweepContext:
     actor: str = "retention"
     owner: str = field(default_factory=runs.owner_name)  # host:pid:nonce, for leases
 
-    @property
+    @cached_property
     def catalog(self) -> Catalog:
+        """The sources' policies, collected once per context."""
         return Catalog.of(self.sources)
 
     @property
@@ -371,14 +373,13 @@ def _hand_over(ctx: SweepContext, entry: Entry, identities: Identities, view: Ho
 
 
 def _open_erasure(db: Database, subject: str) -> bool:
-    open_states = [s.value for s in RequestStatus if s not in FINAL]
     with db.session() as session:
         found = session.scalar(
             select(DsrRequest.id)
             .where(
                 DsrRequest.subject == subject,
                 DsrRequest.kind == RequestKind.ERASURE,
-                DsrRequest.status.in_(open_states),
+                DsrRequest.status.in_([s.value for s in OPEN]),
                 DsrRequest.dry_run.is_(False),
             )
             .limit(1)
