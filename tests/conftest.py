@@ -1,47 +1,39 @@
 """Shared fixtures: real services (PostgreSQL, Redis, S3, SMTP) and settings per backend.
 
-A service-backed test skips with a hint when its service is down on a developer machine,
-and fails when `CI` is set: CI must never pass by skipping.
+Where each service comes from, and what the suite creates on a shared machine, is in
+`tests/support/services.py`: every port, database prefix and Redis db is a variable, and the
+servers the suite starts are stopped when it ends.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.keyring import new_key_line
 from compliance.models import Base
+from tests.support import services
+from tests.support.services import (  # re-exported: tests import these from here
+    ON_CI,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    REDIS_CACHE_DB,
+    REDIS_DB,
+    REDIS_HOST,
+    REDIS_PORT,
+    require_service,
+)
 
-PG_HOST = os.environ.get("GDPR_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("GDPR_TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("GDPR_TEST_PG_USER", "postgres")
-REDIS_PORT = int(os.environ.get("GDPR_TEST_REDIS_PORT", "6379"))
-REDIS_DB = int(os.environ.get("GDPR_TEST_REDIS_DB", "9"))
-S3_PORT = int(os.environ.get("GDPR_TEST_S3_PORT", "9000"))
-SMTP_PORT = int(os.environ.get("GDPR_TEST_SMTP_PORT", "8025"))
-SMTP_DIR = Path(os.environ.get("GDPR_TEST_SMTP_DIR", "/tmp/gdpr-smtp"))
-ON_CI = bool(os.environ.get("CI"))
-
-
-def require_service(name: str, port: int, host: str = "127.0.0.1") -> None:
-    """Skip (developer machine) or fail (CI) unless `host:port` accepts connections."""
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        message = f"{name} is not answering on {host}:{port}; run `bash ops/services.sh up`"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+__all__ = ["ON_CI", "PG_HOST", "PG_PORT", "PG_USER", "REDIS_CACHE_DB", "require_service"]
 
 
 # --- services ---------------------------------------------------------------------------
@@ -50,29 +42,21 @@ def require_service(name: str, port: int, host: str = "127.0.0.1") -> None:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    require_service("PostgreSQL", PG_PORT, PG_HOST)
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    name = f"gdpr_test_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with services.pg_database("control") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    require_service("Redis", REDIS_PORT)
-    return f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+    require_service("Redis", REDIS_PORT, REDIS_HOST)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    require_service("the local S3-compatible server", S3_PORT)
-    return f"http://127.0.0.1:{S3_PORT}"
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The S3-compatible endpoint for this session (started here unless one is named)."""
+    with services.s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -93,10 +77,10 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def smtp_server() -> tuple[str, int, Path]:
+def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
     """(host, port, maildir) of the local SMTP server; each message lands as a .eml file."""
-    require_service("the local SMTP server", SMTP_PORT)
-    return "127.0.0.1", SMTP_PORT, SMTP_DIR
+    with services.smtp_server(tmp_path_factory.mktemp("smtp")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

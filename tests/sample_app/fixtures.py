@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, require_service
 from tests.sample_app import cards, schema
+from tests.support.services import pg_database
 
 
 @dataclass(frozen=True)
@@ -52,23 +51,11 @@ def sample_databases(backend: str, tmp_path: Path) -> Iterator[SampleDatabases]:
         _fill(shop, crm)
         yield SampleDatabases("sqlite", shop, crm)
         return
-    require_service("PostgreSQL", PG_PORT, PG_HOST)
-    names = [f"gdpr_sample_{secrets.token_hex(4)}_{kind}" for kind in ("shop", "crm")]
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    urls = [f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}" for name in names]
-    try:
-        _fill(*urls)
-        yield SampleDatabases("postgres", *urls)
-    finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with ExitStack() as stack:
+        shop = stack.enter_context(pg_database("sample_shop"))
+        crm = stack.enter_context(pg_database("sample_crm"))
+        _fill(shop, crm)
+        yield SampleDatabases("postgres", shop, crm)
 
 
 def _fill(shop_url: str, crm_url: str) -> None:
@@ -94,21 +81,9 @@ def cards_database(backend: str, tmp_path: Path) -> Iterator[str]:
         _fill_cards(url)
         yield url
         return
-    require_service("PostgreSQL", PG_PORT, PG_HOST)
-    name = f"gdpr_cards_{secrets.token_hex(4)}"
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    with pg_database("cards") as url:
         _fill_cards(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _fill_cards(url: str) -> None:
@@ -126,16 +101,5 @@ def app_database(backend: str, tmp_path: Path, label: str) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / f'{label}.db'}"
         return
-    require_service("PostgreSQL", PG_PORT, PG_HOST)
-    name = f"gdpr_{label}_{secrets.token_hex(4)}"
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database(label) as url:
+        yield url

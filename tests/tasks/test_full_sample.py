@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from tests.sample_app import external
 from tests.sample_app.fixtures import SampleDatabases
 from tests.support.crm_server import CrmServer
+from tests.support.services import REDIS_CACHE_DB
 from tests.tasks.workers import (
     gdpr,
     production_environment,
@@ -27,7 +28,6 @@ from tests.tasks.workers import (
 
 pytestmark = pytest.mark.slow
 
-CACHE_DB = 10  # the cart cache lives apart from the broker's database
 ADA = "ada@example.com"
 PERSONAL = [b"ada@example.com", b"Ada Lovelace", b"ada-web-token"]
 
@@ -49,7 +49,7 @@ def test_export_then_erasure_across_sql_s3_redis_and_http(
     pg_sample_dbs: SampleDatabases,
     crm: CrmServer,
 ) -> None:
-    cache_url = redis_url.rsplit("/", 1)[0] + f"/{CACHE_DB}"
+    cache_url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_CACHE_DB}"
     redis.Redis.from_url(cache_url).flushdb()
     external.seed_redis(cache_url)
     external.seed_avatars(s3_endpoint, s3_bucket)
