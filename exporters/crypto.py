@@ -10,6 +10,7 @@ that segment has authenticated.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -107,36 +108,92 @@ def encrypt_stream(
 
 
 def decrypt_stream(chunks: Iterable[bytes], unwrapper: KeyWrapper) -> Iterator[bytes]:
-    """Decrypt and verify; yields each segment's plaintext only after it authenticated."""
+    """Decrypt and verify; yields plaintext only after every segment in it authenticated.
+
+    Segments are opened straight out of each incoming chunk (only a segment split across
+    two chunks is copied) into one output buffer per chunk, so a 1 MiB chunk of ciphertext
+    becomes one ~1 MiB piece of plaintext."""
     source = iter(chunks)
     buf = bytearray()
     header = _read_header(source, buf)
     aead = AESGCM(unwrapper.unwrap(header.key_id, header.wrapped_key))
     _check_header_tag(aead, header, buf)
-    del buf[:TAG_BYTES]
-    full = header.segment_size + TAG_BYTES
-    counter = 0
-    while True:
-        while len(buf) > full:  # more follows, so this segment is not the final one
-            with memoryview(buf) as view:
-                plain = _open_segment(aead, header, view[:full], counter, last=False)
-            del buf[:full]
-            counter += 1
-            yield plain
-        chunk = next(source, None)
-        if chunk is None:
-            break
-        buf += chunk
-    if len(buf) == full:
-        with memoryview(buf) as view:
-            _open_segment(aead, header, view, counter, last=False)
-        raise IntegrityError(
-            f"the file is truncated: it ends after segment {counter} without a final segment"
-        )
-    if len(buf) < TAG_BYTES:
-        raise IntegrityError(f"the file is truncated inside segment {counter}")
-    with memoryview(buf) as view:
-        yield _open_segment(aead, header, view, counter, last=True)
+    opener = _Opener(aead, header)
+    rest = bytes(buf[TAG_BYTES:])  # what came with the header
+    buf.clear()
+    for chunk in itertools.chain((rest,), source):
+        piece = opener.feed(chunk, buf)
+        if piece:
+            yield piece
+        if opener.failure is not None:
+            raise opener.failure
+    yield opener.finish(buf)
+
+
+class _Opener:
+    """Opens the segments of one stream in order, counting them. A segment that fails
+    to authenticate ends the stream: what opened before it is still returned, and the
+    failure waits in `failure`."""
+
+    def __init__(self, aead: AESGCM, header: Header) -> None:
+        self.aead, self.header = aead, header
+        self.size = header.segment_size
+        self.full = header.segment_size + TAG_BYTES
+        self.counter = 0
+        self.failure: IntegrityError | None = None
+
+    def feed(self, chunk: bytes, pending: bytearray) -> bytes:
+        """The plaintext of every segment `chunk` completes and that is not the final one
+        (bytes follow it); what may still be the final segment stays in `pending`."""
+        view = memoryview(chunk)
+        at = 0
+        if pending:
+            need = self.full - len(pending)
+            if len(view) <= need:
+                pending += view
+                return b""
+            pending += view[:need]
+            at = need
+        whole = max(0, len(view) - at - 1) // self.full  # segments with a byte after them
+        segments = [memoryview(pending)] if pending else []
+        segments += [view[at + i * self.full : at + (i + 1) * self.full] for i in range(whole)]
+        out = bytearray(len(segments) * self.size)
+        opened = self._open_all(segments, out)
+        for segment in segments[:1]:
+            segment.release()
+        pending.clear()
+        pending += view[at + whole * self.full :]
+        return bytes(out) if opened == len(segments) else bytes(out[: opened * self.size])
+
+    def _open_all(self, segments: list[memoryview], out: bytearray) -> int:
+        """Open `segments` into `out`, in order: how many authenticated."""
+        with memoryview(out) as target:
+            for slot, data in enumerate(segments):
+                nonce = _nonce(self.header.nonce_prefix, self.counter, False)
+                place = target[slot * self.size : (slot + 1) * self.size]
+                try:
+                    self.aead.decrypt_into(nonce, data, self.header.raw, place)
+                except InvalidTag:
+                    message = _diagnose(self.aead, self.header, data, self.counter, False)
+                    self.failure = IntegrityError(message)
+                    return slot
+                finally:
+                    place.release()
+                self.counter += 1
+        return len(segments)
+
+    def finish(self, pending: bytearray) -> bytes:
+        """The final segment, which must be what is left."""
+        with memoryview(pending) as view:
+            if len(pending) == self.full:
+                _open_segment(self.aead, self.header, view, self.counter, last=False)
+                raise IntegrityError(
+                    f"the file is truncated: it ends after segment {self.counter} "
+                    "without a final segment"
+                )
+            if len(pending) < TAG_BYTES:
+                raise IntegrityError(f"the file is truncated inside segment {self.counter}")
+            return _open_segment(self.aead, self.header, view, self.counter, last=True)
 
 
 def _read_header(source: Iterator[bytes], buf: bytearray) -> Header:

@@ -65,6 +65,10 @@ SECURITY_HEADERS = {
 }
 CLEANUP_INTERVAL = 1  # seconds between sweeps for timed-out connections (waitress: 30)
 BACKLOG = 2048  # accepted-but-unserved connections the kernel queues (capped by somaxconn)
+# A response waits in memory, never in a temporary file (waitress spills past 1 MiB): the
+# app thread blocks once 4 MiB are unsent, so one download holds at most ~5 MiB.
+OUTBUF_HIGH_WATERMARK = 4 << 20
+OUTBUF_OVERFLOW = OUTBUF_HIGH_WATERMARK + (1 << 20)
 FD_RESERVE = 128  # descriptors kept for the database, storage, spooled buffers and logs
 REFUSALS_LOG_EVERY = 10.0  # seconds; refused connections are logged as a count, not each
 
@@ -141,6 +145,8 @@ class ServerLimits:
             "max_request_body_size": self.max_body_bytes,
             "asyncore_use_poll": True,
             "backlog": BACKLOG,
+            "outbuf_high_watermark": OUTBUF_HIGH_WATERMARK,
+            "outbuf_overflow": OUTBUF_OVERFLOW,
         }
 
 
