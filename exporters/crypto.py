@@ -155,15 +155,15 @@ class _Opener:
             pending += view[:need]
             at = need
         whole = max(0, len(view) - at - 1) // self.full  # segments with a byte after them
-        segments = [memoryview(pending)] if pending else []
-        segments += [view[at + i * self.full : at + (i + 1) * self.full] for i in range(whole)]
-        out = bytearray(len(segments) * self.size)
-        opened = self._open_all(segments, out)
-        for segment in segments[:1]:
-            segment.release()
+        with memoryview(pending) as carried:
+            segments = [carried] if pending else []
+            segments += [view[at + i * self.full : at + (i + 1) * self.full] for i in range(whole)]
+            out = bytearray(len(segments) * self.size)
+            opened = self._open_all(segments, out)
         pending.clear()
         pending += view[at + whole * self.full :]
-        return bytes(out) if opened == len(segments) else bytes(out[: opened * self.size])
+        with memoryview(out) as plain:
+            return bytes(plain[: opened * self.size])
 
     def _open_all(self, segments: list[memoryview], out: bytearray) -> int:
         """Open `segments` into `out`, in order: how many authenticated."""
