@@ -30,6 +30,8 @@ except OSError:
 PY
 }
 
+cluster() { ls /etc/postgresql | head -1; } # the machine's PostgreSQL version
+
 wait_for() { # name host port
   for _ in $(seq 1 60); do answers "$2" "$3" && { echo "$1: up on $2:$3"; return 0; }; sleep 0.5; done
   echo "$1: did not come up on $2:$3" >&2; return 1
@@ -44,7 +46,7 @@ start_postgres() {
       sed -i -E 's/(peer|md5|scram-sha-256)$/trust/' "$hba"
     done
   fi
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  pg_ctlcluster --skip-systemctl-redirect "$(cluster)" main start || true
   remember postgres
   wait_for postgres 127.0.0.1 5432
 }
@@ -79,7 +81,7 @@ start_smtp() {
 
 stop_one() { # name
   case "$1" in
-    postgres) pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main stop ;;
+    postgres) pg_ctlcluster --skip-systemctl-redirect "$(cluster)" main stop ;;
     redis) "${REDIS_CLI:-redis-cli}" -p 6379 shutdown nosave >/dev/null 2>&1 ;;
     s3 | smtp) [ -f "$RUN/$1.pid" ] && kill "$(cat "$RUN/$1.pid")" 2>/dev/null; rm -f "$RUN/$1.pid" ;;
   esac
