@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import select
 
 from compliance.errors import IllegalTransitionError, UnsupportedError
-from compliance.execution import RunContext, load_step, set_counts
+from compliance.execution import RunContext
 from compliance.identities import Identities, Identity, pseudonym
 from compliance.lifecycle import FINAL
-from compliance.models import DsrIdentity, DsrRequest, RequestStatus, StepStatus
+from compliance.models import DsrIdentity, DsrRequest, RequestStatus
 from compliance.sealed import load_identities, sealed_identity
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
 from compliance.sources.lookup import require_lookup
@@ -50,20 +50,24 @@ def resolve(sources: Iterable[DataSource], identities: Identities) -> Identities
 
 def discover(ctx: RunContext) -> Identities:
     """Resolve once per request and keep what was found (sealed, with its pseudonym);
-    later attempts read it back instead of resolving again."""
-    step = load_step(ctx, DISCOVER_SOURCE, Action.DISCOVER)
-    if step.status == StepStatus.DONE:
+    later attempts read it back instead of resolving again. A dry run stores nothing, so
+    each of its attempts resolves again (its step is done all the same)."""
+    step = ctx.steps.start(DISCOVER_SOURCE, Action.DISCOVER)
+    if step.done and not ctx.dry_run:
         discovered = load_identities(ctx.db, ctx.keyring, ctx.request_id, discovered_only=True)
         return ctx.identities.union(discovered)
     identities = resolve(ctx.sources, ctx.identities)
-    added = [] if ctx.dry_run else store_discovered(ctx, identities)
-    counts = {"identities": dict(Counter(i.type for i in identities)), "discovered": len(added)}
-    set_counts(ctx, step.id, counts, done=not ctx.dry_run)
+    if ctx.dry_run:
+        ctx.steps.update(step, counts=_discover_counts(identities, []), done=True)
+        ctx.steps.save()
+    else:
+        store_discovered(ctx, identities)
     return identities
 
 
 def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
-    """Seal and store identities the request does not hold yet; returns those added.
+    """Seal and store identities the request does not hold yet, and mark the discover step
+    done, in one transaction; returns the identities added.
 
     Refused once the request is closed: its identities were wiped, and a stale run
     (released, then finished by another worker) must not seal new ones. The request row
@@ -90,7 +94,14 @@ def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
         added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
         for identity in added:
             session.add(sealed_identity(ctx.keyring, ctx.request_id, identity, discovered=True))
+        step = ctx.steps.get(DISCOVER_SOURCE, Action.DISCOVER, session)
+        ctx.steps.update(step, counts=_discover_counts(identities, added), done=True)
+        ctx.steps.save(session)
     return added
+
+
+def _discover_counts(identities: Identities, added: Sequence[Identity]) -> dict[str, Any]:
+    return {"identities": dict(Counter(i.type for i in identities)), "discovered": len(added)}
 
 
 # --- plans -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The erasure runner: discover, erase source by source in bounded chunks, verify, receipt.
 
-Every piece of progress is durable (`dsr_step` rows, see `compliance.execution`): the
-discover step keeps the resolved identities, each source's erase step its checkpoint and
-counts, so a killed worker resumes where it stopped and a finished step never runs again.
+Every piece of progress is durable (`dsr_step` rows, written by the run's step log, see
+`compliance.execution`): the discover step keeps the resolved identities, each source's
+erase step its plan, then its checkpoint and counts with each chunk, so a killed worker
+resumes where it stopped and a finished step never runs again.
 `run_erasure_chunk` does a bounded amount of work and returns None while more is left
 (the worker re-enqueues the request); `run_erasure` runs to the end and returns the receipt.
 
@@ -24,14 +25,15 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from compliance import audit, defaults, holds
 from compliance.cascade import discover, plan_dict
 from compliance.errors import ComplianceError, ResidualDataError
-from compliance.execution import RunContext, fail_step, load_step, save_progress, set_counts
+from compliance.execution import RunContext, Step
 from compliance.identities import Identities, pseudonym
-from compliance.models import DsrStep, StepStatus, Suppression
+from compliance.models import Suppression
+from compliance.receipts import reconcile
 from compliance.sources.base import Action, DataSource, EraseResult
 from compliance.sources.check import refuse_if_gaps
 
@@ -63,9 +65,7 @@ def run_erasure_chunk(ctx: RunContext, *, max_seconds: float | None) -> dict[str
         return {**_header(ctx), "sources": [plan_dict(p) for p in plans], **_held(held)}
     if erase_chunk(ctx, identities, max_seconds=max_seconds, skip=held):
         return None
-    verify_erasure(ctx, identities, skip=held)
-    if not held:
-        _suppress(ctx, identities)
+    verify_erasure(ctx, identities, skip=held, suppress=not held)
     return {**receipt(ctx), **_held(held)}
 
 
@@ -124,29 +124,37 @@ def _erase_source(
     deadline: float | None,
     monotonic: Callable[[], float],
 ) -> bool:
-    """Run `source`'s erase step until done (True) or past the deadline (False)."""
-    step = load_step(ctx, source.name, Action.ERASE)
-    if step.status == StepStatus.DONE:
+    """Run `source`'s erase step until done (True) or past the deadline (False).
+
+    The plan (what the receipt reports) is saved before the first chunk erases anything;
+    each chunk's checkpoint and counts are saved once the chunk committed at its source,
+    the last one in the same transaction as the source's audit event."""
+    step = ctx.steps.start(source.name, Action.ERASE)
+    if step.done:
         return True
     try:
-        if "locations" not in (step.counts or {}):
+        if "locations" not in step.counts:
             planned = plan_dict(source.plan(identities, Action.ERASE))
-            set_counts(ctx, step.id, {"locations": planned["locations"]}, done=False)
-        checkpoint: Mapping[str, Any] = step.checkpoint or {}
+            ctx.steps.update(step, counts={"locations": planned["locations"]})
+            ctx.steps.save()
+        checkpoint: Mapping[str, Any] = step.checkpoint
         while True:
             result = source.erase(identities, checkpoint, ctx.settings.batch_size)
-            counts = _counts(result)
-            save_progress(
-                ctx, step.id, checkpoint=result.checkpoint, add_counts=counts, done=result.done
+            ctx.steps.update(
+                step, checkpoint=result.checkpoint, add_counts=_counts(result), done=result.done
             )
+            with ctx.db.session() as session:
+                ctx.steps.save(session)
+                if result.done:
+                    _audit_source(session, ctx, step)
             checkpoint = result.checkpoint
             if result.done:
-                _audit_source(ctx, source.name, step.id)
+                log.info("dsr.erasure.source_erased", extra={"request_id": str(ctx.request_id)})
                 return True
             if deadline is not None and monotonic() >= deadline:
                 return False
     except ComplianceError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
 
 
@@ -154,41 +162,46 @@ def _counts(result: EraseResult) -> dict[str, int]:
     return {name: getattr(result, name) for name in _COUNTS}
 
 
-def _audit_source(ctx: RunContext, source: str, step_id: int) -> None:
-    with ctx.db.session() as session:
-        step = session.get_one(DsrStep, step_id)
-        audit.record(
-            session,
-            actor=ctx.actor,
-            action="erasure.source_erased",
-            now=ctx.clock(),
-            request_id=ctx.request_id,
-            subject=ctx.subject,
-            details={"source": source, **{k: int(step.counts.get(k, 0)) for k in _COUNTS}},
-        )
-    log.info("dsr.erasure.source_erased", extra={"request_id": str(ctx.request_id)})
+def _audit_source(session: Session, ctx: RunContext, step: Step) -> None:
+    audit.record(
+        session,
+        actor=ctx.actor,
+        action="erasure.source_erased",
+        now=ctx.clock(),
+        request_id=ctx.request_id,
+        subject=ctx.subject,
+        details={"source": step.source, **{k: int(step.counts.get(k, 0)) for k in _COUNTS}},
+    )
 
 
 # --- verify --------------------------------------------------------------------------------
 
 
-def verify_erasure(ctx: RunContext, identities: Identities, skip: Collection[str] = ()) -> None:
+def verify_erasure(
+    ctx: RunContext,
+    identities: Identities,
+    skip: Collection[str] = (),
+    *,
+    suppress: bool = False,
+) -> None:
     """Look for the subject again everywhere (but in `skip`: sources a legal hold keeps);
-    raise `ResidualDataError` listing residue."""
+    raise `ResidualDataError` listing residue. With nothing left, `suppress` remembers the
+    subject (in the same transaction as the verify steps and their audit event)."""
     residue: list[str] = []
     for source in ctx.sources:
         if source.name in skip:
             continue
-        step = load_step(ctx, source.name, Action.VERIFY)
+        step = ctx.steps.start(source.name, Action.VERIFY)
         found = source.verify(identities)
         total = sum(r.count for r in found)
         locations = [{"location": r.location, "count": r.count} for r in found]
-        set_counts(ctx, step.id, {"residue": total, "locations": locations}, done=not found)
+        ctx.steps.update(step, counts={"residue": total, "locations": locations}, done=not found)
         if found:
-            fail_step(ctx, step.id, f"{total} item(s) left")
-            _reopen(ctx, source.name)
+            ctx.steps.reopen(source.name, Action.ERASE)
+            ctx.steps.fail(step, f"{total} item(s) left")
             residue.extend(f"{r.location}: {r.count}" for r in found)
     with ctx.db.session() as session:
+        ctx.steps.save(session)
         audit.record(
             session,
             actor=ctx.actor,
@@ -198,6 +211,8 @@ def verify_erasure(ctx: RunContext, identities: Identities, skip: Collection[str
             subject=ctx.subject,
             details={"residue": len(residue)},
         )
+        if suppress and not residue:
+            _suppress(session, ctx, identities)
     if residue:
         raise ResidualDataError(
             "personal data is still there after erasure (" + "; ".join(residue) + "); "
@@ -205,37 +220,20 @@ def verify_erasure(ctx: RunContext, identities: Identities, skip: Collection[str
         )
 
 
-def _reopen(ctx: RunContext, source: str) -> None:
-    """Make a source's erase step run again from the start on the next attempt."""
-    with ctx.db.session() as session:
-        step = session.scalars(
-            select(DsrStep).where(
-                DsrStep.request_id == ctx.request_id,
-                DsrStep.source == source,
-                DsrStep.action == Action.ERASE,
-            )
-        ).one_or_none()
-        if step is not None:
-            step.status = StepStatus.PENDING
-            step.checkpoint = {}
-            step.finished_at = None
-
-
-def _suppress(ctx: RunContext, identities: Identities) -> None:
+def _suppress(session: Session, ctx: RunContext, identities: Identities) -> None:
     """Remember the erased subject by pseudonyms, to erase again after a backup restore."""
     key = ctx.keyring.pseudonym_key
     hmacs: dict[str, list[str]] = {}
     for identity in identities:
         hmacs.setdefault(identity.type, []).append(pseudonym(key, identity))
-    with ctx.db.session() as session:
-        row = session.get(Suppression, ctx.subject)
-        if row is None:
-            row = Suppression(subject=ctx.subject, identity_hmacs={})
-            session.add(row)
-        merged = {k: sorted(set(row.identity_hmacs.get(k, [])) | set(v)) for k, v in hmacs.items()}
-        row.identity_hmacs = {**row.identity_hmacs, **merged}
-        row.request_id = ctx.request_id
-        row.erased_at = ctx.clock()
+    row = session.get(Suppression, ctx.subject)
+    if row is None:
+        row = Suppression(subject=ctx.subject, identity_hmacs={})
+        session.add(row)
+    merged = {k: sorted(set(row.identity_hmacs.get(k, [])) | set(v)) for k, v in hmacs.items()}
+    row.identity_hmacs = {**row.identity_hmacs, **merged}
+    row.request_id = ctx.request_id
+    row.erased_at = ctx.clock()
 
 
 # --- receipt -------------------------------------------------------------------------------
@@ -244,26 +242,17 @@ def _suppress(ctx: RunContext, identities: Identities) -> None:
 def receipt(ctx: RunContext) -> dict[str, Any]:
     """Per source: counts and the planned locations (what was deleted, anonymised,
     retained and on what legal basis). Names and counts only."""
-    with ctx.db.session() as session:
-        steps = {
-            step.source: dict(step.counts or {})
-            for step in session.scalars(
-                select(DsrStep).where(
-                    DsrStep.request_id == ctx.request_id, DsrStep.action == Action.ERASE
-                )
-            )
-        }
+    steps = {name: step.counts for name, step in ctx.steps.of(Action.ERASE).items()}
     sources = []
     for source in ctx.sources:
         counts = steps.get(source.name, {})
-        sources.append(
-            {
-                "source": source.name,
-                "kind": source.kind,
-                **{k: int(counts.get(k, 0)) for k in _COUNTS},
-                "locations": counts.get("locations", []),
-            }
-        )
+        entry = {
+            "source": source.name,
+            "kind": source.kind,
+            **{k: int(counts.get(k, 0)) for k in _COUNTS},
+            "locations": counts.get("locations", []),
+        }
+        sources.append(reconcile(entry))  # counts == the sums of its lines
     totals = {k: sum(s[k] for s in sources) for k in _COUNTS}
     return {**_header(ctx), **totals, "sources": sources, "verified": True}
 

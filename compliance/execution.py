@@ -1,20 +1,29 @@
-"""What a worker needs to run one request, and durable per-source steps.
+"""What a worker needs to run one request, and the run's durable per-source steps.
 
 A runner (`compliance.erasure.run_erasure`, `exporters.job.run_export`) receives a
-`RunContext`, does its work source by source, and records progress in `dsr_step` rows so
-a killed worker resumes where it stopped: a step that is `done` is never run again, and a
-step's `checkpoint` is where its next chunk starts.
+`RunContext`, does its work source by source, and records progress in `dsr_step` rows
+through the context's `StepLog`, so a killed worker resumes where it stopped: a step that
+is `done` is never run again, and a step's `checkpoint` is where its next chunk starts.
+
+The step log is the only code that reads or writes `dsr_step` during a run. It reads all
+steps of the request once, keeps changes in memory, and writes them with the next
+`save`: in a transaction of its own, or in the caller's transaction beside the change
+they describe (a chunk's checkpoint with nothing else, an export's counts with its
+package row, a mail's step with its audit event). A runner calls `save` wherever a
+checkpoint must be durable before its next side effect; everything else (a step marked
+running, counts of an export still streaming) rides along with the next save, the next
+heartbeat (`beat`, at most every third of the lease) or the run's final transition.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session
 
 from compliance.config import Settings
@@ -25,10 +34,265 @@ from compliance.keyring import Keyring
 from compliance.models import DsrRequest, DsrStep, RequestStatus, StepStatus
 from compliance.sources.base import DataSource
 
+MAX_ERROR = 2000
+_FIELDS = ("status", "counts", "checkpoint", "attempts", "error", "started_at", "finished_at")
+
+
+@dataclass
+class Step:
+    """One `dsr_step` row as the run knows it; change it through the `StepLog`."""
+
+    source: str
+    action: str
+    status: str = StepStatus.PENDING
+    counts: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    id: int | None = None  # None until the row is written
+
+    @property
+    def done(self) -> bool:
+        return self.status == StepStatus.DONE
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.action)
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+class StepLog:
+    """The steps of one run of one request: read once, written in few transactions.
+
+    `claim` is the run's claim (``dsr_request.attempts``); every `save` renews the run's
+    lease under it and raises `LeaseHeldError` when another run took the request over, so
+    the step writes of a run that lost its claim are rolled back with that transaction.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        request_id: uuid.UUID,
+        *,
+        claim: int | None,
+        clock: Callable[[], datetime],
+        lease_seconds: float,
+    ) -> None:
+        self.db = db
+        self.request_id = request_id
+        self.claim = claim
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self._steps: dict[tuple[str, str], Step] = {}
+        self._loaded = False
+        self._dirty: set[tuple[str, str]] = set()
+        self._renewed = clock()  # the claim has just set the lease
+
+    # --- reading ---------------------------------------------------------------------
+
+    def load(self, session: Session) -> None:
+        """Read the request's steps now, in `session` (else they are read on first use)."""
+        self._load(session)
+
+    def get(self, source: str, action: str, session: Session | None = None) -> Step:
+        """The step (a new pending one, not yet written, if the request has none). The
+        steps are read on first use, in `session` if one is open (SQLite lets one
+        transaction write at a time)."""
+        self._load(session)
+        key = (source, action)
+        if key not in self._steps:
+            self._steps[key] = Step(source, action)
+        return self._steps[key]
+
+    def of(self, action: str) -> dict[str, Step]:
+        """Per source, the steps of `action` that exist or were changed in this run."""
+        self._load()
+        return {
+            step.source: step
+            for step in self._steps.values()
+            if step.action == action and (step.id is not None or step.key in self._dirty)
+        }
+
+    @property
+    def pending(self) -> bool:
+        """Whether some change is not saved yet."""
+        return bool(self._dirty)
+
+    # --- changing (in memory until the next save) ------------------------------------
+
+    def start(self, source: str, action: str) -> Step:
+        """The step, marked running with one more attempt (unless it is done)."""
+        step = self.get(source, action)
+        if not step.done:
+            step.status = StepStatus.RUNNING
+            step.attempts += 1
+            step.started_at = step.started_at or self.clock()
+            step.error = None
+            self._dirty.add(step.key)
+        return step
+
+    def update(
+        self,
+        step: Step,
+        *,
+        counts: Mapping[str, Any] | None = None,
+        add_counts: Mapping[str, int] | None = None,
+        checkpoint: Mapping[str, Any] | None = None,
+        done: bool = False,
+    ) -> Step:
+        """Replace (`counts`) or add to (`add_counts`) the step's counts, set its
+        checkpoint, mark it done."""
+        if counts is not None:
+            step.counts = dict(counts)
+        if add_counts:
+            merged = dict(step.counts)
+            for name, value in add_counts.items():
+                merged[name] = merged.get(name, 0) + value
+            step.counts = merged
+        if checkpoint is not None:
+            step.checkpoint = dict(checkpoint)
+        if done:
+            step.status = StepStatus.DONE
+            step.finished_at = self.clock()
+        self._dirty.add(step.key)
+        return step
+
+    def reopen(self, source: str, action: str) -> None:
+        """Make a step run again from the start on the next attempt."""
+        step = self.get(source, action)
+        if step.id is None and step.key not in self._dirty:
+            return
+        step.status = StepStatus.PENDING
+        step.checkpoint = {}
+        step.finished_at = None
+        self._dirty.add(step.key)
+
+    # --- writing ---------------------------------------------------------------------
+
+    def save(self, session: Session | None = None, *, renew: bool = True) -> None:
+        """Write every change so far, and (`renew`) renew the run's lease, in `session`
+        (committed with it) or in a transaction of its own."""
+        if session is None:
+            with self.db.session() as own:
+                self.save(own, renew=renew)
+            return
+        self._write(session)
+        if renew:
+            self.renew(session)
+
+    def fail(self, step: Step, error: str) -> None:
+        """Record a step's failure now (with every change so far), unless this run lost
+        its claim (`LeaseHeldError`: the run that took over owns the steps now)."""
+        step.status = StepStatus.FAILED
+        step.error = error[:MAX_ERROR]
+        self._dirty.add(step.key)
+        self.save()
+
+    def beat(self) -> None:
+        """For work that saves nothing for a while (an export streaming its package):
+        call it as often as you like; at most once per third of the lease it saves the
+        changes so far and renews the lease."""
+        if (self.clock() - self._renewed).total_seconds() >= self.lease_seconds / 3:
+            self.save()
+
+    def renew(self, session: Session) -> None:
+        """Renew the run's lease (`lease_seconds` from now): while it lives, no other run
+        takes the request over and the sweep leaves it alone.
+
+        Raises `LeaseHeldError` when this run no longer holds the claim (its lease expired
+        and another run took over): the run must stop before doing more side effects.
+        """
+        query = update(DsrRequest).where(
+            DsrRequest.id == self.request_id, DsrRequest.status == RequestStatus.RUNNING
+        )
+        if self.claim is not None:
+            query = query.where(DsrRequest.attempts == self.claim)
+        now = self.clock()
+        lease = now + timedelta(seconds=self.lease_seconds)
+        result = session.execute(query.values(updated_at=now, lease_until=lease))
+        if self.claim is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+            raise LeaseHeldError(
+                f"request {self.request_id} was handed to another run; this run stops here"
+            )
+        self._renewed = now
+
+    # --- internals -------------------------------------------------------------------
+
+    def _load(self, session: Session | None = None) -> None:
+        if self._loaded:
+            return
+        if session is None:
+            with self.db.session() as own:
+                self._load(own)
+            return
+        rows = session.scalars(select(DsrStep).where(DsrStep.request_id == self.request_id))
+        for row in rows:
+            step = self._steps.setdefault((row.source, row.action), Step(row.source, row.action))
+            step.id = row.id
+            for name in _FIELDS:
+                setattr(step, name, _copy(getattr(row, name)))
+        self._loaded = True
+
+    def _write(self, session: Session) -> None:
+        if not self._dirty:
+            return
+        self._load(session)
+        steps = [self._steps[key] for key in sorted(self._dirty)]
+        changed = [{"id": s.id, **s.values()} for s in steps if s.id is not None]
+        if changed:
+            session.execute(update(DsrStep), changed)
+        new = [s for s in steps if s.id is None]
+        if new:
+            rows = [
+                {
+                    "request_id": self.request_id,
+                    "source": s.source,
+                    "action": s.action,
+                    **s.values(),
+                }
+                for s in new
+            ]
+            ids = session.execute(
+                insert(DsrStep).returning(DsrStep.id, sort_by_parameter_order=True), rows
+            ).scalars()
+            for step, step_id in zip(new, ids, strict=True):
+                step.id = step_id
+        self._dirty.clear()
+        self._forget_on_rollback(session)
+
+    def _forget_on_rollback(self, session: Session) -> None:
+        """If `session`'s transaction rolls back, what this run knows may be ahead of the
+        database: forget it all and read it again on next use."""
+        watched = session.info.setdefault("step_logs", set())
+        if id(self) in watched:
+            return
+        watched.add(id(self))
+
+        def forget(_session: Session, _previous: Any) -> None:
+            for step in self._steps.values():
+                for name, value in Step(step.source, step.action).values().items():
+                    setattr(step, name, value)
+                step.id = None
+            self._dirty.clear()
+            self._loaded = False
+
+        event.listen(session, "after_soft_rollback", forget, once=True)
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
 
 @dataclass(frozen=True)
 class RunContext:
-    """Everything a runner may use; built by the worker, passed down explicitly."""
+    """Everything a runner may use; built by the worker, passed down explicitly.
+
+    `steps` is this run's step log, made fresh for every context (a copy made with
+    `dataclasses.replace` gets its own)."""
 
     settings: Settings
     db: Database
@@ -42,115 +306,19 @@ class RunContext:
     actor: str = "worker"
     claim: int | None = None  # the attempt number this run claimed; heartbeats check it
     notify: bool = True  # email the subject (retention erasures: only if configured)
+    steps: StepLog = field(init=False, repr=False, compare=False)
 
-
-def ensure_step(session: Session, request_id: uuid.UUID, source: str, action: str) -> DsrStep:
-    """The step row for (request, source, action), created pending if missing."""
-    step = session.scalars(
-        select(DsrStep).where(
-            DsrStep.request_id == request_id, DsrStep.source == source, DsrStep.action == action
+    def __post_init__(self) -> None:
+        log = StepLog(
+            self.db,
+            self.request_id,
+            claim=self.claim,
+            clock=self.clock,
+            lease_seconds=self.settings.lease_seconds,
         )
-    ).one_or_none()
-    if step is None:
-        step = DsrStep(
-            request_id=request_id,
-            source=source,
-            action=action,
-            status=StepStatus.PENDING,
-            counts={},
-            checkpoint={},
-            attempts=0,
-        )
-        session.add(step)
-        session.flush()
-    return step
+        object.__setattr__(self, "steps", log)
 
 
-def load_step(ctx: RunContext, source: str, action: str) -> DsrStep:
-    """Fetch (or create) a step and mark it running; counts one more attempt."""
-    with ctx.db.session() as session:
-        step = ensure_step(session, ctx.request_id, source, action)
-        if step.status != StepStatus.DONE:
-            step.status = StepStatus.RUNNING
-            step.attempts += 1
-            step.started_at = step.started_at or ctx.clock()
-            step.error = None
-        return step
-
-
-def save_progress(
-    ctx: RunContext,
-    step_id: int,
-    *,
-    checkpoint: Mapping[str, Any],
-    add_counts: Mapping[str, int] | None = None,
-    done: bool = False,
-) -> None:
-    """Persist a checkpoint (and counts) after a chunk committed at its source."""
-    with ctx.db.session() as session:
-        step = session.get_one(DsrStep, step_id)
-        step.checkpoint = dict(checkpoint)
-        counts = dict(step.counts or {})
-        for key, value in (add_counts or {}).items():
-            counts[key] = counts.get(key, 0) + value
-        step.counts = counts
-        if done:
-            step.status = StepStatus.DONE
-            step.finished_at = ctx.clock()
-        heartbeat(session, ctx)
-
-
-def heartbeat(session: Session, ctx: RunContext) -> None:
-    """Renew the run's lease (`lease_seconds` from now): while it lives, no other run
-    takes the request over and the sweep leaves it alone.
-
-    Raises `LeaseHeldError` when this run no longer holds the claim (its lease expired and
-    another run took over): the run must stop before doing more side effects.
-    """
-    query = update(DsrRequest).where(
-        DsrRequest.id == ctx.request_id, DsrRequest.status == RequestStatus.RUNNING
-    )
-    if ctx.claim is not None:
-        query = query.where(DsrRequest.attempts == ctx.claim)
-    now = ctx.clock()
-    lease = now + timedelta(seconds=ctx.settings.lease_seconds)
-    result = session.execute(query.values(updated_at=now, lease_until=lease))
-    if ctx.claim is not None and result.rowcount == 0:  # type: ignore[attr-defined]
-        raise LeaseHeldError(
-            f"request {ctx.request_id} was handed to another run; this run stops here"
-        )
-
-
-def pulse(ctx: RunContext, every: float | None = None) -> Callable[[], None]:
-    """A heartbeat for work that records no checkpoints (an export streaming its package):
-    call it as often as you like; it renews the lease at most once per `every` seconds
-    (default: a third of the lease)."""
-    every = ctx.settings.lease_seconds / 3 if every is None else every
-    last: list[datetime] = []
-
-    def beat() -> None:
-        now = ctx.clock()
-        if last and (now - last[0]).total_seconds() < every:
-            return
-        last[:] = [now]
-        with ctx.db.session() as session:
-            heartbeat(session, ctx)
-
-    return beat
-
-
-def set_counts(ctx: RunContext, step_id: int, counts: Mapping[str, Any], done: bool) -> None:
-    """Replace a step's counts (for steps whose counts are not cumulative, e.g. verify)."""
-    with ctx.db.session() as session:
-        step = session.get_one(DsrStep, step_id)
-        step.counts = dict(counts)
-        if done:
-            step.status = StepStatus.DONE
-            step.finished_at = ctx.clock()
-
-
-def fail_step(ctx: RunContext, step_id: int, error: str) -> None:
-    with ctx.db.session() as session:
-        step = session.get_one(DsrStep, step_id)
-        step.status = StepStatus.FAILED
-        step.error = error[:2000]
+def saved_counts(steps: Iterable[Step]) -> dict[str, dict[str, Any]]:
+    """Per source, a copy of the steps' counts."""
+    return {step.source: dict(step.counts) for step in steps}

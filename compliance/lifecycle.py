@@ -118,15 +118,15 @@ def transition(
     if claim is not None:
         conditions.append(DsrRequest.attempts == claim)
     conditions.extend(where)
-    result = session.execute(
+    request = session.scalars(  # one round trip: the changed row comes back with the update
         update(DsrRequest)
         .where(*conditions)
         .values(**changes)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+        .returning(DsrRequest)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if request is None:
         raise _refusal(session, request_id, event, rule)
-    request = session.get_one(DsrRequest, request_id, populate_existing=True)
     audit.record(
         session,
         actor=actor,

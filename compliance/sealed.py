@@ -37,13 +37,20 @@ def load_identities(
     db: Database, keyring: Keyring, request_id: uuid.UUID, *, discovered_only: bool = False
 ) -> Identities:
     """The request's identities still held (given and discovered, or discovered only)."""
+    with db.session() as session:
+        return identities_in(session, keyring, request_id, discovered_only=discovered_only)
+
+
+def identities_in(
+    session: Session, keyring: Keyring, request_id: uuid.UUID, *, discovered_only: bool = False
+) -> Identities:
+    """`load_identities` inside an open transaction."""
     query = select(DsrIdentity.type, DsrIdentity.value_sealed).where(
         DsrIdentity.request_id == request_id, DsrIdentity.value_sealed.is_not(None)
     )
     if discovered_only:
         query = query.where(DsrIdentity.discovered.is_(True))
-    with db.session() as session:
-        rows = session.execute(query).all()
+    rows = session.execute(query).all()
     return Identities.of(
         Identity(kind, keyring.unseal(sealed, identity_aad(request_id, kind)).decode())
         for kind, sealed in rows

@@ -29,12 +29,12 @@ from compliance.errors import (
     RetryableError,
     TerminalError,
 )
-from compliance.execution import RunContext
+from compliance.execution import RunContext, StepLog
 from compliance.keyring import Keyring
 from compliance.lifecycle import Event, transition
 from compliance.logs import stack_summary
 from compliance.models import DsrRequest, RequestKind, RequestStatus
-from compliance.sealed import load_identities, wipe_identities
+from compliance.sealed import identities_in, wipe_identities
 from compliance.sources.base import DataSource
 from compliance.sources.lookup import require_lookup
 
@@ -101,11 +101,11 @@ def execute(
             receipt = runner(ctx)
     except RetryableError as exc:
         later = {"retry_at": worker.clock() + timedelta(seconds=retry_in)}
-        if not _finish(worker, request_id, claim, Event.RELEASE, error=str(exc), values=later):
+        if not _finish(worker, ctx, Event.RELEASE, error=str(exc), values=later):
             return Outcome.SKIPPED  # the run that took over the claim carries on
         raise
     except TerminalError as exc:
-        if not _finish(worker, request_id, claim, Event.FAIL, error=str(exc)):
+        if not _finish(worker, ctx, Event.FAIL, error=str(exc)):
             return Outcome.SKIPPED
         return Outcome.FAILED
     except Exception as exc:  # never leave a request running because of a bug
@@ -113,14 +113,14 @@ def execute(
             "dsr.run.crashed", extra={"request_id": str(request_id), "trace": stack_summary(exc)}
         )
         error = f"internal error ({type(exc).__name__})"
-        if not _finish(worker, request_id, claim, Event.FAIL, error=error):
+        if not _finish(worker, ctx, Event.FAIL, error=error):
             return Outcome.SKIPPED
         return Outcome.FAILED
     if receipt is None:
-        return _hand_over(worker, request_id, claim)
+        return _hand_over(worker, ctx)
     held = bool(receipt.get("held"))
     event = Event.HOLD if held else Event.COMPLETE
-    if not _finish(worker, request_id, claim, event, receipt=receipt):
+    if not _finish(worker, ctx, event, receipt=receipt):
         return Outcome.SKIPPED
     log.info("dsr.run.held" if held else "dsr.run.completed", extra={"request_id": str(request_id)})
     return Outcome.HELD if held else Outcome.COMPLETED
@@ -164,17 +164,20 @@ def _resume(worker: Worker, request_id: uuid.UUID, claim: int) -> DsrRequest | N
         return request if request.attempts == claim else None
 
 
-def _hand_over(worker: Worker, request_id: uuid.UUID, claim: int) -> Outcome:
-    """Queue the next chunk under the same claim; if that fails, release the request so
-    the maintenance sweep dispatches it again (its steps resume from their checkpoints)."""
-    assert worker.continuation is not None
+def _hand_over(worker: Worker, ctx: RunContext) -> Outcome:
+    """Queue the next chunk under the same claim (after saving the chunk's steps); if that
+    fails, release the request so the maintenance sweep dispatches it again (its steps
+    resume from their checkpoints)."""
+    assert worker.continuation is not None and ctx.claim is not None
+    if ctx.steps.pending:
+        ctx.steps.save()  # the next chunk reads the steps afresh
     try:
-        worker.continuation(request_id, claim)
+        worker.continuation(ctx.request_id, ctx.claim)
     except Exception as exc:  # any broker error: nothing is lost, the sweep takes over
         error = f"next chunk could not be queued ({type(exc).__name__}); resuming later"
-        _finish(worker, request_id, claim, Event.RELEASE, error=error)
+        _finish(worker, ctx, Event.RELEASE, error=error)
         return Outcome.RELEASED
-    log.info("dsr.run.continued", extra={"request_id": str(request_id)})
+    log.info("dsr.run.continued", extra={"request_id": str(ctx.request_id)})
     return Outcome.CONTINUED
 
 
@@ -199,9 +202,12 @@ def _claim_in(
                 Event.CLAIM,
                 actor=actor,
                 now=now,
-                values={"lease_until": until, "retry_at": None},
+                values={
+                    "lease_until": until,
+                    "retry_at": None,
+                    "attempts": DsrRequest.attempts + 1,
+                },
             )
-            request.attempts += 1
             return request
     except IllegalTransitionError:
         log.info("dsr.claim.skipped", extra={"request_id": str(request_id)})
@@ -259,43 +265,49 @@ def _lease_alive(worker: Worker, request_id: uuid.UUID) -> bool:
 
 
 def _context(worker: Worker, request: DsrRequest) -> RunContext:
-    return RunContext(
-        settings=worker.settings,
-        db=worker.db,
-        keyring=worker.keyring,
-        sources=worker.sources,
-        request_id=request.id,
-        subject=request.subject,
-        identities=load_identities(worker.db, worker.keyring, request.id),
-        dry_run=request.dry_run,
-        clock=worker.clock,
-        actor=worker.name,
-        claim=request.attempts,
-        notify=request.notify,
-    )
+    """The run's context, with its identities and its steps read in one transaction."""
+    with worker.db.session() as session:
+        ctx = RunContext(
+            settings=worker.settings,
+            db=worker.db,
+            keyring=worker.keyring,
+            sources=worker.sources,
+            request_id=request.id,
+            subject=request.subject,
+            identities=identities_in(session, worker.keyring, request.id),
+            dry_run=request.dry_run,
+            clock=worker.clock,
+            actor=worker.name,
+            claim=request.attempts,
+            notify=request.notify,
+        )
+        ctx.steps.load(session)
+    return ctx
 
 
 def _finish(
     worker: Worker,
-    request_id: uuid.UUID,
-    claim: int,
+    ctx: RunContext,
     event: Event,
     *,
     error: str | None = None,
     receipt: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
 ) -> bool:
-    """Record the outcome of our claim; False if the claim was lost (released or taken)."""
+    """Record the outcome of our claim, with the run's unsaved step changes; False if the
+    claim was lost (released or taken)."""
+    assert ctx.claim is not None
     return _finish_in(
         worker.db,
-        request_id,
-        claim,
+        ctx.request_id,
+        ctx.claim,
         event,
         actor=worker.name,
         now=worker.clock(),
         error=error,
         receipt=receipt,
         values=values,
+        steps=ctx.steps,
     )
 
 
@@ -310,6 +322,7 @@ def _finish_in(
     error: str | None = None,
     receipt: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
+    steps: StepLog | None = None,
 ) -> bool:
     values = {"last_error": error[:2000] if error else None, "lease_until": None, **(values or {})}
     if receipt is not None:
@@ -317,6 +330,12 @@ def _finish_in(
     details = {"error": type_of(error)} if error else {}
     try:
         with db.session() as session:
+            if steps is not None:
+                steps.save(session, renew=False)
+            if event == Event.COMPLETE:
+                wipe_identities(session, request_id)
+            # last: the audit chain's lock is held from here to the commit; if the claim
+            # was lost, the transition refuses and the writes above roll back with it
             transition(
                 session,
                 request_id,
@@ -327,8 +346,6 @@ def _finish_in(
                 details=details,
                 claim=claim,
             )
-            if event == Event.COMPLETE:
-                wipe_identities(session, request_id)
     except IllegalTransitionError:
         # The maintenance sweep released the claim meanwhile (and maybe another worker
         # claimed it): that run, or the next one, resumes from the durable steps.

@@ -3,7 +3,9 @@
 Idempotent: when the request already has a package, its summary is returned and nothing
 is built again. The object key is deterministic, so a retry after a crash overwrites the
 same object instead of leaving a second one. The upload is all-or-nothing; each source
-gets a durable `export` step holding its counts (and its error, if it failed).
+gets an `export` step holding its counts (and its error, if it failed), written in the
+transaction that records the package (or with a heartbeat while a long export streams):
+an export is rebuilt whole on a retry, so its steps checkpoint nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from compliance import audit
 from compliance.cascade import discover
 from compliance.errors import ComplianceError
-from compliance.execution import RunContext, fail_step, load_step, pulse, set_counts
+from compliance.execution import RunContext, Step, saved_counts
 from compliance.identities import Identities, IdentityType
-from compliance.models import DsrStep, ExportPackage
+from compliance.models import ExportPackage
 from compliance.sources.base import Action, DataSource, ExportItem, FileItem, RowsItem
 from exporters.crypto import encrypt_stream, wrapper_for
 from exporters.package import write_package
@@ -59,7 +61,7 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
     key = package_key(ctx.request_id)
     # A multipart upload is on record before its first part: if this run dies, the
     # maintenance sweep aborts it (exporters.uploads).
-    uploads = UploadLog(ctx.db, ctx.request_id, ctx.claim, ctx.clock, beat=pulse(ctx))
+    uploads = UploadLog(ctx.db, ctx.request_id, ctx.claim, ctx.clock, beat=ctx.steps.beat)
     size = open_storage(ctx.settings).upload(
         key, _hashed(encrypt_stream(plaintext, wrapper), digest), uploads
     )
@@ -83,11 +85,13 @@ def _existing(ctx: RunContext) -> ExportPackage | None:
 
 
 def _record(ctx: RunContext, row: ExportPackage) -> dict[str, Any]:
+    """The package row, the export steps and the audit event, in one transaction."""
     counts = _step_counts(ctx)
     try:
         with ctx.db.session() as session:
             session.add(row)
             session.flush()
+            ctx.steps.save(session)
             audit.record(
                 session,
                 actor=ctx.actor,
@@ -122,13 +126,7 @@ def _summary(ctx: RunContext, row: ExportPackage, *, created: bool) -> dict[str,
 
 
 def _step_counts(ctx: RunContext) -> dict[str, dict[str, Any]]:
-    with ctx.db.session() as session:
-        steps = session.scalars(
-            select(DsrStep).where(
-                DsrStep.request_id == ctx.request_id, DsrStep.action == Action.EXPORT
-            )
-        ).all()
-        return {step.source: dict(step.counts or {}) for step in steps}
+    return saved_counts(ctx.steps.of(Action.EXPORT).values())
 
 
 def _totals(counts: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -145,7 +143,7 @@ def _plan(ctx: RunContext, identities: Identities) -> dict[str, Any]:
 
 
 def _all_items(ctx: RunContext, identities: Identities) -> Iterator[ExportItem]:
-    beat = pulse(ctx)  # the export checkpoints nothing: keep the claim from looking stale
+    beat = ctx.steps.beat  # the export checkpoints nothing: keep the claim from looking stale
     for source in ctx.sources:
         yield from _source_items(ctx, source, identities, beat)
 
@@ -153,17 +151,17 @@ def _all_items(ctx: RunContext, identities: Identities) -> Iterator[ExportItem]:
 def _source_items(
     ctx: RunContext, source: DataSource, identities: Identities, beat: Callable[[], None]
 ) -> Iterator[ExportItem]:
-    step = load_step(ctx, source.name, Action.EXPORT)
+    step = ctx.steps.start(source.name, Action.EXPORT)
     tally = {"collections": 0, "rows": 0, "files": 0, "bytes": 0}
 
     def guard() -> AbstractContextManager[None]:
-        return _failing_step(ctx, step.id)
+        return _failing_step(ctx, step)
 
     with guard():
         for item in source.export(identities):
             beat()
             yield _counted(item, tally, guard, beat)
-    set_counts(ctx, step.id, tally, done=True)
+    ctx.steps.update(step, counts=tally, done=True)  # saved with the package row
 
 
 def _counted(
@@ -196,13 +194,13 @@ def _counted(
 
 
 @contextmanager
-def _failing_step(ctx: RunContext, step_id: int) -> Iterator[None]:
+def _failing_step(ctx: RunContext, step: Step) -> Iterator[None]:
     """Record a source's failure on its step (type and safe message only), then re-raise."""
     try:
         yield
     except Exception as exc:
         detail = f": {exc}" if isinstance(exc, ComplianceError) else ""
-        fail_step(ctx, step_id, f"{type(exc).__name__}{detail}")
+        ctx.steps.fail(step, f"{type(exc).__name__}{detail}")
         raise
 
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
-from compliance.errors import TerminalError
+from compliance.errors import RetryableError, TerminalError
 from compliance.execution import RunContext
 from compliance.keyring import Keyring, load_keyring
 from compliance.models import RequestKind
+from compliance.retries import defer
 from compliance.worker import Outcome, Worker, execute, fail_unrunnable
 from tasks.app import settings
 
@@ -58,12 +59,17 @@ def worker() -> Worker:
 def run(request_id: uuid.UUID, claim: int | None = None, *, retry_in: float = 0.0) -> Outcome:
     """Run a request (or its next chunk under `claim`). If the sources cannot be loaded
     for a reason retrying cannot fix (a manifest error), the request fails with that
-    one line as its `last_error`; a retryable load error propagates (the task retries)."""
+    one line as its `last_error`. A retryable load error (a source unreachable) is
+    recorded on the request (reason, attempt, next try in `retry_in` seconds), then
+    propagates: the task retries."""
     try:
         current = worker()
     except TerminalError as exc:
         db = control().db
         return fail_unrunnable(db, request_id, str(exc), claim=claim, now=utcnow())
+    except RetryableError as exc:
+        defer(control().db, request_id, str(exc), retry_in=retry_in, now=utcnow(), claim=claim)
+        raise
     return execute(current, request_id, claim, retry_in=retry_in)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from compliance.cascade import store_discovered
+from compliance.cascade import discover, store_discovered
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.errors import IllegalTransitionError
@@ -15,9 +16,9 @@ from compliance.execution import RunContext
 from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
 from compliance.lifecycle import Event, transition
-from compliance.models import DsrIdentity, RequestKind
+from compliance.models import DsrIdentity, DsrStep, RequestKind
 from compliance.sealed import load_identities, wipe_identities
-from tests.compliance.helpers import NOW, submit_request
+from tests.compliance.helpers import NOW, FakeSource, submit_request
 
 
 def context(db: Database, settings: Settings, request_id: Any, subject: str) -> RunContext:
@@ -66,3 +67,27 @@ def test_a_stale_run_cannot_store_identities_after_the_request_was_closed(
     with pytest.raises(IllegalTransitionError, match="completed"):
         store_discovered(ctx, late)
     assert sealed(db, created.id) == [None, None]
+
+
+class LinkingSource(FakeSource):
+    """Answers the subject's email with a customer id it links to it."""
+
+    def resolve(self, identities: Any) -> Any:
+        return identities.union([parse_identity("customer_id", "C-77")])
+
+
+def test_a_dry_runs_discover_step_is_done_and_each_attempt_resolves_again(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    ctx = dataclasses.replace(
+        context(db, settings, created.id, created.subject),
+        sources=(LinkingSource("crm"),),
+        dry_run=True,
+    )
+    assert "customer_id" in discover(ctx).types()
+    assert "customer_id" in discover(ctx).types()  # nothing stored to read back: resolved
+    with db.session() as session:
+        step = session.scalars(select(DsrStep).where(DsrStep.request_id == created.id)).one()
+    assert (step.action, step.status, step.attempts) == ("discover", "done", 1)
+    assert len(sealed(db, created.id)) == 2  # the given identities only

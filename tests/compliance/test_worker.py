@@ -215,16 +215,17 @@ def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
 def test_a_run_that_lost_its_claim_stops_at_its_next_heartbeat(
     db: Database, settings: Settings
 ) -> None:
-    from compliance.execution import load_step, save_progress
+    from compliance.models import DsrStep
 
     progressed: list[str] = []
 
     def runner(ctx: RunContext) -> dict[str, Any]:
-        step = load_step(ctx, "app", "erase")
+        step = ctx.steps.start("app", "erase")
         with db.session() as session:  # meanwhile: released as stale and claimed again
             row = session.get_one(DsrRequest, ctx.request_id)
             row.attempts += 1
-        save_progress(ctx, step.id, checkpoint={"at": 1})
+        ctx.steps.update(step, checkpoint={"at": 1})
+        ctx.steps.save()
         progressed.append("after the lost claim")
         return {}
 
@@ -233,6 +234,8 @@ def test_a_run_that_lost_its_claim_stops_at_its_next_heartbeat(
     assert progressed == []
     after = status_of(db, created)
     assert (after.status, after.attempts) == ("running", 2)  # left to the run that took over
+    with db.session() as session:  # the stale run's step writes rolled back with its heartbeat
+        assert session.scalars(select(DsrStep)).all() == []
 
 
 def chunked_runner(chunks: int) -> tuple[Runner, list[int]]:
@@ -423,7 +426,6 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
     db: Database, settings: Settings
 ) -> None:
     from compliance.errors import LeaseHeldError
-    from compliance.execution import heartbeat
 
     created = submit_request(db, settings, RequestKind.EXPORT)
     old = _claim(make_worker(db, settings, lambda ctx: {}), created.id)
@@ -443,8 +445,8 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
         clock=lambda: later,
         claim=old.attempts,
     )
-    with db.session() as session, pytest.raises(LeaseHeldError):
-        heartbeat(session, stale)
+    with pytest.raises(LeaseHeldError):
+        stale.steps.save()
 
 
 def requests_identities() -> Any:

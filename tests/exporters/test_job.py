@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -212,7 +213,7 @@ def test_a_long_export_keeps_its_claim_fresh_so_it_is_not_run_twice(
                 released.append(release_stale_claims(db, settings, times[-1]))
 
     ctx = context(db, settings, SlowSource())
-    ctx = RunContext(**{**ctx.__dict__, "clock": lambda: times[-1]})
+    ctx = dataclasses.replace(ctx, clock=lambda: times[-1])
     with db.session() as session:
         transition(session, ctx.request_id, Event.CLAIM, actor="worker", now=NOW)
     run_export(ctx)

@@ -1,0 +1,219 @@
+"""The step log of a run: steps read once, written in few transactions, never ahead of
+the database after a rollback; and the bookkeeping of small requests, bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from compliance.config import Settings
+from compliance.db import Database
+from compliance.errors import LeaseHeldError
+from compliance.execution import RunContext
+from compliance.keyring import load_keyring
+from compliance.lifecycle import Event, transition
+from compliance.models import AuditEvent, DsrStep, RequestKind
+from compliance.worker import Outcome, execute
+from tests.compliance.helpers import NOW, ada, answering, submit_request, write_small_manifest
+
+
+def run_context(db: Database, settings: Settings, clock: Any = lambda: NOW) -> RunContext:
+    request = submit_request(db, settings, RequestKind.ERASURE)
+    return RunContext(
+        settings=settings,
+        db=db,
+        keyring=load_keyring(settings),
+        sources=answering(),
+        request_id=request.id,
+        subject=request.subject,
+        identities=ada(),
+        clock=clock,
+    )
+
+
+def stored(db: Database, ctx: RunContext) -> dict[tuple[str, str], DsrStep]:
+    with db.session() as session:
+        rows = session.scalars(select(DsrStep).where(DsrStep.request_id == ctx.request_id))
+        return {(row.source, row.action): row for row in rows}
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """The SQL the control database runs inside the block (and its commits, as COMMIT)."""
+    seen: list[str] = []
+
+    def run(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    def commit(_c: Any) -> None:
+        seen.append("COMMIT")
+
+    event.listen(db.engine, "before_cursor_execute", run)
+    event.listen(db.engine, "commit", commit)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", run)
+        event.remove(db.engine, "commit", commit)
+
+
+def test_a_run_reads_its_steps_once_and_writes_them_only_when_saved(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    with statements(db) as before_save:
+        first = ctx.steps.start("app", "erase")
+        second = ctx.steps.start("crm", "erase")
+        ctx.steps.update(first, add_counts={"deleted": 2}, checkpoint={"after": 7})
+    assert stored(db, ctx) == {}  # nothing written yet
+    with statements(db) as saving:
+        ctx.steps.save()
+        ctx.steps.update(second, add_counts={"deleted": 1}, done=True)
+        ctx.steps.update(first, add_counts={"deleted": 3}, done=True)
+        ctx.steps.save()
+    seen = before_save + saving
+    reads = [s for s in seen if s.lstrip().upper().startswith("SELECT") and "dsr_step" in s]
+    assert len(reads) == 1
+    assert saving.count("COMMIT") == 2
+    rows = stored(db, ctx)
+    assert rows[("app", "erase")].counts == {"deleted": 5}
+    assert rows[("app", "erase")].checkpoint == {"after": 7}
+    assert (rows[("app", "erase")].status, rows[("app", "erase")].attempts) == ("done", 1)
+    assert rows[("crm", "erase")].status == "done"
+
+
+def test_a_rolled_back_save_is_forgotten_and_the_steps_are_read_again(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "revoke")
+    ctx.steps.update(step, add_counts={"links_revoked": 1})
+    ctx.steps.save()
+    with pytest.raises(RuntimeError), db.session() as session:
+        ctx.steps.update(step, add_counts={"links_revoked": 4})
+        ctx.steps.save(session)
+        raise RuntimeError("the change these counts describe failed")
+    assert step.counts == {}  # forgotten ...
+    again = ctx.steps.get("app", "revoke")
+    assert again is step and step.counts == {"links_revoked": 1}  # ... and read again
+    ctx.steps.update(step, add_counts={"links_revoked": 2})
+    ctx.steps.save()
+    assert stored(db, ctx)[("app", "revoke")].counts == {"links_revoked": 3}
+
+
+def test_a_committed_save_is_not_forgotten_when_its_session_closes(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "erase")
+    with db.session() as session:
+        ctx.steps.save(session)
+    ctx.steps.update(step, done=True)
+    ctx.steps.save()  # an UPDATE of the row written above, not a second INSERT
+    assert stored(db, ctx)[("app", "erase")].status == "done"
+
+
+def test_a_save_under_a_lost_claim_writes_nothing(db: Database, settings: Settings) -> None:
+    ctx = run_context(db, settings)
+    with db.session() as session:
+        transition(session, ctx.request_id, Event.APPROVE, actor="bob", now=NOW)
+        transition(session, ctx.request_id, Event.CLAIM, actor="worker", now=NOW)
+    stale = dataclasses.replace(ctx, claim=7)  # another run's claim is current
+    stale.steps.start("app", "erase")
+    with pytest.raises(LeaseHeldError):
+        stale.steps.save()
+    assert stored(db, ctx) == {}
+
+
+def test_beat_saves_and_renews_at_most_once_per_third_of_the_lease(
+    db: Database, settings: Settings
+) -> None:
+    times = [NOW]
+    ctx = run_context(db, settings, clock=lambda: times[-1])
+    step = ctx.steps.start("app", "export")
+    ctx.steps.beat()
+    assert stored(db, ctx) == {}  # the claim has just set the lease
+    times.append(NOW + timedelta(seconds=settings.lease_seconds / 3))
+    ctx.steps.beat()
+    assert stored(db, ctx)[("app", "export")].status == "running"
+    ctx.steps.update(step, counts={"rows": 3}, done=True)
+    ctx.steps.beat()
+    assert stored(db, ctx)[("app", "export")].status == "running"  # not due again yet
+
+
+def test_a_reopened_step_runs_again_from_the_start(db: Database, settings: Settings) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "erase")
+    ctx.steps.update(step, checkpoint={"after": 3}, done=True)
+    ctx.steps.save()
+    later = dataclasses.replace(ctx)  # the next run reads the steps afresh
+    later.steps.reopen("app", "erase")
+    later.steps.save()
+    row = stored(db, ctx)[("app", "erase")]
+    assert (row.status, row.checkpoint, row.finished_at) == ("pending", {}, None)
+
+
+# --- the bookkeeping of one small request, bounded ------------------------------------------
+
+# Control-database work of one request on one small SQLite source, run by the worker with
+# the production runners, submission excluded (before the step log: export 53 statements in
+# 18 transactions, erasure 68 in 28). Raising a bound needs a reason: every request pays it.
+BOUNDS = {
+    RequestKind.EXPORT: {"statements": 39, "transactions": 8, "audit_events": 5},
+    RequestKind.ERASURE: {"statements": 41, "transactions": 13, "audit_events": 5},
+}
+
+
+@pytest.fixture
+def small_worker(pg_settings: Settings, tmp_path: Path) -> Iterator[tuple[Any, Database]]:
+    from tasks import runtime
+
+    manifest = write_small_manifest(tmp_path / "source")
+    with sqlite3.connect(manifest.parent / "app.db") as conn:
+        conn.execute("INSERT INTO users VALUES (1, 'ada@example.com')")
+    conn.close()
+    settings = pg_settings.with_overrides(sources=str(manifest), four_eyes=False)
+    db = Database.connect(settings)
+    db.upgrade()
+    built = runtime.build_worker(runtime.Control(settings, db, load_keyring(settings)))
+    worker = dataclasses.replace(built, continuation=None, clock=lambda: NOW)
+    yield worker, db
+    for source in worker.sources:
+        source.close()
+    db.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", [RequestKind.EXPORT, RequestKind.ERASURE])
+def test_a_small_request_stays_within_its_bookkeeping_bounds(
+    small_worker: tuple[Any, Database], kind: RequestKind
+) -> None:
+    worker, db = small_worker
+    request = submit_request(db, worker.settings, kind, sources=worker.sources)
+    if kind == RequestKind.ERASURE:
+        with db.session() as session:
+            transition(session, request.id, Event.APPROVE, actor="bob", now=NOW)
+    before = _audits(db, request.id)
+    with statements(db) as seen:
+        assert execute(worker, request.id) == Outcome.COMPLETED
+    found = {
+        "statements": sum(s != "COMMIT" for s in seen),
+        "transactions": seen.count("COMMIT"),
+        "audit_events": len(_audits(db, request.id)) - len(before),
+    }
+    assert all(found[k] <= v for k, v in BOUNDS[kind].items()), found
+
+
+def _audits(db: Database, request_id: Any) -> list[str]:
+    with db.session() as session:
+        return list(
+            session.scalars(select(AuditEvent.action).where(AuditEvent.request_id == request_id))
+        )
