@@ -60,7 +60,12 @@ class NotFoundError(TerminalError):
     """A referenced object (request, link, hold, package) does not exist."""
 
 
-class IllegalTransitionError(TerminalError):
+class StateError(TerminalError):
+    """Not allowed in the object's current state (a finished request extended, an export
+    that has no package yet): wait for another state, or act on another object."""
+
+
+class IllegalTransitionError(StateError):
     """A request state change that the lifecycle table does not allow."""
 
 

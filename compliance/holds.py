@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from compliance import audit
 from compliance.db import Database
 from compliance.errors import NotFoundError, ValidationError
+from compliance.freetext import check_text
 from compliance.identities import Identities, pseudonym, subject_pseudonym
 from compliance.models import LegalHold
-from compliance.requests import check_text
 
 MAX_TEXT = 2000
 EXPIRED = "expired"  # released_by of a hold that reached its own end date

@@ -9,8 +9,12 @@ A value is what the operator typed. `parse_identity` changes it only in ways tha
 turn one person's identity into another's:
 
 - surrounding whitespace is removed;
-- an email address is lower-cased, so ``Ada@Example.COM`` and ``ada@example.com`` are
-  the same subject;
+- an email address is checked by `email_validator` (RFC 5321/5322, RFC 6531/6532 for
+  international addresses, IDNA 2008 for the domain) and lower-cased, and its domain is
+  kept in Unicode form: ``Ada@Example.COM`` and ``ada@example.com`` are the same subject,
+  and so are ``jürgen@MÜNCHEN.de`` and ``jürgen@xn--mnchen-3ya.de``. Addresses at
+  special-use domains (``localhost``, ``.local``, ``.test``, ``.invalid``...) are refused:
+  nobody can be written to there;
 - a phone number loses its formatting (spaces of any kind and ``( ) . -``), and a
   leading ``00`` becomes ``+``.
 
@@ -31,8 +35,9 @@ would otherwise become somebody else's identity. A value is refused when
 - a phone number holds a digit other than ASCII 0-9 (Arabic-Indic, full-width,
   superscript).
 
-Emails may contain letters, marks and digits of any script (RFC 6531); user ids,
-customer ids and custom identities are ASCII. A `ValidationError` never echoes the
+Emails may contain letters, marks and digits of any script (RFC 6531), up to 254
+characters; phone numbers up to 64 characters as typed; user ids, customer ids and
+custom identities are ASCII, up to 128 characters. A `ValidationError` never echoes the
 value: it names the first offending character by code point, name and position
 (``U+FF41 FULLWIDTH LATIN SMALL LETTER A at position 1``) and how many more there are.
 Sources compare values as given (`compliance.sources.sql.keys.coerce`: ``01`` is not
@@ -49,9 +54,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+import email_validator
+
 from compliance.errors import ValidationError
 
-MAX_VALUE_LENGTH = 320
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a forward path, less its angle brackets
+MAX_PHONE_LENGTH = 64  # as typed, formatting included; E.164 itself is at most 15 digits
+MAX_ID_LENGTH = 128
 PSEUDONYM_PREFIX = "ps_"
 
 
@@ -64,9 +73,6 @@ class IdentityType(StrEnum):
     CUSTOMER_ID = "customer_id"
 
 
-_EMAIL = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _PHONE_FORMATTING = re.compile(r"[ ().-]")
 _ASCII_DIGITS = frozenset("0123456789")
@@ -91,7 +97,8 @@ _DEFAULT_IGNORABLE = (  # DerivedCoreProperties.txt, Default_Ignorable_Code_Poin
     (0xE0000, 0xE0FFF),
 )
 _CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-_ID_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+_ID_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+_ID_RULE = f"use up to {MAX_ID_LENGTH} letters, digits and . _ : @ + -"
 
 
 @dataclass(frozen=True, order=True)
@@ -155,11 +162,27 @@ def parse_identity(identity_type: str, raw: str) -> Identity:
     identity_type = validate_type(identity_type)
     if not isinstance(raw, str) or not raw.strip():
         raise ValidationError(f"{identity_type} is empty; give a value")
-    if len(raw) > MAX_VALUE_LENGTH:
-        raise ValidationError(f"{identity_type} is longer than {MAX_VALUE_LENGTH} characters")
     value = raw.strip()
+    _refuse_too_long(identity_type, value)
     _refuse_lookalikes(identity_type, value, start=len(raw) - len(raw.lstrip()))
     return Identity(identity_type, _normalise(identity_type, value))
+
+
+def _refuse_too_long(identity_type: str, value: str) -> None:
+    """Raise, naming the rule, if `value` is longer than its type allows."""
+    if identity_type == IdentityType.EMAIL and len(value) > MAX_EMAIL_LENGTH:
+        raise ValidationError(
+            f"email is longer than {MAX_EMAIL_LENGTH} characters, the most an address can have"
+        )
+    if identity_type == IdentityType.PHONE and len(value) > MAX_PHONE_LENGTH:
+        raise ValidationError(
+            f"phone is longer than {MAX_PHONE_LENGTH} characters;"
+            " use international format like +4915112345678"
+        )
+    if identity_type not in (IdentityType.EMAIL, IdentityType.PHONE) and len(value) > MAX_ID_LENGTH:
+        raise ValidationError(
+            f"{identity_type} is longer than {MAX_ID_LENGTH} characters; {_ID_RULE}"
+        )
 
 
 def _refuse_lookalikes(identity_type: str, value: str, start: int) -> None:
@@ -202,7 +225,19 @@ def _lookalikes(identity_type: str, value: str) -> tuple[str, str, list[int]] | 
             "ligatures or special spaces",
             compatible,
         )
+    if identity_type == IdentityType.EMAIL:
+        symbols = [i for i, ch in enumerate(value) if ord(ch) > 127 and not _word_character(ch)]
+        if symbols:
+            return (
+                "is malformed: beyond ASCII it may hold only letters, marks and digits",
+                "retype it without symbols such as emoji",
+                symbols,
+            )
     return None
+
+
+def _word_character(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LMN"
 
 
 def _invisible(ch: str) -> bool:
@@ -231,19 +266,9 @@ def _plain_spaces(value: str) -> str:
     return "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in value)
 
 
-def _ascii_shape(value: str) -> str:
-    """`value` with each non-ASCII letter, mark or digit as ``a``, for the ASCII pattern."""
-    return "".join(
-        "a" if ord(ch) > 127 and unicodedata.category(ch)[0] in "LMN" else ch for ch in value
-    )
-
-
 def _normalise(identity_type: str, value: str) -> str:
     if identity_type == IdentityType.EMAIL:
-        local = value.split("@")[0]
-        if len(value) > 254 or not _EMAIL.fullmatch(_ascii_shape(value)) or len(local) > 64:
-            raise ValidationError("email is malformed; expected something like name@example.com")
-        return value.lower()
+        return _normalise_email(value)
     if identity_type == IdentityType.PHONE:
         digits = _PHONE_FORMATTING.sub("", _plain_spaces(value))
         if digits.startswith("00"):
@@ -254,10 +279,29 @@ def _normalise(identity_type: str, value: str) -> str:
             )
         return digits
     if not _ID_VALUE.fullmatch(value):
-        raise ValidationError(
-            f"{identity_type} is malformed; use up to 128 letters, digits and . _ : @ + -"
-        )
+        raise ValidationError(f"{identity_type} is malformed; {_ID_RULE}")
     return value
+
+
+def _normalise_email(value: str) -> str:
+    """The address checked by `email_validator`, its domain in Unicode (IDNA 2008), all
+    lower-cased, in NFC; the library's reason for a refusal, never the address."""
+    try:
+        found = email_validator.validate_email(
+            value, check_deliverability=False, allow_smtputf8=True, strict=True
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise ValidationError(
+            f"email is malformed ({_reason(exc)}); expected something like name@example.com"
+        ) from None
+    return unicodedata.normalize("NFC", found.normalized.lower())
+
+
+def _reason(exc: Exception) -> str:
+    """The library's message up to any quoted character list or detail, which could show
+    part of the address: ``the part after the @-sign contains invalid characters``."""
+    text = re.split(r"[:(]", str(exc), maxsplit=1)[0].strip().rstrip(".")
+    return (text[:1].lower() + text[1:]) or "not an address"
 
 
 def pseudonym(key: bytes, identity: Identity) -> str:

@@ -3,6 +3,13 @@
 The CLI and the tasks call these; they own the transaction boundaries and dispatch only
 after commit. Raw identity values are sealed with the keyring and wiped when a request
 reaches a final state; the HMAC pseudonym stays for lookups and audit.
+
+A request has at most one contact: the email address the subject is written to (the
+download link, the erasure receipt). It is the request's only email address, or the one
+named as `Submission.contact` when several are given: an operator's request with two
+addresses and no contact is refused, since one of them may not be the subject's. The
+subject is known by the pseudonym of its contact (else of its first identity by type
+priority), and notifications go to the address with that pseudonym only.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from compliance.config import Settings
 from compliance.dates import add_months
 from compliance.db import Database
 from compliance.dispatch import Dispatcher, dispatch_quietly
-from compliance.errors import PermissionDeniedError, ValidationError
-from compliance.identities import Identities, subject_pseudonym
+from compliance.errors import PermissionDeniedError, StateError, ValidationError
+from compliance.freetext import check_text
+from compliance.identities import Identities, Identity, IdentityType, pseudonym, subject_pseudonym
 from compliance.keyring import Keyring
 from compliance.lifecycle import FINAL, Event, transition
 from compliance.models import (
@@ -50,6 +58,7 @@ class Submission:
     origin: str | None = None  # "retention:<policy>" for erasures a retention sweep starts
     pre_approved: bool = False  # approved in advance (a retention policy in the manifest)
     notify: bool = True  # email the subject when done
+    contact: Identity | None = None  # the email to write to; one of `identities`
 
 
 def parse_request_id(text: str) -> uuid.UUID:
@@ -77,9 +86,9 @@ def submit(
     Refused, with nothing written, when none of `sources` (the registry; loaded without
     live checks is enough) can look a subject up by any of the request's identity types.
     """
-    check_text("ticket", submission.ticket, MAX_TICKET)
-    check_text("note", submission.note, MAX_NOTE)
-    subject = subject_pseudonym(keyring.pseudonym_key, submission.identities)
+    check_text("ticket", submission.ticket, MAX_TICKET, submission.identities)
+    check_text("note", submission.note, MAX_NOTE, submission.identities)
+    subject = _subject(keyring.pseudonym_key, submission)
     require_lookup(sources, submission.identities.types())
     request_id = uuid.uuid4()
     with db.session() as session:
@@ -100,6 +109,32 @@ def submit(
     if request.status == RequestStatus.QUEUED:
         dispatch_quietly(dispatcher, request_id)
     return request
+
+
+def _subject(key: bytes, submission: Submission) -> str:
+    """The pseudonym the request's subject is known by: that of its contact, if any."""
+    contact = contact_of(submission)
+    if contact is None:
+        return subject_pseudonym(key, submission.identities)
+    return pseudonym(key, contact)
+
+
+def contact_of(submission: Submission) -> Identity | None:
+    """The email address the subject is written to (module docstring); None: the
+    request has no email, or (a retention sweep's) several and no contact named."""
+    emails = [i for i in submission.identities if i.type == IdentityType.EMAIL]
+    if submission.contact is not None:
+        if submission.contact not in emails:
+            raise ValidationError(
+                "--contact must be one of the request's email addresses; give it with --email too"
+            )
+        return submission.contact
+    if len(emails) > 1 and submission.origin is None:
+        raise ValidationError(
+            f"{len(emails)} email addresses given and only one may be written to;"
+            " name it with --contact (one of the --email values)"
+        )
+    return emails[0] if len(emails) == 1 else None
 
 
 def _new_request(
@@ -145,16 +180,6 @@ def _first_event(settings: Settings, submission: Submission) -> Event:
     return Event.AWAIT_APPROVAL
 
 
-def check_text(name: str, value: str | None, limit: int) -> None:
-    """Refuse operator text longer than `limit` or holding control characters."""
-    if value is None:
-        return
-    if len(value) > limit:
-        raise ValidationError(f"{name} is longer than {limit} characters; shorten it")
-    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
-        raise ValidationError(f"{name} contains control characters; remove them")
-
-
 def approve(
     db: Database,
     settings: Settings,
@@ -167,7 +192,8 @@ def approve(
     """Approve a request awaiting approval; four-eyes: not by the operator who submitted it."""
     with db.session() as session:
         request = get_request(session, request_id)
-        if settings.four_eyes and request.submitted_by == operator:
+        waiting = request.status == RequestStatus.AWAITING_APPROVAL  # else: the state refuses
+        if waiting and settings.four_eyes and request.submitted_by == operator:
             raise PermissionDeniedError(
                 f"{operator} submitted request {request_id} and cannot also approve it;"
                 " ask a second operator (four-eyes)"
@@ -190,7 +216,13 @@ def reject(
     _require_reason(reason)
     with db.session() as session:
         request = transition(
-            session, request_id, Event.REJECT, actor=operator, now=now, values={"last_error": None}
+            session,
+            request_id,
+            Event.REJECT,
+            actor=operator,
+            now=now,
+            values={"last_error": None},
+            details={"reason": reason},
         )
         request.note = _append_note(request.note, f"rejected: {reason}")
         wipe_identities(session, request_id)
@@ -201,7 +233,10 @@ def cancel(
     db: Database, request_id: uuid.UUID, *, operator: str, now: datetime, reason: str | None = None
 ) -> DsrRequest:
     with db.session() as session:
-        request = transition(session, request_id, Event.CANCEL, actor=operator, now=now)
+        details = {"reason": reason} if reason else {}
+        request = transition(
+            session, request_id, Event.CANCEL, actor=operator, now=now, details=details
+        )
         if reason:
             request.note = _append_note(request.note, f"cancelled: {reason}")
         wipe_identities(session, request_id)
@@ -246,16 +281,8 @@ def extend(
     _require_reason(reason)
     with db.session() as session:
         request = get_request(session, request_id, for_update=True)
+        _check_extension(request, months)
         total = request.extended_months + months
-        if months < 1 or total > defaults.MAX_EXTENSION_MONTHS:
-            left = defaults.MAX_EXTENSION_MONTHS - request.extended_months
-            raise ValidationError(
-                f"can extend request {request_id} by 1 to {left} more month(s), not {months}"
-                if left
-                else f"request {request_id} is already extended by the maximum two months"
-            )
-        if RequestStatus(request.status) in FINAL:
-            raise ValidationError(f"request {request_id} is {request.status}; nothing to extend")
         request.due_at = add_months(request.due_at, months)
         request.extended_months = total
         request.extension_reason = _append_note(request.extension_reason, reason)
@@ -267,9 +294,34 @@ def extend(
             now=now,
             request_id=request_id,
             subject=request.subject,
-            details={"months": months, "due_at": request.due_at.isoformat()},
+            details={"months": months, "due_at": request.due_at.isoformat(), "reason": reason},
         )
         return request
+
+
+def _check_extension(request: DsrRequest, months: int) -> None:
+    """Refuse extending a finished request (4), one already extended to the limit (4), or
+    by more months than are left (2: ask for fewer)."""
+    if RequestStatus(request.status) in FINAL:
+        raise StateError(
+            f"request {request.id} is {request.status}; only an open request can be extended"
+        )
+    most = defaults.MAX_EXTENSION_MONTHS
+    left = most - request.extended_months
+    if left <= 0:
+        raise StateError(
+            f"request {request.id} is already extended by the most allowed, {most} months"
+        )
+    if months < 1 or months > left:
+        already = f"it is already extended by {request.extended_months}; " if left < most else ""
+        raise ValidationError(
+            f"request {request.id} can be extended by at most {_months(left)} more"
+            f" ({already}Art. 12(3) allows {_months(most)} in all); pass --months {left}"
+        )
+
+
+def _months(count: int) -> str:
+    return f"{count} month" if count == 1 else f"{count} months"
 
 
 def _require_reason(reason: str) -> None:

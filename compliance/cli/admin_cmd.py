@@ -40,7 +40,12 @@ def audit() -> None:
 
 
 @audit.command(name="verify")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable result: ok, checked, broken_at, reason (exit code as without).",
+)
 def audit_verify(as_json: bool) -> None:
     """Check every link of the audit chain; exit 1 at the first broken one."""
     with current().db().session() as session:
@@ -85,7 +90,12 @@ def maintenance() -> None:
 
 
 @maintenance.command(name="sweep")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable result: the ids released and re-dispatched.",
+)
 def maintenance_sweep(as_json: bool) -> None:
     """Release stale claims and re-dispatch requests stuck in the queue."""
     from compliance.maintenance import sweep

@@ -12,6 +12,7 @@ from compliance.cli import output
 from compliance.cli.context import current
 from compliance.cli.identity_options import identities_from, identity_options
 from compliance.errors import RetryableError, ValidationError
+from compliance.freetext import check_text
 from compliance.holds import HoldScope
 from compliance.identities import Identities
 
@@ -43,6 +44,8 @@ def add(
     """Place a legal hold on a subject, a source, or a table of a source."""
     app = current()
     identities = _subject(options)
+    for name, text in (("--reason", reason), ("--basis", basis)):
+        check_text(name, text, holds.MAX_TEXT, identities)  # not the subject's ids either
     registry = app.registry(connect=False)
     scope = HoldScope(identities=identities, source=source, location=location)
     created = holds.add(
@@ -128,7 +131,7 @@ def list_holds(everything: bool, as_json: bool) -> None:
 
 
 @hold.command()
-@click.argument("hold_id", type=int)
+@click.argument("hold_id", type=click.IntRange(min=1))
 @click.option("--reason", required=True, help="Why the hold ends (no personal data).")
 @json_option
 def release(hold_id: int, reason: str, as_json: bool) -> None:

@@ -1,4 +1,5 @@
-"""Shared options naming a data subject: --email, --user-id, --phone, --customer-id, --identity."""
+"""Shared options naming a data subject: --email, --user-id, --phone, --customer-id,
+--identity; and --contact, the one address a request writes to."""
 
 from __future__ import annotations
 
@@ -32,6 +33,22 @@ def identity_options(func: F) -> F:
     for flag, kind, text in reversed(_OPTIONS):
         func = click.option(flag, kind.value, multiple=True, help=text)(func)
     return func
+
+
+def contact_option(func: F) -> F:
+    """Decorate a submitting command with --contact."""
+    return click.option(
+        "--contact",
+        metavar="EMAIL",
+        help="The address to write to (the download link, the receipt) when several"
+        " --email are given; one of them.",
+    )(func)
+
+
+def contact_from(options: dict[str, Any]) -> Identity | None:
+    """The --contact address, validated and normalised like --email; None if not given."""
+    text = options.pop("contact", None)
+    return None if text is None else parse_identity(IdentityType.EMAIL.value, text)
 
 
 def identities_from(options: dict[str, Any]) -> Identities:

@@ -1,8 +1,12 @@
-"""`gdpr`: the entry point. Maps the exception tree to one-line errors and exit codes.
+"""`gdpr`: the entry point. Every error is one line on stderr with an exit code.
 
-Exit codes: 0 ok (including "nothing to do"), 1 the check or job failed, 2 bad input,
-3 not found, 4 not allowed in the current state, 5 configuration or manifest error,
-6 a service is unavailable (try again), 7 integrity check failed.
+Exit codes (the README's table): 0 ok (including "nothing to do"), 1 the check or job
+failed, 2 bad input, 3 not found, 4 not allowed in the current state, 5 configuration or
+manifest error, 6 a service is unavailable (try again), 7 integrity check failed.
+
+`ComplianceError`s map to codes by `EXIT_CODES`; click's own usage errors (an unknown
+option, a value out of range, a missing argument) are one line with exit 2 too, with
+anything shaped like an email address or phone number blanked out of what they echo.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import click
 from compliance import errors
 from compliance.cli.context import App
 from compliance.cli.output import one_line
+from compliance.freetext import redact
 from compliance.logs import configure_logging
 
 EXIT_CODES: list[tuple[type[errors.ComplianceError], int]] = [
     (errors.ValidationError, 2),
     (errors.NotFoundError, 3),
-    (errors.IllegalTransitionError, 4),
+    (errors.StateError, 4),
     (errors.PermissionDeniedError, 4),
     (errors.LegalHoldError, 4),
     (errors.ConfigError, 5),
@@ -56,8 +61,40 @@ def exit_code_for(exc: errors.ComplianceError) -> int:
     return 1
 
 
+class OneLineError(click.ClickException):
+    """A click error (usage or other) shown as one `error: ...` line, same exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        vars(self)["exit_code"] = exit_code  # click declares it per class; this one varies
+
+    @classmethod
+    def of(cls, exc: click.ClickException) -> OneLineError:
+        message = one_line(redact(exc.format_message())).rstrip(".")
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.UsageError) and ctx is not None:
+            message += f" (see `{ctx.command_path} --help`)"
+        return cls(message, exc.exit_code)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
 class GdprGroup(click.Group):
-    """Turns `ComplianceError` into `error: <message>` on stderr and a meaningful exit code."""
+    """Turns `ComplianceError` into `error: <message>` on stderr and a meaningful exit
+    code, and click's errors into one line (`OneLineError`)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,6 +102,12 @@ class GdprGroup(click.Group):
         except errors.ComplianceError as exc:
             click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exit_code_for(exc))
+        except click.ClickException as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.ClickException) -> OneLineError:
+    return exc if isinstance(exc, OneLineError) else OneLineError.of(exc)
 
 
 @click.group(cls=GdprGroup, context_settings={"help_option_names": ["-h", "--help"]})

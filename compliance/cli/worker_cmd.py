@@ -16,13 +16,30 @@ from compliance.config import Settings
 from compliance.errors import ConfigError, RetryableError
 
 ALL_QUEUES = "requests,retention,maintenance"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+loglevel_option = click.option(
+    "--loglevel",
+    "-l",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Celery's log level.",
+)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--queues", "-Q", default=ALL_QUEUES, show_default=True)
+@click.option(
+    "--queues",
+    "-Q",
+    default=ALL_QUEUES,
+    show_default=True,
+    callback=lambda _ctx, _param, value: _queues(value),
+    help="Comma-separated queues to consume.",
+)
 @click.option("--beat", "with_beat", is_flag=True, help="Also run the beat scheduler (one host).")
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@loglevel_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     concurrency: int, queues: str, with_beat: bool, loglevel: str, celery_args: tuple[str, ...]
@@ -48,6 +65,18 @@ def worker(
         prepare_beat(current().settings())
         argv.append("-B")
     app.worker_main(argv)
+
+
+def _queues(text: str) -> str:
+    """`text` if it names only known queues, else a one-line usage error."""
+    known = ALL_QUEUES.split(",")
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown queue {unknown[0]!r}; use some of {ALL_QUEUES}", param_hint="'--queues'"
+        )
+    return ",".join(names)
 
 
 def prepare_beat(settings: Settings) -> None:
@@ -78,7 +107,7 @@ def check_sources(app: App) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@loglevel_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start Celery beat: maintenance sweeps, package expiry and the nightly retention

@@ -212,3 +212,70 @@ def test_email_with_symbols_outside_letters_and_digits_is_malformed() -> None:
 
 def test_non_ascii_letters_in_ids_are_refused() -> None:
     assert "malformed" in refusal("user_id", "\u00fcser1")
+
+
+# --- international addresses (RFC 6531/6532) and IDN domains ----------------------------
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "j\u00fcrgen@m\u00fcnchen.de",
+        "J\u00dcRGEN@M\u00dcNCHEN.DE",
+        "j\u00fcrgen@xn--mnchen-3ya.de",
+        "J\u00fcrgen@XN--MNCHEN-3YA.de",
+        "  j\u00fcrgen@M\u00fcnchen.de\t",
+    ],
+)
+def test_one_international_address_has_one_value_and_pseudonym_however_typed(typed: str) -> None:
+    canonical = parse_identity("email", "j\u00fcrgen@m\u00fcnchen.de")
+    assert canonical.value == "j\u00fcrgen@m\u00fcnchen.de"
+    identity = parse_identity("email", typed)
+    assert identity.value == canonical.value
+    assert pseudonym(KEY, identity) == pseudonym(KEY, canonical)
+
+
+def test_addresses_in_other_scripts_are_accepted() -> None:
+    assert parse_identity("email", "\u7528\u6237@\u4f8b\u3048.jp").value == (
+        "\u7528\u6237@\u4f8b\u3048.jp"
+    )
+    assert parse_identity("email", "\u0937\u093f\u092a@example.in").type == "email"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("ada@localhost", "should have a period"),
+        ("ada@printer.local", "special-use or reserved name"),
+        ("ada@example.test", "special-use or reserved name"),
+        ("ada..b@example.com", "two periods in a row"),
+        ("ada@-example.com", "hyphen immediately after the @-sign"),
+        ("x" * 65 + "@example.com", "too long before the @-sign"),
+        ("ada@exam_ple.com", "the part after the @-sign contains invalid characters"),
+    ],
+)
+def test_malformed_addresses_give_the_reason_without_the_address(raw: str, reason: str) -> None:
+    message = refusal("email", raw)
+    assert message.startswith("email is malformed (")
+    assert reason in message
+    assert raw not in message and "'_'" not in message
+
+
+@pytest.mark.parametrize(
+    ("identity_type", "raw", "rule"),
+    [
+        ("user_id", "7" * 10_000, "user_id is longer than 128 characters; use up to 128 letters"),
+        ("customer_id", "C" * 129, "customer_id is longer than 128 characters"),
+        ("custom:loyalty_no", "L" * 200, "custom:loyalty_no is longer than 128 characters"),
+        ("email", "a" * 250 + "@example.com", "email is longer than 254 characters"),
+        ("phone", "+" + "1" * 100, "phone is longer than 64 characters"),
+    ],
+)
+def test_a_value_too_long_is_refused_with_the_rule_of_its_type(
+    identity_type: str, raw: str, rule: str
+) -> None:
+    assert refusal(identity_type, raw).startswith(rule)
+
+
+def test_an_id_of_exactly_128_characters_is_accepted() -> None:
+    assert parse_identity("user_id", "u" * 128).value == "u" * 128

@@ -14,8 +14,10 @@ from compliance.errors import (
     IllegalTransitionError,
     NotFoundError,
     PermissionDeniedError,
+    StateError,
     ValidationError,
 )
+from compliance.identities import Identities, parse_identity, pseudonym
 from compliance.models import AuditEvent, DsrIdentity, DsrRequest, RequestKind
 from tests.compliance.helpers import NOW, answering, submit_request
 
@@ -117,12 +119,21 @@ def test_extend_adds_at_most_two_months_in_total(db: Database, settings: Setting
     created = submit_request(db, settings)
     once = requests.extend(db, created.id, months=1, reason="complex", operator="bob", now=NOW)
     assert once.due_at == datetime(2026, 3, 28, 9, 0, tzinfo=UTC)
-    with pytest.raises(ValidationError, match="1 to 1 more"):
+    with pytest.raises(ValidationError, match=r"by at most 1 month more .*; pass --months 1$"):
         requests.extend(db, created.id, months=2, reason="more", operator="bob", now=NOW)
     twice = requests.extend(db, created.id, months=1, reason="more", operator="bob", now=NOW)
     assert twice.extended_months == 2
-    with pytest.raises(ValidationError, match="maximum two months"):
+    with pytest.raises(StateError, match="already extended by the most allowed, 2 months"):
         requests.extend(db, created.id, months=1, reason="again", operator="bob", now=NOW)
+
+
+def test_extending_a_finished_request_is_refused_as_its_state(
+    db: Database, settings: Settings
+) -> None:
+    created = submit_request(db, settings)
+    requests.cancel(db, created.id, operator="bob", now=NOW)
+    with pytest.raises(StateError, match="is cancelled; only an open request can be extended"):
+        requests.extend(db, created.id, months=1, reason="late", operator="bob", now=NOW)
 
 
 def test_overdue_lists_only_open_requests_past_due(db: Database, settings: Settings) -> None:
@@ -297,3 +308,101 @@ def test_malformed_input_is_reported_before_a_missing_source(
             now=NOW,
             dispatcher=RecordingDispatcher(),
         )
+
+
+# --- the contact: the one address a request writes to -----------------------------------
+
+
+def _submit(db: Database, settings: Settings, submission: requests.Submission) -> DsrRequest:
+    from compliance.keyring import load_keyring
+
+    return requests.submit(
+        db,
+        settings,
+        load_keyring(settings),
+        submission,
+        sources=answering(),
+        operator="alice",
+        now=NOW,
+        dispatcher=RecordingDispatcher(),
+    )
+
+
+def _emails(*values: str) -> Identities:
+    return Identities.of(parse_identity("email", v) for v in values)
+
+
+def test_two_email_addresses_without_a_contact_are_refused_and_nothing_is_stored(
+    db: Database, settings: Settings
+) -> None:
+    both = requests.Submission(RequestKind.EXPORT, _emails("a@example.com", "b@example.com"))
+    with pytest.raises(
+        ValidationError, match=r"^2 email addresses given .* name it with --contact"
+    ):
+        _submit(db, settings, both)
+    assert nothing_written(db)
+
+
+def test_the_subject_is_known_by_the_pseudonym_of_the_named_contact(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.keyring import load_keyring
+
+    key = load_keyring(settings).pseudonym_key
+    for contact in ("a@example.com", "b@example.com"):
+        named = parse_identity("email", contact)
+        submission = requests.Submission(
+            RequestKind.EXPORT, _emails("a@example.com", "b@example.com"), contact=named
+        )
+        assert _submit(db, settings, submission).subject == pseudonym(key, named)
+
+
+def test_a_contact_that_is_not_one_of_the_addresses_is_refused(
+    db: Database, settings: Settings
+) -> None:
+    stranger = parse_identity("email", "c@example.com")
+    submission = requests.Submission(RequestKind.EXPORT, _emails("a@example.com"), contact=stranger)
+    with pytest.raises(ValidationError, match="--contact must be one of the request's email"):
+        _submit(db, settings, submission)
+    assert nothing_written(db)
+
+
+def test_a_retention_erasure_with_two_addresses_needs_no_contact(
+    db: Database, settings: Settings
+) -> None:
+    both = requests.Submission(
+        RequestKind.ERASURE,
+        _emails("b@example.com", "a@example.com"),
+        origin="retention:closed",
+        pre_approved=True,
+    )
+    created = _submit(db, settings, both)
+    assert created.status == "queued"
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "what"),
+    [
+        ("ticket", "ada@example.com called", "an email address"),
+        ("ticket", "call back +49 151 1234 5678", "a phone number"),
+        ("note", "verified: user 4242 on the phone", "the subject's user_id"),
+    ],
+)
+def test_operator_text_holding_personal_data_is_refused_and_nothing_is_stored(
+    db: Database, settings: Settings, field: str, text: str, what: str
+) -> None:
+    identities = Identities.of(
+        [parse_identity("email", "zoe@example.com"), parse_identity("user_id", "4242")]
+    )
+    submission = requests.Submission(RequestKind.EXPORT, identities, **{field: text})
+    with pytest.raises(ValidationError, match=f"^{field} looks like it holds {what}; ") as info:
+        _submit(db, settings, submission)
+    assert text not in str(info.value)
+    assert nothing_written(db)
+
+
+def test_reasons_holding_an_email_address_are_refused(db: Database, settings: Settings) -> None:
+    created = submit_request(db, settings)
+    with pytest.raises(ValidationError, match="reason looks like it holds an email address"):
+        requests.reject(db, created.id, operator="bob", reason="ada@example.com asked", now=NOW)
+    assert queries.show(db, created.id)[0].status == "awaiting_approval"
