@@ -1,12 +1,19 @@
-"""Printing: aligned tables for people, JSON for scripts, one-line errors on stderr."""
+"""Printing: aligned tables for people, JSON for scripts, one-line errors on stderr, and
+a live status line for long waits (redrawn on a terminal, plain lines otherwise)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 import click
+
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 STATUS_COLOURS = {
     "completed": "green",
@@ -50,16 +57,20 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    """`key  value` lines, aligned; a value of several lines continues under the first."""
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
         shown = status(str(value)) if key == "status" else _cell(value)
-        click.echo(f"{key.ljust(width)}  {shown}")
+        first, *more = shown.splitlines() or [""]
+        click.echo(f"{key.ljust(width)}  {first}")
+        for line in more:
+            click.echo(f"{' ' * width}  {line}")
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, str) and "T" in value and value[:4].isdigit():
+    if isinstance(value, str) and _ISO_TIME.match(value):
         return value[:16].replace("T", " ")  # ISO timestamp, minutes are enough
     return str(value)
 
@@ -75,3 +86,61 @@ def summarise(counts: Mapping[str, Any] | None) -> str:
         elif isinstance(value, Mapping) and all(isinstance(v, int) for v in value.values()):
             parts.append(f"{key}={sum(value.values())}")
     return " ".join(parts) or "-"
+
+
+def is_tty() -> bool:
+    """Whether stdout is a terminal (progress is redrawn there, printed as lines elsewhere)."""
+    return sys.stdout.isatty()
+
+
+class LiveLine:
+    """One line of progress. On a terminal it is redrawn in place (cut to the terminal's
+    width); elsewhere a line is printed when the text changed, at most once every
+    `every` seconds, and the last text is printed on `close` if it was not yet."""
+
+    def __init__(
+        self,
+        *,
+        tty: bool,
+        every: float = 5.0,
+        file: IO[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        width: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
+    ) -> None:
+        self.tty = tty
+        self.every = every
+        self.file = file
+        self.clock = clock
+        self.width = width
+        self.started = clock()
+        self._printed: str | None = None  # last text shown
+        self._pending: str | None = None  # newer text not shown yet (plain lines)
+        self._last_at: float | None = None
+
+    def show(self, text: str) -> None:
+        elapsed = f"[{self.clock() - self.started:4.0f} s] "
+        if self.tty:
+            line = (elapsed + text)[: max(10, self.width() - 1)]
+            click.echo(f"\r\x1b[K{line}", nl=False, file=self.file)
+            self._printed = text
+            return
+        if text == self._printed:
+            self._pending = None
+            return
+        now = self.clock()
+        if self._last_at is not None and now - self._last_at < self.every:
+            self._pending = text
+            return
+        click.echo(elapsed + text, file=self.file)
+        self._printed, self._pending, self._last_at = text, None, now
+
+    def close(self) -> None:
+        """End the line (terminal) or print the last text not printed yet."""
+        if self.tty:
+            if self._printed is not None:
+                click.echo("", file=self.file)
+            return
+        if self._pending is not None:
+            elapsed = f"[{self.clock() - self.started:4.0f} s] "
+            click.echo(elapsed + self._pending, file=self.file)
+            self._printed, self._pending = self._pending, None

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import click
 
-from compliance import queries
+from compliance import defaults, queries
 from compliance import requests as service
-from compliance.cli import output
+from compliance.cli import output, request_view, watch
 from compliance.cli.context import App, current
-from compliance.cli.identity_options import identities_from, identity_options
-from compliance.lifecycle import FINAL
+from compliance.cli.identity_options import (
+    contact_from,
+    contact_option,
+    identities_from,
+    identity_options,
+)
 from compliance.models import RequestKind, RequestStatus
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -27,8 +31,10 @@ def request() -> None:
 def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
     app = current()
     as_json = options.pop("as_json")
+    contact = contact_from(options)
     submission = service.Submission(
         kind=kind,
+        contact=contact,
         identities=identities_from(options),
         ticket=options.get("ticket"),
         note=options.get("note"),
@@ -54,8 +60,16 @@ def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
 
 def _submit_command(kind: RequestKind, help_text: str) -> click.Command:
     @identity_options
-    @click.option("--ticket", help="Your ticket/reference (no personal data).")
-    @click.option("--note", help="Verification note: how the subject's identity was checked.")
+    @contact_option
+    @click.option(
+        "--ticket",
+        help="Your ticket/reference; no personal data (refused if it looks like an email,"
+        " a phone number or one of the subject's ids).",
+    )
+    @click.option(
+        "--note",
+        help="Verification note: how the subject's identity was checked; no personal data.",
+    )
     @click.option("--dry-run", is_flag=True, help="Plan only: report counts, change nothing.")
     @json_option
     def command(**options: Any) -> None:
@@ -102,7 +116,7 @@ def approve(request_id: str, as_json: bool) -> None:
 
 @request.command()
 @click.argument("request_id")
-@click.option("--reason", required=True, help="Why (kept with the request).")
+@click.option("--reason", required=True, help="Why (kept with the request; no personal data).")
 @json_option
 def reject(request_id: str, reason: str, as_json: bool) -> None:
     """Reject a request awaiting approval."""
@@ -114,7 +128,7 @@ def reject(request_id: str, reason: str, as_json: bool) -> None:
 
 @request.command()
 @click.argument("request_id")
-@click.option("--reason", help="Why (kept with the request).")
+@click.option("--reason", help="Why (kept with the request; no personal data).")
 @json_option
 def cancel(request_id: str, reason: str | None, as_json: bool) -> None:
     """Cancel a request that is not running (also gives up a failed one)."""
@@ -139,8 +153,16 @@ def retry(request_id: str, as_json: bool) -> None:
 
 @request.command()
 @click.argument("request_id")
-@click.option("--months", type=click.IntRange(1, 2), default=1, show_default=True)
-@click.option("--reason", required=True, help="Why more time is needed (Art. 12(3)).")
+@click.option(
+    "--months",
+    type=click.IntRange(1, defaults.MAX_EXTENSION_MONTHS),
+    default=1,
+    show_default=True,
+    help=f"Months to add; at most {defaults.MAX_EXTENSION_MONTHS} in all (Art. 12(3)).",
+)
+@click.option(
+    "--reason", required=True, help="Why more time is needed (Art. 12(3)); no personal data."
+)
 @json_option
 def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
     """Extend the deadline by up to two further months."""
@@ -156,76 +178,73 @@ def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
 
 
 @request.command(name="list")
-@click.option("--status", help="Only requests in this status.")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in RequestStatus]),
+    help="Only requests in this status.",
+)
 @click.option("--overdue", is_flag=True, help="Only open requests past their due date.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=200, show_default=True)
 @json_option
 def list_(status: str | None, overdue: bool, limit: int, as_json: bool) -> None:
-    """List requests, newest first."""
+    """List requests, newest first, each with its trouble (retrying and why, failed...)."""
     app = current()
-    found = queries.list_requests(
-        app.db(), now=app.now(), status=status, overdue=overdue, limit=limit
-    )
-    rows = [queries.describe(r) for r in found]
+    now = app.now()
+    found = queries.list_requests(app.db(), now=now, status=status, overdue=overdue, limit=limit)
+    rows = [queries.describe(r, now=now) for r in found]
     if as_json:
         output.emit_json(rows)
         return
     if not rows:
         click.echo("No requests match.")
         return
-    output.table(rows, ["id", "kind", "status", "submitted_at", "due_at", "ticket"])
+    output.table(rows, ["id", "kind", "status", "submitted_at", "due_at", "ticket", "trouble"])
 
 
 @request.command()
 @click.argument("request_id")
-@click.option("--wait", is_flag=True, help="Wait until the request is final, failed or on hold.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait.")
+@click.option("--wait", is_flag=True, help="Wait until the request is final or failed.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Wait as --wait does, showing each step's progress (not with --json).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait, with --wait or --follow.",
+)
 @json_option
-def show(request_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Show a request, its steps and its receipt."""
+def show(request_id: str, wait: bool, follow: bool, timeout: float, as_json: bool) -> None:
+    """Show a request: its trouble, steps, receipt and next step. Waiting ends at once
+    (exit 4) on a request no one can move on without acting: awaiting approval, on hold."""
     app = current()
     rid = _id(request_id)
-    found, steps, types = queries.show(app.db(), rid)
-    deadline = time.monotonic() + timeout
-    settled = FINAL | {RequestStatus.FAILED, RequestStatus.ON_HOLD}
-    while wait and RequestStatus(found.status) not in settled:
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"request {rid} still {found.status} after {timeout:g}s")
-        time.sleep(0.5)
-        found, steps, types = queries.show(app.db(), rid)
-    view = queries.describe(found, steps) | {"identity_types": types}
+    snapshot: watch.Snapshot = queries.show(app.db(), rid)
+    if wait or follow:
+        live = output.LiveLine(tty=output.is_tty()) if follow and not as_json else None
+        snapshot = watch.wait(
+            watch.Watch(
+                fetch=lambda: queries.show(app.db(), rid),
+                timeout=timeout,
+                describe=lambda s: request_view.progress_text(_view(s, app.now())),
+                live=live,
+            )
+        )
+    view = _view(snapshot, app.now())
     if as_json:
         output.emit_json(view)
-        return
-    keys = [
-        "id",
-        "kind",
-        "status",
-        "subject",
-        "ticket",
-        "submitted_by",
-        "submitted_at",
-        "due_at",
-        "approved_by",
-        "started_at",
-        "completed_at",
-        "attempts",
-        "last_error",
-    ]
-    output.fields([(k, view[k]) for k in keys] + [("identities", ", ".join(types))])
-    if steps:
-        click.echo("")
-        rows = [step | {"counts": output.summarise(step["counts"])} for step in view["steps"]]
-        output.table(rows, ["source", "action", "status", "counts", "attempts", "error"])
-    held = (found.receipt or {}).get("held", [])
-    for entry in held:
-        for hold in entry["holds"]:
-            click.echo(
-                f"held: {entry['source']} by legal hold {hold['hold']} ({hold['legal_basis']});"
-                " erased when the hold ends"
-            )
-    if found.status == RequestStatus.FAILED:
+    else:
+        request_view.render(view)
+    if view["status"] == RequestStatus.FAILED:
         click.get_current_context().exit(1)
+
+
+def _view(snapshot: watch.Snapshot, now: datetime) -> dict[str, Any]:
+    found, steps, types = snapshot
+    return queries.describe(found, steps, now=now) | {"identity_types": list(types)}
 
 
 @request.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,9 +25,16 @@ def retention() -> None:
     """Retention policies: what is kept past its limit, and sweeping it away."""
 
 
-def context(app: App) -> SweepContext:
+# An in-process run shown to a person works in chunks this long, so its progress moves.
+PROGRESS_SECONDS = 2.0
+
+
+def context(app: App, *, chunk_seconds: float | None = None) -> SweepContext:
+    settings = app.settings()
+    if chunk_seconds is not None and chunk_seconds < settings.retention_chunk_seconds:
+        settings = settings.with_overrides(retention_chunk_seconds=chunk_seconds)
     return SweepContext(
-        settings=app.settings(),
+        settings=settings,
         db=app.db(),
         keyring=app.keyring(),
         sources=app.registry().sources,
@@ -74,8 +80,9 @@ def plan(policy: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Count and record what would go; change nothing.")
 @json_option
 def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
-    """Sweep now, in this process (beat does it nightly on the workers)."""
-    ctx = context(current())
+    """Sweep now, in this process (beat does it nightly on the workers). Progress is a bar
+    on a terminal, a line every few seconds otherwise, nothing with --json."""
+    ctx = context(current(), chunk_seconds=None if as_json else PROGRESS_SECONDS)
     if dry_run:
         recorded = sweep.dry_run(ctx, policy)
         _show_runs(recorded, as_json)
@@ -84,8 +91,7 @@ def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
     for entry in ctx.catalog.select(policy):
         name = entry.policy.name
         [found] = sweep.plan(ctx, name)
-        quiet = as_json or not sys.stdout.isatty()  # a progress bar only for people
-        finished.append(_run_one(ctx, name, found.due, quiet=quiet))
+        finished.append(_run_one(ctx, name, found.due, as_json=as_json))
     _show_runs(finished, as_json)
     if any(r.counts.get("dispatched") for r in finished) and not as_json:
         click.echo(
@@ -94,20 +100,37 @@ def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
         )
 
 
-def _run_one(ctx: SweepContext, name: str, due: int, *, quiet: bool) -> RetentionRun:
-    if quiet:
+def _run_one(ctx: SweepContext, name: str, due: int, *, as_json: bool) -> RetentionRun:
+    if as_json:
         return sweep.run_inline(ctx, name)
-    with click.progressbar(length=max(due, 1), label=name, show_pos=True, file=None) as bar:
+    if not output.is_tty():
+        line = output.LiveLine(tty=False)
+        try:
+            line.show(f"{name}: {due} item(s) due")
+            return sweep.run_inline(ctx, name, progress=lambda _, t: line.show(_done(name, due, t)))
+        finally:
+            line.close()
+    with click.progressbar(length=max(due, 1), label=name, show_pos=True) as bar:
         done = [0]
 
         def progress(_run: RetentionRun, totals: Mapping[str, Any]) -> None:
-            now = int(totals.get("deleted", 0)) + int(totals.get("dispatched", 0))
+            now = _count(totals)
             bar.update(max(0, now - done[0]))
             done[0] = now
 
         result = sweep.run_inline(ctx, name, progress=progress)
         bar.update(max(due, 1) - done[0])
     return result
+
+
+def _count(totals: Mapping[str, Any]) -> int:
+    return int(totals.get("deleted", 0)) + int(totals.get("dispatched", 0))
+
+
+def _done(name: str, due: int, totals: Mapping[str, Any]) -> str:
+    """`app.sessions: 1200 of 5000 done (held 3)`: a plain progress line."""
+    held = int(totals.get("held", 0))
+    return f"{name}: {_count(totals)} of {due} done" + (f" (held {held})" if held else "")
 
 
 def _show_runs(found: list[RetentionRun], as_json: bool) -> None:

@@ -113,10 +113,18 @@ def test_empty_list_says_so_and_exits_0(run) -> None:  # type: ignore[no-untyped
 
 def test_extend_and_cancel(run) -> None:  # type: ignore[no-untyped-def]
     created = submit(run, "request", "erase", "--email", "ada@example.com")
-    extended = run("request", "extend", created["id"], "--months", "2", "--reason", "complex")
+    extended = run("request", "extend", created["id"], "--reason", "complex")
     assert extended.exit_code == 0 and "now due" in extended.output
-    too_much = run("request", "extend", created["id"], "--reason", "more")
-    assert too_much.exit_code == 2
+    too_many = run("request", "extend", created["id"], "--months", "2", "--reason", "more")
+    assert too_many.exit_code == 2
+    assert error_line(too_many) == (
+        f"error: request {created['id']} can be extended by at most 1 month more (it is"
+        " already extended by 1; Art. 12(3) allows 2 months in all); pass --months 1"
+    )
+    assert run("request", "extend", created["id"], "--reason", "more").exit_code == 0
+    at_most = run("request", "extend", created["id"], "--reason", "again")
+    assert at_most.exit_code == 4
+    assert "already extended by the most allowed, 2 months" in error_line(at_most)
     cancelled = run("request", "cancel", created["id"], "--reason", "withdrawn")
     assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
 
