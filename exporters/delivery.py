@@ -5,10 +5,13 @@ crash or a retry does nothing once the message went out. The raw token exists on
 between issuing the link and sending the mail; a retry therefore reissues (revoking the
 unsent link) rather than resending an old one.
 
-Recipients are the request's email identities, minus any the sources discovered on
-their own (the subject's identity was verified against the given ones). With no email
-identity, or an address the mail server rejects for good, the export does not fail: the
-step records that an operator must hand the link over (`gdpr link reissue ID`).
+A request has one contact, and only it is written to: the given email address whose
+pseudonym the request's subject is known by (`compliance.requests`: the address named as
+contact, or the request's only one). Other addresses, given or discovered at the sources,
+get nothing, so an address that matched nobody never receives another person's link.
+With no contact, or an address the mail server rejects for good, the export does not
+fail: the step records that an operator must hand the link over (`gdpr link reissue ID`).
+The erasure receipt speaks in the manifest's descriptions of each location.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
-
 from compliance import audit, notify
 from compliance.errors import ComplianceError, ConfigError, TerminalError
-from compliance.execution import RunContext, fail_step, load_step, set_counts
+from compliance.execution import RunContext, Step
 from compliance.identities import IdentityType, parse_identity, pseudonym
-from compliance.models import DsrIdentity, StepStatus
+from compliance.receipts import Facts
+from compliance.sources.art15 import location_facts
 from exporters import links
 
 log = logging.getLogger("gdpr.delivery")
@@ -37,12 +39,12 @@ def deliver_export(ctx: RunContext) -> dict[str, Any]:
     """Issue a link for the request's package and email it; idempotent."""
     if ctx.dry_run:
         return {"delivery": "skipped", "reason": "dry run"}
-    step = load_step(ctx, NOTIFY_SOURCE, NOTIFY_ACTION)
-    if step.status == StepStatus.DONE:
+    step = ctx.steps.start(NOTIFY_SOURCE, NOTIFY_ACTION)
+    if step.done:
         return {"delivery": "already done", **step.counts}
-    recipients = recipients_of(ctx)
-    if not recipients:
-        return _handover(ctx, step.id, "no email identity")
+    contact = contact_of(ctx)
+    if contact is None:
+        return _handover(ctx, step, "no contact email")
     now = ctx.clock()
     with ctx.db.session() as session:
         token = links.reissue(session, ctx.request_id, ctx.settings, now, actor=ctx.actor)
@@ -52,28 +54,25 @@ def deliver_export(ctx: RunContext) -> dict[str, Any]:
     try:
         notify.send_export_ready(
             ctx.settings,
-            recipients,
+            contact,
             url=links.link_url(ctx.settings, token),
             expires_at=expires_at,
             max_downloads=max_downloads,
+            reference=str(ctx.request_id),
             now=now,
         )
     except ConfigError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
     except TerminalError:  # the address is rejected for good: an operator takes over
-        return _handover(ctx, step.id, "mail rejected")
+        return _handover(ctx, step, "mail rejected")
     except ComplianceError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
-    _record(ctx, "export.link_mailed", {"recipients": len(recipients)})
-    set_counts(ctx, step.id, {"mailed": 1, "recipients": len(recipients)}, done=True)
+    ctx.steps.update(step, counts={"mailed": 1, "recipients": 1}, done=True)
+    _record(ctx, "export.link_mailed", {"recipients": 1})
     log.info("export.delivery.mailed", extra={"request_id": str(ctx.request_id)})
-    return {
-        "delivery": "mailed",
-        "recipients": len(recipients),
-        "expires_at": expires_at.isoformat(),
-    }
+    return {"delivery": "mailed", "recipients": 1, "expires_at": expires_at.isoformat()}
 
 
 def notify_erasure(ctx: RunContext, receipt: Mapping[str, Any]) -> None:
@@ -85,63 +84,56 @@ def notify_erasure(ctx: RunContext, receipt: Mapping[str, Any]) -> None:
     if ctx.dry_run:
         return
     held = bool(receipt.get("held"))
-    step = load_step(ctx, NOTIFY_HELD_SOURCE if held else NOTIFY_SOURCE, NOTIFY_ACTION)
-    if step.status == StepStatus.DONE:
+    step = ctx.steps.start(NOTIFY_HELD_SOURCE if held else NOTIFY_SOURCE, NOTIFY_ACTION)
+    if step.done:
         return
     if not ctx.notify:
-        set_counts(ctx, step.id, {"mailed": 0, "reason": "not to be notified"}, done=True)
+        ctx.steps.update(step, counts={"mailed": 0, "reason": "not to be notified"}, done=True)
         return
-    if step.status == StepStatus.DONE:
-        return
-    recipients = recipients_of(ctx)
-    if not recipients:
-        set_counts(ctx, step.id, {"mailed": 0, "reason": "no email identity"}, done=True)
+    contact = contact_of(ctx)
+    if contact is None:
+        ctx.steps.update(step, counts={"mailed": 0, "reason": "no contact email"}, done=True)
         return
     try:
         notify.send_erasure_receipt(
             ctx.settings,
-            recipients,
+            contact,
             receipt=receipt,
             reference=str(ctx.request_id),
             now=ctx.clock(),
+            facts=facts_of(ctx),
         )
     except ConfigError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
     except TerminalError:
-        _record(ctx, "erasure.receipt_undeliverable", {"recipients": len(recipients)})
-        set_counts(ctx, step.id, {"mailed": 0, "reason": "mail rejected"}, done=True)
+        ctx.steps.update(step, counts={"mailed": 0, "reason": "mail rejected"}, done=True)
+        _record(ctx, "erasure.receipt_undeliverable", {"recipients": 1})
         return
     except ComplianceError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
-    _record(ctx, "erasure.receipt_mailed", {"recipients": len(recipients)})
-    set_counts(ctx, step.id, {"mailed": 1, "recipients": len(recipients)}, done=True)
+    ctx.steps.update(step, counts={"mailed": 1, "recipients": 1}, done=True)
+    _record(ctx, "erasure.receipt_mailed", {"recipients": 1})
 
 
-def recipients_of(ctx: RunContext) -> list[str]:
-    """The request's email identities, except those only discovered at the sources."""
-    with ctx.db.session() as session:
-        discovered = set(
-            session.scalars(
-                select(DsrIdentity.value_hmac).where(
-                    DsrIdentity.request_id == ctx.request_id,
-                    DsrIdentity.type == IdentityType.EMAIL,
-                    DsrIdentity.discovered.is_(True),
-                )
-            )
-        )
+def contact_of(ctx: RunContext) -> str | None:
+    """The request's contact (module docstring), or None: it has none."""
     key = ctx.keyring.pseudonym_key
-    return [
-        value
-        for value in ctx.identities.values(IdentityType.EMAIL)
-        if pseudonym(key, parse_identity(IdentityType.EMAIL, value)) not in discovered
-    ]
+    for value in ctx.identities.values(IdentityType.EMAIL):
+        if pseudonym(key, parse_identity(IdentityType.EMAIL, value)) == ctx.subject:
+            return value
+    return None
 
 
-def _handover(ctx: RunContext, step_id: int, reason: str) -> dict[str, Any]:
+def facts_of(ctx: RunContext) -> Facts:
+    """What the manifest says about each location of each source (titles for the mail)."""
+    return {source.name: location_facts(source) for source in ctx.sources}
+
+
+def _handover(ctx: RunContext, step: Step, reason: str) -> dict[str, Any]:
+    ctx.steps.update(step, counts={"mailed": 0, "handover": 1, "reason": reason}, done=True)
     _record(ctx, "export.handover_required", {"reason": reason})
-    set_counts(ctx, step_id, {"mailed": 0, "handover": 1, "reason": reason}, done=True)
     log.warning(
         "export.delivery.handover_required",
         extra={"request_id": str(ctx.request_id), "reason": reason},
@@ -154,7 +146,10 @@ def _handover(ctx: RunContext, step_id: int, reason: str) -> dict[str, Any]:
 
 
 def _record(ctx: RunContext, action: str, details: dict[str, Any]) -> None:
+    """An audit event, committed with the run's step changes (a mail's step is done in
+    the same transaction as the event that says it went out)."""
     with ctx.db.session() as session:
+        ctx.steps.save(session)
         audit.record(
             session,
             actor=ctx.actor,

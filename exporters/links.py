@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from compliance import audit
 from compliance.config import Settings
-from compliance.errors import NotFoundError, TokenError
+from compliance.errors import NotFoundError, StateError, TokenError, ValidationError
 from compliance.models import DownloadLink, DsrRequest, ExportPackage, RequestKind
 
 TOKEN_BYTES = 32  # 256 bits of randomness
@@ -227,14 +227,16 @@ def _exportable(
 ) -> tuple[DsrRequest, ExportPackage]:
     request = _request(session, request_id)
     if request.kind != RequestKind.EXPORT:
-        raise NotFoundError(f"request {request_id} is an {request.kind}, not an export")
+        raise ValidationError(  # never has a link, in any state: the id is the wrong one
+            f"request {request_id} is an {request.kind}; only an export has download links"
+        )
     package = session.scalars(
         select(ExportPackage).where(ExportPackage.request_id == request_id)
     ).one_or_none()
     if package is None:
-        raise NotFoundError(f"request {request_id} has no export package yet; run it first")
+        raise StateError(f"request {request_id} has no export package yet; run it first")
     if package.deleted_at is not None or package.expires_at <= now:
-        raise NotFoundError(
+        raise StateError(
             f"the package of request {request_id} has expired; submit a new export request"
         )
     return request, package

@@ -25,18 +25,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
 from compliance.errors import ComplianceError
-from compliance.execution import RunContext, fail_step, heartbeat, load_step, set_counts
+from compliance.execution import RunContext, Step
 from compliance.identities import pseudonym
 from compliance.models import (
     DsrIdentity,
     DsrRequest,
-    DsrStep,
     ExportPackage,
     RequestKind,
-    StepStatus,
 )
 from exporters import links
 from exporters.cleanup import mark_deleted
@@ -64,21 +61,20 @@ def revoke_subject_exports(
     """
     if ctx.dry_run:
         return _counts({})
-    step = load_step(ctx, EXPORTS_SOURCE, REVOKE_ACTION)
-    if step.status == StepStatus.DONE:
+    step = ctx.steps.start(EXPORTS_SOURCE, REVOKE_ACTION)
+    if step.done:
         return _counts(step.counts)
     try:
         exports = subject_exports(ctx)
-        _revoke_links(ctx, step.id, exports)
+        _revoke_links(ctx, step, exports)
         # parts of an unfinished upload hold the package header and the wrapped data key
         abort_uploads_of(ctx.db, storage, exports, ctx.clock())
-        _delete_packages(ctx, step.id, storage, exports)
+        _delete_packages(ctx, step, storage, exports)
     except ComplianceError as exc:
-        fail_step(ctx, step.id, str(exc))
+        ctx.steps.fail(step, str(exc))
         raise
-    with ctx.db.session() as session:
-        counts = _counts(session.get_one(DsrStep, step.id).counts)
-    set_counts(ctx, step.id, counts, done=final)
+    counts = _counts(step.counts)
+    ctx.steps.update(step, done=final)  # saved with the run's next write
     log.info("dsr.erasure.exports_revoked", extra={"request_id": str(ctx.request_id), **counts})
     return counts
 
@@ -113,27 +109,31 @@ def subject_exports(ctx: RunContext) -> list[uuid.UUID]:
         return list(session.scalars(query))
 
 
-def _revoke_links(ctx: RunContext, step_id: int, exports: Sequence[uuid.UUID]) -> None:
-    """Revoke the exports' links first: from here on no link serves a package."""
+def _revoke_links(ctx: RunContext, step: Step, exports: Sequence[uuid.UUID]) -> None:
+    """Revoke the exports' links first: from here on no link serves a package. The count
+    is saved in the same transaction, which renews the lease: if another run took the
+    request over, it all rolls back."""
+    if not exports:
+        return
     with ctx.db.session() as session:
-        heartbeat(session, ctx)  # stop here if another run took the request over
         now = ctx.clock()
         revoked = sum(links.revoke(session, request_id, now, ctx.actor) for request_id in exports)
-        _add(session, step_id, LINKS_REVOKED, revoked)
+        ctx.steps.update(step, add_counts={LINKS_REVOKED: revoked})
+        ctx.steps.save(session)
 
 
 def _delete_packages(
-    ctx: RunContext, step_id: int, storage: ObjectStorage, exports: Sequence[uuid.UUID]
+    ctx: RunContext, step: Step, storage: ObjectStorage, exports: Sequence[uuid.UUID]
 ) -> None:
     details = {"erasure": str(ctx.request_id)}
     for package_id, key in _stored_packages(ctx, exports):
         storage.delete(key)
         with ctx.db.session() as session:
-            heartbeat(session, ctx)
             deleted = mark_deleted(
                 session, package_id, ctx.clock(), actor=ctx.actor, reason="erased", details=details
             )
-            _add(session, step_id, PACKAGES_DELETED, deleted)
+            ctx.steps.update(step, add_counts={PACKAGES_DELETED: deleted})
+            ctx.steps.save(session)
 
 
 def _stored_packages(ctx: RunContext, exports: Sequence[uuid.UUID]) -> list[tuple[int, str]]:
@@ -146,16 +146,6 @@ def _stored_packages(ctx: RunContext, exports: Sequence[uuid.UUID]) -> list[tupl
             .order_by(ExportPackage.id)
         ).all()
     return [(row.id, row.object_key) for row in rows]
-
-
-def _add(session: Session, step_id: int, name: str, value: int) -> None:
-    """Add to a step's count in the transaction that made the change it counts."""
-    if not value:
-        return
-    step = session.get_one(DsrStep, step_id)
-    counts = dict(step.counts or {})
-    counts[name] = int(counts.get(name, 0)) + value
-    step.counts = counts
 
 
 def _counts(counts: Mapping[str, Any]) -> dict[str, int]:

@@ -62,7 +62,7 @@ class UploadLog:
     """Records one run's multipart uploads in the control database (`UploadRecorder`).
 
     `claim` is the run's claim (``dsr_request.attempts``); None takes the request's
-    current one. `beat` renews the run's lease while parts complete (`execution.pulse`).
+    current one. `beat` renews the run's lease while parts complete (`StepLog.beat`).
     """
 
     db: Database

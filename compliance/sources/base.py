@@ -45,13 +45,20 @@ class Scope(StrEnum):
 
 @dataclass(frozen=True)
 class Art15:
-    """GDPR Art. 15 facts about a location, shown in the export's index."""
+    """GDPR Art. 15 facts about a location, shown in the export's index.
 
-    description: str = ""
-    purpose: str = ""
-    legal_basis: str = ""
-    recipients: tuple[str, ...] = ()
-    retention: str = ""
+    Empty means unknown, and the index leaves it out. A source's values apply to each of
+    its tables (prefixes, key patterns) unless the table sets its own; a table's values
+    never reach its siblings. A SQL table's `description` is its own: it is never taken
+    from the source (see compliance/sources/README.md).
+    """
+
+    description: str = ""  # what the location holds, as its title ("Your orders")
+    purpose: str = ""  # Art. 15(1)(a): why it is processed
+    legal_basis: str = ""  # Art. 6 basis of the processing
+    recipients: tuple[str, ...] | None = None  # Art. 15(1)(c); None: unknown, (): nobody
+    retention: str = ""  # Art. 15(1)(d): how long it is kept
+    origin: str = ""  # Art. 15(1)(g): where it came from, when not from the subject
 
 
 @dataclass(frozen=True)

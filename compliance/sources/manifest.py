@@ -19,8 +19,6 @@ from compliance.sources.base import Art15
 
 T = TypeVar("T")
 
-ART15_KEYS = ("description", "purpose", "legal_basis", "recipients", "retention")
-
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """Parse the manifest file; a syntax error names its line."""
@@ -118,26 +116,26 @@ class Spec:
             yield Spec(item, f"{self.path}.{key}[{index + 1}]")
 
     def art15(self, defaults: Art15 | None = None) -> Art15:
-        """GDPR Art. 15 facts at this entry, falling back to `defaults` key by key."""
+        """GDPR Art. 15 facts at this entry; each key it does not set comes from
+        `defaults` (the source's), except `description`, which names this entry alone.
+        ``recipients = []`` says "nobody"; leaving it out says nothing. A `retention`
+        table is a policy, not text: the connector phrases it."""
         defaults = defaults or Art15()
+        recipients = self.list_of_str("recipients") if self.has("recipients") else None
         return Art15(
-            description=self.string("description", defaults.description),
+            description=self.string("description"),
             purpose=self.string("purpose", defaults.purpose),
             legal_basis=self.string("legal_basis", defaults.legal_basis),
-            recipients=self.list_of_str("recipients") or defaults.recipients,
+            recipients=defaults.recipients if recipients is None else recipients,
             retention=self._retention_text(defaults.retention),
+            origin=self.string("origin", defaults.origin),
         )
 
     def _retention_text(self, default: str) -> str:
-        """`retention` as Art. 15 text: a string as written; a retention policy (a table,
-        or a list of them, read by the connector) reads "30 days"."""
-        value = self.data.get("retention")
-        if isinstance(value, dict):
-            value = [value]
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            days = sorted({v["days"] for v in value if isinstance(v.get("days"), int)})
-            return " or ".join(f"{d} days" for d in days) or default
-        return self.string("retention", default)
+        """`retention` when it is text; `default` when it is absent or a policy."""
+        if isinstance(self.data.get("retention", ""), str):
+            return self.string("retention", default)
+        return default
 
     def done(self) -> None:
         """Raise for the first key nobody read (a typo, or a setting that does nothing)."""

@@ -33,7 +33,9 @@ Escape = Callable[[str], str | None]  # None: the value is refused and matches n
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
-ART15_KEYS = frozenset({"description", "purpose", "legal_basis", "recipients", "retention"})
+ART15_KEYS = frozenset(
+    {"description", "purpose", "legal_basis", "recipients", "retention", "origin"}
+)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def art15(spec: Mapping[str, Any], where: str, base: Art15 | None = None) -> Art
         legal_basis=values.get("legal_basis", base.legal_basis),
         recipients=values.get("recipients", base.recipients),
         retention=values.get("retention", base.retention),
+        origin=values.get("origin", base.origin),
     )
 
 

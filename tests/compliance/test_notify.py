@@ -17,28 +17,33 @@ import pytest
 from compliance import notify
 from compliance.config import Settings
 from compliance.errors import ConfigError, MailUnavailableError, TerminalError, ValidationError
+from compliance.sources.base import Art15
 
 NOW = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)
 EXPIRES = datetime(2025, 3, 11, 10, 30, tzinfo=UTC)
 URL = "https://privacy.example.com/d/" + "A" * 43
 RECEIPT: dict[str, Any] = {
     "request_id": "r-1",
-    "sources": {
-        "app": {
+    "sources": [
+        {
+            "source": "app",
             "locations": [
-                {"location": "users", "deleted": 1},
-                {"location": "orders", "deleted": 0, "anonymized": 4},
+                {"location": "users", "disposition": "delete", "deleted": 1},
+                {"location": "orders", "disposition": "anonymize", "anonymized": 4},
                 {
                     "location": "invoices",
+                    "disposition": "retain",
                     "retained": 2,
                     "legal_basis": "tax law: keep invoices for 10 years",
                 },
-            ]
+                {"location": "invoices.user_id", "disposition": "detach", "detached": 2},
+            ],
         },
-        "avatars": {"deleted": 3},
-    },
+        {"source": "avatars", "deleted": 3},
+    ],
     "verification": {"ok": True, "residue": []},
 }
+FACTS = {"app": {"users": Art15(description="Your account"), "orders": Art15(retention="6 years")}}
 
 
 def _recipient() -> str:
@@ -72,7 +77,9 @@ def test_export_ready_mail_reaches_the_smtp_server_with_text_and_html(
     host, port, maildir = smtp_server
     settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}")
     to = _recipient()
-    notify.send_export_ready(settings, [to], url=URL, expires_at=EXPIRES, max_downloads=3, now=NOW)
+    notify.send_export_ready(
+        settings, to, url=URL, expires_at=EXPIRES, max_downloads=3, reference="R-7", now=NOW
+    )
     message = _wait_for(maildir, to)
     assert message.get_content_type() == "multipart/alternative"
     assert message["Subject"] == "Your personal data export is ready"
@@ -81,13 +88,18 @@ def test_export_ready_mail_reaches_the_smtp_server_with_text_and_html(
     assert URL in text and f'href="{URL}"' in html
     assert "11 March 2025, 10:30 UTC" in text
     assert "at most 3 downloads." in text
+    for body in (text, html):
+        assert "R-7" in body  # the reference to quote
+        assert "expired" in body and "new one" in body  # what to do when it expired
 
 
 def test_the_outbox_folder_gets_one_complete_eml_per_message(tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
     settings = Settings(home=tmp_path, mail_url=outbox.as_uri())
     to = _recipient()
-    notify.send_export_ready(settings, [to], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW)
+    notify.send_export_ready(
+        settings, to, url=URL, expires_at=EXPIRES, max_downloads=1, reference="R", now=NOW
+    )
     (path,) = outbox.iterdir()
     assert path.suffix == ".eml"
     message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
@@ -98,7 +110,7 @@ def test_the_outbox_folder_gets_one_complete_eml_per_message(tmp_path: Path) -> 
 def test_the_embedded_default_writes_to_the_outbox_under_home(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / ".gdpr")
     notify.send_export_ready(
-        settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+        settings, _recipient(), url=URL, expires_at=EXPIRES, max_downloads=1, reference="R", now=NOW
     )
     assert len(list((tmp_path / ".gdpr" / "outbox").glob("*.eml"))) == 1
 
@@ -110,40 +122,32 @@ def test_erasure_receipt_says_what_was_deleted_and_what_was_kept_and_why(
     host, port, maildir = smtp_server
     settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}")
     to = _recipient()
-    notify.send_erasure_receipt(settings, [to], receipt=RECEIPT, reference="REF-42", now=NOW)
+    notify.send_erasure_receipt(
+        settings, to, receipt=RECEIPT, reference="REF-42", now=NOW, facts=FACTS
+    )
     message = _wait_for(maildir, to)
     text, html = _parts(message)
     for body in (text, html):
         assert "REF-42" in body
         assert "tax law: keep invoices for 10 years" in body
         assert "nothing else about you is left" in body
-    assert "app / users: 1 deleted" in text
-    assert "app / orders: 0 deleted, 4 anonymised" in text
-    assert "avatars: 3 deleted" in text
-    assert "In total: 4 records deleted, 4 anonymised." in text
+    assert "- Your account: 1 deleted" in text  # the manifest's description
+    assert "- Orders: your details removed, 4 kept for 6 years" in text  # a humanised name
+    assert "- Invoices: 2 kept (tax law: keep invoices for 10 years)" in text
+    assert "- Your data in our avatars records: 3 deleted" in text
+    assert "In total: 4 records deleted, 4 kept with your details removed, 2 kept" in text
+    for body in (text, html):
+        assert "user_id" not in body and "invoices." not in body  # no column, no reference
 
 
 def test_receipt_values_are_escaped_in_the_html_part(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, mail_url=(tmp_path / "out").as_uri())
     receipt = {"sources": [{"source": "<script>x</script>", "deleted": 1}]}
-    notify.send_erasure_receipt(settings, [_recipient()], receipt=receipt, reference="R", now=NOW)
+    notify.send_erasure_receipt(settings, _recipient(), receipt=receipt, reference="R", now=NOW)
     (path,) = (tmp_path / "out").iterdir()
     message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
     _, html = _parts(message)  # type: ignore[arg-type]
     assert "<script>" not in html and "&lt;script&gt;" in html
-
-
-def test_a_receipt_without_data_says_nothing_was_found() -> None:
-    summary = notify.summarise_receipt({"sources": {}, "verified": True})
-    assert summary.lines == () and summary.verified is True
-
-
-def test_summarise_receipt_prefers_detailed_locations_over_source_totals() -> None:
-    summary = notify.summarise_receipt(
-        {"sources": [{"source": "db", "deleted": 9, "locations": [{"table": "t", "deleted": 9}]}]}
-    )
-    assert [(line.place, line.deleted) for line in summary.lines] == [("db / t", 9)]
-    assert summary.verified is None
 
 
 def test_a_recipient_with_a_header_injection_is_refused(tmp_path: Path) -> None:
@@ -151,10 +155,11 @@ def test_a_recipient_with_a_header_injection_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         notify.send_export_ready(
             settings,
-            ["a@example.com\r\nBcc: evil@example.com"],
+            "a@example.com\r\nBcc: evil@example.com",
             url=URL,
             expires_at=EXPIRES,
             max_downloads=1,
+            reference="R",
             now=NOW,
         )
     assert not (tmp_path / "out").exists()
@@ -170,7 +175,13 @@ def test_an_unreachable_smtp_server_is_retryable(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, mail_url=f"smtp://127.0.0.1:{_free_port()}")
     with pytest.raises(MailUnavailableError, match="cannot deliver mail"):
         notify.send_export_ready(
-            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+            settings,
+            _recipient(),
+            url=URL,
+            expires_at=EXPIRES,
+            max_downloads=1,
+            reference="R",
+            now=NOW,
         )
 
 
@@ -182,7 +193,13 @@ def test_starttls_against_a_server_without_it_is_a_configuration_error(
     settings = Settings(home=tmp_path, mail_url=f"smtp://{host}:{port}", mail_starttls=True)
     with pytest.raises(ConfigError, match="STARTTLS"):
         notify.send_export_ready(
-            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+            settings,
+            _recipient(),
+            url=URL,
+            expires_at=EXPIRES,
+            max_downloads=1,
+            reference="R",
+            now=NOW,
         )
 
 
@@ -228,7 +245,13 @@ def test_smtp_rejections_are_terminal_when_permanent_and_retryable_when_temporar
     settings = Settings(home=tmp_path, mail_url=f"smtp://127.0.0.1:{port}")
     with pytest.raises(error) as caught:
         notify.send_export_ready(
-            settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+            settings,
+            _recipient(),
+            url=URL,
+            expires_at=EXPIRES,
+            max_downloads=1,
+            reference="R",
+            now=NOW,
         )
     assert reply[:3] in str(caught.value)
     if error is TerminalError:
@@ -242,54 +265,12 @@ def test_logs_never_name_the_recipient_or_the_link(
     to = _recipient()
     with caplog.at_level(logging.DEBUG, logger="gdpr"):
         notify.send_export_ready(
-            settings, [to], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+            settings, to, url=URL, expires_at=EXPIRES, max_downloads=1, reference="R", now=NOW
         )
     assert caplog.records
     for record in caplog.records:
         rendered = record.getMessage() + repr(record.__dict__)
         assert to not in rendered and URL not in rendered
-
-
-def test_the_erasure_runners_receipt_shape_is_summarised_per_location() -> None:
-    receipt = {
-        "request_id": "r",
-        "kind": "erasure",
-        "deleted": 5,
-        "anonymized": 2,
-        "retained": 1,
-        "sources": [
-            {
-                "source": "shop",
-                "kind": "sql",
-                "deleted": 5,
-                "anonymized": 2,
-                "retained": 1,
-                "locations": [
-                    {"location": "users", "disposition": "delete", "deleted": 5},
-                    {"location": "orders", "disposition": "anonymize", "anonymized": 2},
-                    {
-                        "location": "invoices",
-                        "disposition": "retain",
-                        "retained": 1,
-                        "legal_basis": "HGB §257",
-                    },
-                    {"location": "addresses", "scope": "shared", "retained": 1, "note": "x"},
-                    {"location": "users.referred_by", "scope": "others", "detached": 1},
-                ],
-            }
-        ],
-        "verified": True,
-    }
-    summary = notify.summarise_receipt(receipt)  # others' and shared rows are not hers
-    assert [(line.place, line.deleted, line.anonymized) for line in summary.lines] == [
-        ("shop / users", 5, 0),
-        ("shop / orders", 0, 2),
-        ("shop / invoices", 0, 0),
-    ]
-    assert [(line.place, line.legal_basis) for line in summary.retained] == [
-        ("shop / invoices", "HGB §257")
-    ]
-    assert summary.verified is True
 
 
 @pytest.mark.parametrize(
@@ -326,7 +307,13 @@ def test_a_temporary_login_failure_is_retried_and_a_wrong_password_is_not(
         )
         with pytest.raises(error) as caught:
             notify.send_export_ready(
-                settings, [_recipient()], url=URL, expires_at=EXPIRES, max_downloads=1, now=NOW
+                settings,
+                _recipient(),
+                url=URL,
+                expires_at=EXPIRES,
+                max_downloads=1,
+                reference="R",
+                now=NOW,
             )
     finally:
         controller.stop()
@@ -339,9 +326,7 @@ def test_an_internationalised_address_goes_out_as_utf8_not_as_an_encoded_word(
 ) -> None:
     outbox = tmp_path / "outbox"
     settings = Settings(home=tmp_path, mail_url=outbox.as_uri())
-    notify.send_erasure_receipt(
-        settings, ["Jürgen@Example.DE"], receipt={}, reference="R-1", now=NOW
-    )
+    notify.send_erasure_receipt(settings, "Jürgen@Example.DE", receipt={}, reference="R-1", now=NOW)
     (path,) = outbox.iterdir()
     raw = path.read_bytes()
     assert "To: jürgen@example.de".encode() in raw

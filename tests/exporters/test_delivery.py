@@ -33,14 +33,19 @@ LINK = re.compile(r"https?://\S+/d/[A-Za-z0-9_-]+")
 def _context(
     settings: Settings, db: Database, request_id: uuid.UUID, *identities: tuple[str, str]
 ) -> RunContext:
+    """A run of the request whose contact is its first email identity (as submitted)."""
+    keyring = load_keyring(settings)
+    given = [parse_identity(t, v) for t, v in identities]
+    emails = [i for i in given if i.type == "email"]
+    subject = pseudonym(keyring.pseudonym_key, emails[0]) if emails else "ps_subject"
     return RunContext(
         settings=settings,
         db=db,
-        keyring=load_keyring(settings),
+        keyring=keyring,
         sources=(),
         request_id=request_id,
-        subject="ps_subject",
-        identities=Identities.of(parse_identity(t, v) for t, v in identities),
+        subject=subject,
+        identities=Identities.of(given),
     )
 
 
@@ -174,6 +179,36 @@ def test_emails_discovered_at_the_sources_get_nothing(
     assert message["To"] == "given@example.com"
 
 
+def test_only_the_contact_is_written_to_never_another_given_address(
+    db: Database, settings: Settings, make_export_request: Callable[..., uuid.UUID], tmp_path: Path
+) -> None:
+    request_id = make_export_request()
+    ctx = _context(
+        _outbox(settings, tmp_path),
+        db,
+        request_id,
+        ("email", "stranger@example.com"),
+        ("email", "ada@example.com"),
+        ("user_id", "1"),
+    )
+    assert deliver_export(ctx)["recipients"] == 1
+    (message,) = _messages(tmp_path)
+    assert message["To"] == "stranger@example.com"  # the contact, not the first by sort
+    assert "ada@example.com" not in message.as_string()
+
+
+def test_a_request_whose_subject_is_no_given_address_hands_the_link_over(
+    db: Database, settings: Settings, make_export_request: Callable[..., uuid.UUID], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    request_id = make_export_request()
+    ctx = _context(_outbox(settings, tmp_path), db, request_id, ("email", "ada@example.com"))
+    result = deliver_export(replace(ctx, subject="ps_" + "0" * 32))
+    assert result["delivery"] == "operator handover" and result["reason"] == "no contact email"
+    assert not (tmp_path / "outbox").exists()
+
+
 class _Reject:
     async def handle_RCPT(self, *args: Any) -> str:  # noqa: N802
         return "550 5.1.1 mailbox unavailable"
@@ -218,7 +253,7 @@ def test_the_erasure_receipt_is_mailed_once(
     notify_erasure(ctx, receipt)
     (message,) = _messages(tmp_path)
     assert message["Subject"] == "Your personal data has been erased"
-    assert "app / users: 1 deleted" in _text(message)
+    assert "- Users: 1 deleted" in _text(message)
     assert str(request_id) in _text(message)
     assert _actions(db).count("erasure.receipt_mailed") == 1
 
@@ -243,3 +278,107 @@ def test_the_mailed_link_downloads_the_export_end_to_end(
     old.request("GET", f"/d/{site.token}")  # the fixture's link was revoked by the reissue
     assert old.getresponse().status == 404
     old.close()
+
+
+# --- an erasure of the sample application, mailed ---------------------------------------------
+
+
+def _numbers(text: str) -> dict[str, int]:
+    """What the email says was deleted, anonymised and kept: per line and in total."""
+    said = text.split("What we did:", 1)[1].split("In total:", 1)
+    lines = [line for line in said[0].splitlines() if line.startswith("- ")]
+    anonymized = [int(n) for line in lines for n in re.findall(r"removed, (\d+) kept", line)]
+    plain = [re.sub(r"removed, \d+ kept", "", line) for line in lines]
+    per_line = {
+        "deleted": sum(int(n) for line in lines for n in re.findall(r"(\d+) deleted", line)),
+        "anonymized": sum(anonymized),
+        "retained": sum(int(n) for line in plain for n in re.findall(r"(\d+) kept", line)),
+    }
+    total = re.match(
+        r" (\d+) records? deleted(?:, (\d+) kept with your details removed)?(?:, (\d+) kept as)?",
+        said[1],
+    )
+    assert total is not None
+    in_total = dict(zip(per_line, (int(n or 0) for n in total.groups()), strict=True))
+    assert per_line == in_total
+    return in_total
+
+
+def _mail_settings(
+    settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[Settings, Path]:
+    """PostgreSQL runs mail the real SMTP server, SQLite runs the outbox folder; with
+    the folder the messages land in."""
+    if settings.database_url.startswith("postgresql"):
+        host, port, maildir = request.getfixturevalue("smtp_server")
+        return settings.with_overrides(mail_url=f"smtp://{host}:{port}"), maildir
+    return _outbox(settings, tmp_path), tmp_path / "outbox"
+
+
+def _delivered(maildir: Path, needle: str) -> list[EmailMessage]:
+    time.sleep(0.5)  # the SMTP sink writes each message as it arrives
+    found = []
+    for path in maildir.glob("*.eml"):
+        if needle.encode() in path.read_bytes():
+            message = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+            assert isinstance(message, EmailMessage)
+            found.append(message)
+    return found
+
+
+def test_an_erasure_naming_two_addresses_mails_its_receipt_to_the_contact_only(
+    db: Database, settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Ada's address is the contact; the other address matched nothing anywhere and gets
+    nothing. The mail speaks in the manifest's words and its numbers are the receipt's."""
+    from compliance.dispatch import RecordingDispatcher
+    from compliance.erasure import run_erasure
+    from compliance.models import DsrRequest, RequestKind
+    from compliance.requests import Submission, submit
+    from compliance.sealed import load_identities
+    from tests.compliance.sources.sqlsample import load
+    from tests.sample_app.fixtures import sample_databases
+
+    mailing, maildir = _mail_settings(settings, request, tmp_path)
+    backend = "postgres" if settings.database_url.startswith("postgresql") else "sqlite"
+    tag = uuid.uuid4().hex[:8]
+    ada = parse_identity("email", "ada@example.com")
+    nobody = parse_identity("email", f"nobody-{tag}@example.com")
+    keyring = load_keyring(mailing)
+    with sample_databases(backend, tmp_path) as dbs:
+        registry = load(dbs, tmp_path)
+        try:
+            submitted = submit(
+                db,
+                mailing,
+                keyring,
+                Submission(RequestKind.ERASURE, Identities.of([nobody, ada]), contact=ada),
+                sources=registry.sources,
+                operator="alice",
+                now=utcnow(),
+                dispatcher=RecordingDispatcher(),
+            )
+            with db.session() as session:
+                subject = session.get_one(DsrRequest, submitted.id).subject
+            ctx = RunContext(
+                settings=mailing,
+                db=db,
+                keyring=keyring,
+                sources=registry.sources,
+                request_id=submitted.id,
+                subject=subject,
+                identities=load_identities(db, keyring, submitted.id),
+            )
+            receipt = run_erasure(ctx)
+            notify_erasure(ctx, receipt)
+        finally:
+            registry.close()
+    assert _delivered(maildir, nobody.value) == []
+    (message,) = _delivered(maildir, str(submitted.id))
+    assert message["To"] == "ada@example.com"
+    text = _text(message)
+    assert _numbers(text) == {k: receipt[k] for k in ("deleted", "anonymized", "retained")}
+    assert "- Your account: 1 deleted" in text
+    assert "- Saved payment cards: 1 deleted" in text
+    for dotted in ("payments.order_id", "users.referred_by", "invoices.user_id", "_"):
+        assert dotted not in text.split("What we did:", 1)[1].split("If you have")[0]

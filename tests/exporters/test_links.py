@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from compliance.config import Settings
 from compliance.db import Database, utcnow
-from compliance.errors import NotFoundError, TokenError
+from compliance.errors import NotFoundError, StateError, TokenError, ValidationError
 from compliance.models import AuditEvent, DownloadLink
 from exporters import links
 from exporters.links import LinkState
@@ -187,12 +187,12 @@ def test_no_link_is_issued_for_an_erasure_or_a_request_without_package(
     erasure = make_export_request(kind="erasure", with_package=False)
     unpackaged = make_export_request(with_package=False)
     expired = make_export_request(package_days=-1)
-    for request_id, message in [
-        (erasure, "not an export"),
-        (unpackaged, "no export package"),
-        (expired, "has expired"),
+    for request_id, error, message in [
+        (erasure, ValidationError, "only an export has download links"),
+        (unpackaged, StateError, "no export package"),
+        (expired, StateError, "has expired"),
     ]:
-        with pytest.raises(NotFoundError, match=message):
+        with pytest.raises(error, match=message):
             _issue(db, settings, request_id)
     with db.session() as session:
         assert session.scalars(select(DownloadLink)).all() == []

@@ -60,12 +60,13 @@ unless ``match = "exact"``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from compliance.errors import ManifestError, ValidationError
 from compliance.identities import IdentityType, validate_type
+from compliance.sources.art15 import legal_text, policy_text
 from compliance.sources.base import Art15, Disposition
 from compliance.sources.manifest import Spec
 from compliance.sources.sql.policies import RetentionRule, legal_days, parse_retention
@@ -177,6 +178,8 @@ class SqlManifest:
 def parse_sql_manifest(spec: Spec, url: str) -> SqlManifest:
     """Read the source-level keys and every table (the caller reads `url`)."""
     defaults = spec.art15()
+    if defaults.description:
+        raise spec.error("'description' titles one table: set it on each table under 'tables'")
     schema = spec.string("schema") or None
     ignore = spec.list_of_str("ignore_tables")
     rules, problems = [], []
@@ -221,7 +224,8 @@ def _schema_names(spec: Spec, key: str) -> tuple[str, ...]:
 
 def _table(name: str, spec: Spec, defaults: Art15) -> TableRule:
     on_erase = Disposition(spec.choice("on_erase", tuple(_ON_ERASE), Disposition.DELETE))
-    art15 = spec.art15(defaults)
+    retention = parse_retention(spec)
+    legal = legal_days(spec)
     rule = TableRule(
         name=name,
         entry=spec.path,
@@ -229,16 +233,31 @@ def _table(name: str, spec: Spec, defaults: Art15) -> TableRule:
         on_erase=on_erase,
         anonymize=tuple(_strategies(spec.table("anonymize"))),
         legal_basis=spec.string("legal_basis", defaults.legal_basis),
-        art15=art15,
+        art15=_art15(spec, defaults, retention, legal),
         export_exclude=spec.list_of_str("export_exclude"),
         key=spec.list_of_str("key"),
         references=tuple(_reference(ref) for ref in spec.table_list("references")),
         placeholder=tuple(_placeholder(spec.table("placeholder"))),
-        retention=parse_retention(spec),
-        legal_retention_days=legal_days(spec),
+        retention=retention,
+        legal_retention_days=legal,
     )
     spec.done()
     return rule
+
+
+def _art15(spec: Spec, defaults: Art15, rules: tuple[RetentionRule, ...], legal: int) -> Art15:
+    """The table's Art. 15 facts over the source's. How long rows are kept, in order:
+    the table's `retention` text, its retention policies in words, its legal minimum
+    (``legal_retention_days``), the source's `retention` text."""
+    facts = spec.art15(defaults)
+    if isinstance(spec.data.get("retention"), str):
+        return facts
+    said = [
+        policy_text(r.days, r.column, whole_subject=r.scope == "subject", narrowed=bool(r.where))
+        for r in rules
+    ]
+    text = "; ".join(said) or (legal_text(legal) if legal else "")
+    return replace(facts, retention=text) if text else facts
 
 
 def _identities(spec: Spec) -> list[IdentityColumn]:
