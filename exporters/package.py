@@ -4,7 +4,9 @@ Layout: ``index.html`` (for people), ``data/<source>/<collection>.json`` and ``.
 (for machines and spreadsheets), ``files/<source>/<path>`` and ``manifest.json`` (per-file
 sha256, sizes and row counts). Nothing is held whole in memory and no plaintext touches
 the disk: rows go straight into their ZIP entry; the second pass the CSV needs, and the
-manifest's file list, come from an `EncryptedSpool`.
+manifest's file list, come from an `EncryptedSpool`. The index is written last, from what
+`IndexBuilder` kept on the way: counts and each table's first rows as a bounded preview
+(`exporters.preview`), read ahead of the JSON entry and then passed on to it unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from compliance.sources.base import ExportItem, FileItem, RowsItem
 from exporters import writers
 from exporters.index import IndexBuilder, render_index
+from exporters.preview import take_preview
 from exporters.spool import EncryptedSpool
 from exporters.tables import TableEncoder
 
@@ -91,15 +94,16 @@ class _PackageWriter:
         base = f"data/{writers.safe_segment(item.source)}/{writers.safe_segment(item.collection)}"
         json_name = self._unique(base + ".json")
         csv_name = self._unique(base + ".csv")
+        preview, rows = take_preview(item.rows, self.index.budget)
         table = TableEncoder()
         try:
-            done = yield from self._entry(json_name, table.json_pieces(item.rows))
+            done = yield from self._entry(json_name, table.json_pieces(rows))
             self._note(json_name, done, item.source, rows=table.rows)
             done = yield from self._entry(csv_name, table.csv_pieces())
         finally:
             table.close()
         self._note(csv_name, done, item.source, rows=table.rows)
-        self.index.add_rows(item, table.rows, json_name, csv_name)
+        self.index.add_rows(item, table.rows, json_name, csv_name, preview)
 
     def add_file(self, item: FileItem) -> Iterator[bytes]:
         folder = writers.safe_segment(item.source)
@@ -116,7 +120,8 @@ class _PackageWriter:
             subject_label=subject_label,
             controller=controller,
         )
-        done = yield from self._entry(self._unique("index.html"), [page.encode()])
+        pieces = (piece.encode() for piece in page)
+        done = yield from self._entry(self._unique("index.html"), pieces)
         self._note("index.html", done, "")
         yield from self._entry("manifest.json", self._manifest(request_id))
         self.zip.close()
