@@ -373,23 +373,9 @@ def _build(
 # --- running it -------------------------------------------------------------------------
 
 
-def serve(
-    app: Any,
-    host: str,
-    port: int,
-    threads: int = defaults.SERVE_THREADS,
-    trusted_proxy: str = "",
-    limits: ServerLimits | None = None,
-) -> None:
-    """Serve `app` until interrupted, with `limits` (default: the app's own)."""
-    server = _build(app, host, port, threads, trusted_proxy, limits)
-    server.print_listen("gdpr download service listening on http://{}:{}")
-    server.run()
-
-
 @dataclass
 class BackgroundServer:
-    """A waitress server on a thread; for tests and benchmarks."""
+    """A waitress server on a daemon thread (`gdpr serve`, tests and benchmarks)."""
 
     server: BaseWSGIServer
     thread: threading.Thread
@@ -431,7 +417,8 @@ def start_in_thread(
     limits: ServerLimits | None = None,
     threads: int = defaults.SERVE_THREADS,
 ) -> BackgroundServer:
-    """Start waitress on an ephemeral port (by default) in a daemon thread."""
+    """Start waitress (on an ephemeral port by default) in a daemon thread; raises
+    OSError when the address cannot be bound."""
     server = _build(app, host, port, threads, trusted_proxy, limits)
     thread = threading.Thread(target=server.run, name="gdpr-web", daemon=True)
     thread.start()

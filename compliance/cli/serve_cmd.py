@@ -1,10 +1,16 @@
-"""`gdpr serve`: run the download service on waitress."""
+"""`gdpr serve`: run the download service on waitress, saying where it listens."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from compliance.cli.context import current
+from compliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from exporters.web_server import BackgroundServer
 
 
 @click.command()
@@ -16,22 +22,76 @@ from compliance.cli.context import current
     help="Worker threads (default: settings serve_threads).",
 )
 def serve(host: str | None, port: int | None, threads: int | None) -> None:
-    """Run the download service that the emailed links point to.
+    """Run the download service that the emailed links point to, until Ctrl-C.
 
     Connection limits and timeouts come from the serve_* settings (exporters/README.md);
     in production run it behind a reverse proxy with limits of its own.
     """
     from exporters.storage import open_storage
     from exporters.web import create_app
-    from exporters.web_server import serve as run_server
 
     app = current()
     settings = app.settings()
     web = create_app(settings, app.db(), open_storage(settings), app.keyring())
-    run_server(
+    server = _start(
         web,  # carries its connection limits and timeouts (ServerLimits) from the settings
         host or settings.serve_host,
         port or settings.serve_port,
         threads=threads or settings.serve_threads,
         trusted_proxy=settings.trusted_proxy,
     )
+    announce(server, settings.download_base_url, configured=bool(settings.base_url))
+    try:
+        while server.thread.is_alive():
+            server.thread.join(timeout=1.0)
+    except KeyboardInterrupt:
+        click.echo("stopping the download service")
+    finally:
+        if server.thread.is_alive():
+            _stop(server)
+
+
+def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> None:
+    """Where the service listens, what it serves, where the emailed links point, how to stop."""
+    addresses = listening(server)
+    for address in addresses:
+        click.echo(f"gdpr download service listening on {address}")
+    click.echo("  serves the download links mailed to data subjects (/d/<token>) and /healthz")
+    elsewhere = not configured and base_url not in addresses
+    hint = "; not this address: set GDPR_BASE_URL" if elsewhere else " (setting base_url)"
+    click.echo(f"  links in emails point at {base_url}{hint}")
+    click.echo("  press Ctrl-C to stop")
+
+
+def _start(app: Any, host: str, port: int, *, threads: int, trusted_proxy: str) -> BackgroundServer:
+    from exporters.web_server import start_in_thread
+
+    try:
+        return start_in_thread(app, host, port, trusted_proxy=trusted_proxy, threads=threads)
+    except OSError as exc:  # port taken, unknown host, an address this machine does not have
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {reason}; choose another with --host/--port "
+            "or GDPR_SERVE_HOST/GDPR_SERVE_PORT"
+        ) from exc
+
+
+def listening(server: BackgroundServer) -> list[str]:
+    """The URLs the server listens on (one per socket; several when a host name resolves
+    to more than one address)."""
+    found = getattr(server.server, "effective_listen", None) or [
+        (server.server.effective_host, server.server.effective_port)
+    ]
+    return [_url(str(host), int(port)) for host, port in found]
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _stop(server: BackgroundServer) -> None:
+    from waitress.server import BaseWSGIServer
+
+    if isinstance(server.server, BaseWSGIServer):
+        server.stop()
+    # several sockets (MultiSocketServer): its daemon threads end with the process

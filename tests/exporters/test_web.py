@@ -323,12 +323,18 @@ def test_gdpr_serve_runs_the_download_app_on_the_configured_address(
 
     served: list[tuple[Any, str, int, int]] = []
     proxies: list[str] = []
+    start = web_server.start_in_thread
 
-    def fake_serve(app: Any, host: str, port: int, threads: int, trusted_proxy: str) -> None:
+    def stopped_at_once(
+        app: Any, host: str, port: int, *, trusted_proxy: str, threads: int
+    ) -> web_server.BackgroundServer:
         served.append((app, host, port, threads))
         proxies.append(trusted_proxy)
+        server = start(app, "127.0.0.1", 0, trusted_proxy=trusted_proxy, threads=threads)
+        server.stop()  # its thread has ended: the command returns instead of serving on
+        return server
 
-    monkeypatch.setattr(web_server, "serve", fake_serve)
+    monkeypatch.setattr(web_server, "start_in_thread", stopped_at_once)
     app = App()
     settings = download_site.settings.with_overrides(
         serve_host="127.0.0.2", serve_port=8123, trusted_proxy="127.0.0.9"
@@ -337,6 +343,7 @@ def test_gdpr_serve_runs_the_download_app_on_the_configured_address(
     app.close = lambda: None  # type: ignore[method-assign]
     result = CliRunner().invoke(cli, ["serve", "--threads", "3"], obj=app)
     assert result.exit_code == 0, result.output
+    assert result.output.startswith("gdpr download service listening on http://127.0.0.1:")
     ((flask_app, host, port, threads),) = served
     assert isinstance(flask_app, Flask) and (host, port, threads) == ("127.0.0.2", 8123, 3)
     assert proxies == ["127.0.0.9"]
