@@ -132,10 +132,10 @@ def test_only_the_facts_the_manifest_knows_are_shown() -> None:
     ]
     _, page = page_of(items)
     found = items_by_title(page)
-    assert "<dt>Why we hold it</dt><dd>Support</dd>" in found["Tickets"]
-    assert "<dt>Where it came from</dt><dd>Your bank</dd>" in found["Tickets"]
+    assert "<dt>Why we hold it</dt><dd>Support</dd>" in found["Your support tickets"]
+    assert "<dt>Where it came from</dt><dd>Your bank</dd>" in found["Your support tickets"]
     for absent in ("Legal basis", "Who receives it", "How long we keep it"):
-        assert absent not in found["Tickets"]
+        assert absent not in found["Your support tickets"]
     assert "<dd>Nobody outside our organisation</dd>" in found["Notes"]
     assert "Why we hold it" not in found["Notes"]
     assert "<dd>30 days</dd>" in found["Files you gave us or we made about you"]
@@ -181,16 +181,11 @@ def shop(tmp_path: Path) -> Iterator[SampleDatabases]:
 
 
 def sample_manifest(dbs: SampleDatabases) -> str:
-    """The sample manifest with the carriers declared where they receive data (orders,
-    not the whole shop) and a retention policy on sessions."""
-    manifest = dbs.manifest().replace('recipients = ["Parcel carriers"]\n', "")
-    for header, extra in (
-        ("[sources.shop.tables.orders]\n", 'recipients = ["Parcel carriers"]\n'),
-        ("[sources.shop.tables.sessions]\n", 'retention = { column = "created_at", days = 30 }\n'),
-    ):
-        assert header in manifest
-        manifest = manifest.replace(header, header + extra)
-    return manifest
+    """The sample manifest with a retention policy on sessions."""
+    header = "[sources.shop.tables.sessions]\n"
+    manifest = dbs.manifest()
+    assert header in manifest
+    return manifest.replace(header, header + 'retention = { column = "created_at", days = 30 }\n')
 
 
 def exported_page(db: Database, settings: Settings, dbs: SampleDatabases, folder: Path) -> str:
@@ -228,7 +223,7 @@ def test_a_sample_export_shows_the_subjects_data_under_the_manifests_facts(
 
     for hers in ("Ada@Example.com", "2 Ada Street", "s-ada-1", "+441234567890", "INV-1"):
         assert hers in readable
-    assert "My engine is broken" in found["Tickets"]
+    assert "My engine is broken" in found["Your support tickets"]
     assert "1 Shared Lane" in found["Addresses you gave us (shared with others)"]
     for theirs in ("bob@example.com", "Bob's bio", "s-bob-1", "3 Cy Road", "Bob's question"):
         assert theirs not in readable
@@ -237,19 +232,28 @@ def test_a_sample_export_shows_the_subjects_data_under_the_manifests_facts(
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#34;ada&#34;)&lt;/script&gt;" in found["Your profile"]
 
-    assert {"Your account", "Your profile", "Saved payment cards", "Orders"} <= set(found)
-    assert {"Order items", "Sessions", "Activity log", "Customers", "Tickets"} <= set(found)
+    assert {"Your account", "Your profile", "Saved payment cards", "Your orders"} <= set(found)
+    assert {
+        "What you ordered",
+        "Your sign-ins",
+        "Security log of your account",
+        "Customers",
+    } <= set(found)
     assert not {"orders", "sessions", "order_items"} & set(found)
 
     receivers = {title for title, item in found.items() if "Who receives it" in item}
-    assert receivers == {"Orders"}
-    assert "<dt>Who receives it</dt><dd>Parcel carriers</dd>" in found["Orders"]
+    assert receivers == {
+        "Your orders",
+        "Addresses you gave us",
+        "Addresses you gave us (shared with others)",
+    }
+    assert "<dt>Who receives it</dt><dd>Parcel carriers</dd>" in found["Your orders"]
     shop_purpose = "<dd>Selling and delivering what customers order</dd>"
-    assert shop_purpose in found["Your account"] and shop_purpose in found["Order items"]
-    assert "<dd>Keeping you logged in</dd>" in found["Sessions"]
-    assert "<dd>Customer support</dd>" in found["Tickets"]
-    assert "<dd>Deleted 30 days after it was created</dd>" in found["Sessions"]
+    assert shop_purpose in found["Your account"] and shop_purpose in found["What you ordered"]
+    assert "<dd>Keeping you logged in</dd>" in found["Your sign-ins"]
+    assert "<dd>Customer support</dd>" in found["Your support tickets"]
+    assert "<dd>Deleted 30 days after it was created</dd>" in found["Your sign-ins"]
     assert "<dd>10 years</dd>" in found["Payments"]
     assert "How long we keep it" not in found["Your account"]
-    assert "Legal basis" not in found["Tickets"]
+    assert "Legal basis" not in found["Your support tickets"]
     assert "Not specified" not in page

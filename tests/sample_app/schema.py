@@ -399,7 +399,6 @@ url = "{shop_url}"
 ignore_tables = ["products"]
 purpose = "Selling and delivering what customers order"
 legal_basis = "Art. 6(1)(b) GDPR: performance of a contract"
-recipients = ["Parcel carriers"]
 
 [sources.shop.tables.users]
 identities = { email = "email", id = "user_id" }
@@ -431,14 +430,19 @@ description = "Saved payment cards"
 
 [sources.shop.tables.addresses]
 description = "Addresses you gave us"
+recipients = ["Parcel carriers"]
 
 [sources.shop.tables.orders]
+description = "Your orders"
+recipients = ["Parcel carriers"]
 references = [{ columns = "shipping_address_id", table = "addresses", kind = "shared" }]
 
 [sources.shop.tables.order_items]
+description = "What you ordered"
 references = [{ columns = "product_id", table = "products", kind = "link" }]
 
 [sources.shop.tables.returns]
+description = "Your returns"
 
 [sources.shop.tables.payments]
 on_erase = "anonymize"
@@ -451,9 +455,11 @@ on_erase = "retain"
 legal_basis = "Art. 6(1)(c) GDPR: commercial law, invoices kept 10 years"
 
 [sources.shop.tables.sessions]
+description = "Your sign-ins"
 purpose = "Keeping you logged in"
 
 [sources.shop.tables.activity_log]
+description = "Security log of your account"
 identities = { actor_email = "email" }
 purpose = "Security monitoring"
 
@@ -472,4 +478,5 @@ purpose = "Customer support"
 identities = { app_user_id = "user_id", customer_no = "customer_id" }
 
 [sources.crm.tables.tickets]
+description = "Your support tickets"
 """

@@ -92,7 +92,7 @@ def test_export_leaves_out_excluded_columns_and_carries_art15_facts(
     assert row["email"] == "Ada@Example.com"
     assert users.meta.description == "Your account"
     assert users.meta.purpose == "Selling and delivering what customers order"
-    assert users.meta.recipients == ("Parcel carriers",)
+    assert users.meta.recipients is None  # declared on orders and addresses, not the source
 
 
 def test_plan_counts_what_erasure_would_do_and_writes_nothing(
