@@ -132,10 +132,10 @@ def test_only_the_facts_the_manifest_knows_are_shown() -> None:
     ]
     _, page = page_of(items)
     found = items_by_title(page)
-    assert "<dt>Why we hold it</dt><dd>Support</dd>" in found["Your support tickets"]
-    assert "<dt>Where it came from</dt><dd>Your bank</dd>" in found["Your support tickets"]
+    assert "<dt>Why we hold it</dt><dd>Support</dd>" in found["Tickets"]
+    assert "<dt>Where it came from</dt><dd>Your bank</dd>" in found["Tickets"]
     for absent in ("Legal basis", "Who receives it", "How long we keep it"):
-        assert absent not in found["Your support tickets"]
+        assert absent not in found["Tickets"]
     assert "<dd>Nobody outside our organisation</dd>" in found["Notes"]
     assert "Why we hold it" not in found["Notes"]
     assert "<dd>30 days</dd>" in found["Files you gave us or we made about you"]
