@@ -118,7 +118,7 @@ def execute(
         return Outcome.FAILED
     if receipt is None:
         return _hand_over(worker, ctx)
-    held = bool(receipt.get("held"))
+    held = bool(receipt.get("held")) and not ctx.dry_run  # a dry run only reports holds
     event = Event.HOLD if held else Event.COMPLETE
     if not _finish(worker, ctx, event, receipt=receipt):
         return Outcome.SKIPPED

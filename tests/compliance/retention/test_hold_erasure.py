@@ -49,18 +49,22 @@ def _worker(db: Database, settings: Settings, registry: Registry, when: list) ->
     )
 
 
-def _erasure(db: Database, settings: Settings, registry: Registry) -> DsrRequest:
+def _erasure(
+    db: Database, settings: Settings, registry: Registry, *, dry_run: bool = False
+) -> DsrRequest:
     keyring = load_keyring(settings)
     request = submit(
         db,
         settings,
         keyring,
-        Submission(RequestKind.ERASURE, ADA),
+        Submission(RequestKind.ERASURE, ADA, dry_run=dry_run),
         sources=registry.sources,
         operator="alice",
         now=NOW,
         dispatcher=RecordingDispatcher(),
     )
+    if dry_run:  # a dry run changes nothing: it needs no approval
+        return request
     return approve(
         db, settings, request.id, operator="bob", now=NOW, dispatcher=RecordingDispatcher()
     )
@@ -173,3 +177,23 @@ def test_a_hold_that_reaches_its_end_date_releases_itself(
     late = maintenance.sweep(db, settings, RecordingDispatcher(), NOW + timedelta(days=10))
     assert late.expired_holds == [hold.id]
     assert late.resumed == [request.id]
+
+
+def test_a_dry_run_reports_what_a_hold_would_keep_and_completes(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    before = snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)
+    hold_id = _hold(db, settings, identities=ADA, source="crm")
+    request = _erasure(db, settings, registry, dry_run=True)
+
+    assert execute(_worker(db, settings, registry, [NOW]), request.id) == Outcome.COMPLETED
+    with db.session() as session:
+        done = session.get_one(DsrRequest, request.id)
+        sealed = _sealed(session, request.id)
+    assert done.status == "completed"  # not on_hold: nothing waits for the hold's end
+    assert done.receipt is not None
+    assert [entry["source"] for entry in done.receipt["held"]] == ["crm"]
+    assert done.receipt["held"][0]["holds"][0]["hold"] == hold_id
+    assert sealed == 0
+    assert (snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)) == before
+    assert _mails(settings) == []
