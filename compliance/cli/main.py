@@ -51,6 +51,7 @@ COMMANDS = [
     ("compliance.cli.export_cmd", "export"),
     ("compliance.cli.link_cmd", "link"),
     ("compliance.cli.serve_cmd", "serve"),
+    ("compliance.cli.doctor_cmd", "doctor_"),
 ]
 
 
