@@ -1,13 +1,15 @@
 """Connecting to an application database, and translating its errors at the edge.
 
 `make_source_engine` builds the engine (SQLite paths relative to the manifest, foreign
-keys on; PostgreSQL sessions with lock and statement timeouts). `translate_errors` turns
+keys on; PostgreSQL sessions with lock and statement timeouts; pooled connections
+pinged before use only after they sat idle). `translate_errors` turns
 SQLAlchemy/DBAPI errors into `ComplianceError`s whose messages carry table and
 constraint names at most, never values.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
 from compliance.errors import ConfigError, SourceUnavailableError, TerminalError, UnsupportedError
+
+IDLE_PING_SECONDS = 30.0  # a pooled connection idle longer is pinged before it is used
+_IDLE_SINCE = "gdpr_idle_since"
 
 
 def make_source_engine(
@@ -42,11 +47,39 @@ def make_source_engine(
                 f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
             )
             args["options"] = options
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=args
-        )
+        engine = create_engine(url, pool_size=2, max_overflow=2, connect_args=args)
     except (sa_exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"malformed source database URL ({type(exc).__name__})") from exc
+    event.listen(engine, "checkin", _checked_in)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def ping(dbapi_conn: Any) -> None:
+    """One round trip on a pooled connection, leaving no transaction open."""
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SELECT 1")
+    finally:
+        cursor.close()
+    dbapi_conn.rollback()
+
+
+def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Ping a pooled connection before use only when it sat idle for a while (the server
+    or a proxy may have closed it meanwhile); a busy request's connections are not pinged
+    on every checkout. A dead one is replaced (the pool retries the checkout)."""
+    since = record.info.get(_IDLE_SINCE)
+    if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+        return
+    try:
+        ping(dbapi_conn)
+    except Exception as exc:
+        raise sa_exc.DisconnectionError("idle connection is gone") from exc
 
 
 def _sqlite_foreign_keys(dbapi_conn: Any, _record: Any) -> None:

@@ -13,46 +13,96 @@ rows per call, each batch in its own transaction:
 
 The first call records which shared rows (addresses...) the subject's rows point at and
 nothing else uses: once those rows are deleted, nothing would lead to them any more.
-They are deleted in their table's turn, and only if still unreferenced then.
+They are deleted in their table's turn, and only if still unused then.
 
-The checkpoint is small JSON: the table index, the last key for anonymisation, and the
-orphaned shared keys (found by `orphans` below). Because parents go last, the rows
+The subject's rows are found once per table (`subject.Subject`) and kept in memory for
+the next calls in the same process: a plan made just before (`Eraser.remember`) is the
+first call's, and a table's rows read more than `FRESH_SECONDS` before its turn are read
+again then. The checkpoint is small JSON: the table index, the last key for tables whose
+kept rows stay behind, and the orphaned shared keys. Because parents go last, the rows
 left to erase can always be found again from what remains, so a killed worker resumes
-from the checkpoint alone. Keys of the current table are read ahead (`batches.ReadAhead`);
-how a batch runs and commits is in `batches`; what an erasure would do is in `plan`.
+from the checkpoint alone. How a batch runs and commits is in `batches`; what an erasure
+would do is in `plan`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import Connection, select
 
 from compliance.errors import ResidualDataError
 from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult
-from compliance.sources.sql.batches import BatchCounts, Deleter, ReadAhead, anonymize_batch
+from compliance.sources.sql.batches import BatchCounts, Deleter, anonymize_batch
+from compliance.sources.sql.found import Found
 from compliance.sources.sql.graph import Graph, SourceHandle
 from compliance.sources.sql.keys import Key, key_columns, key_from_json, key_to_json
-from compliance.sources.sql.query import Selector
-from compliance.sources.sql.read import left_over, subject_count
+from compliance.sources.sql.plan import orphans
+from compliance.sources.sql.read import left_over
+from compliance.sources.sql.subject import Subject
+
+FRESH_SECONDS = 5.0  # the subject's rows of a table read longer ago are read again
+
+
+@dataclass
+class _Found:
+    """The subject as found for one erasure (its fingerprint), and when."""
+
+    fingerprint: str
+    subject: Subject
+    at: float
+
+
+@dataclass
+class _Pending:
+    """The rows of the current table still to hand out, from one checkpoint position."""
+
+    table: str
+    subject: Subject
+    after: Any  # the checkpoint's "after" these rows continue from
+    rows: Found
+    taken: int = 0
+
+    @property
+    def drained(self) -> bool:
+        """The batch just handed out was the table's last."""
+        return self.taken >= len(self.rows)
+
+    def take(self, size: int) -> Found:
+        batch = self.rows.rows[self.taken : self.taken + size]
+        self.taken += len(batch)
+        return Found(self.rows.columns, self.rows.width, batch)
 
 
 class Eraser:
     """The erase state machine of one source."""
 
-    def __init__(self, source: SourceHandle) -> None:
+    def __init__(
+        self,
+        source: SourceHandle,
+        first: Callable[[Subject], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
+        self.first = first  # run on the subject before anything is erased; rows it deleted
+        self.clock = clock
         self.deleter = Deleter(source)
-        self.read_ahead = ReadAhead(source)
+        self._found: _Found | None = None
+        self._pending: _Pending | None = None
         self._whole: str | None = None  # table this process ran from its start, none missed
 
     @property
     def graph(self) -> Graph:
         return self.source.graph
+
+    def remember(self, identities: Identities, subject: Subject) -> None:
+        """The subject as an erase plan just found it: an erasure of the same identities
+        starting within `FRESH_SECONDS` uses it instead of reading it again."""
+        self._found = _Found(_fingerprint(identities, None), subject, self.clock())
 
     def step(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
@@ -60,7 +110,8 @@ class Eraser:
         try:
             return self._step(identities, checkpoint, batch_size)
         except BaseException:
-            self.read_ahead.clear()  # what was read ahead may not have been erased
+            self._pending = None  # what was handed out may not have been erased
+            self._found = None
             self.deleter.release()
             raise
 
@@ -73,40 +124,54 @@ class Eraser:
         if index >= len(self.graph.order):
             return EraseResult(done=True, checkpoint=dict(checkpoint))
         table = self.graph.order[index]
-        encoded = checkpoint.get("orphans") or {}
-        selector = Selector(self.graph, identities, self._decode_orphans(encoded))
+        subject = self._subject(identities, checkpoint.get("orphans") or {})
         disposition = self.graph.rules[table].on_erase
         if disposition == Disposition.RETAIN:
             with self.source.connect() as conn:
-                retained = subject_count(self.graph, conn, table, selector)
+                retained = len(subject.own(conn, table))
             return self._next(checkpoint, index, retained=retained)
-        scope = (table, _fingerprint(identities, encoded))
-        rows = self.read_ahead.batch(scope, selector, checkpoint.get("after"), batch_size)
+        pending = self._batches(subject, table, checkpoint.get("after"))
+        rows = pending.take(batch_size)
         if not rows:
             if disposition == Disposition.DELETE and self._whole != table:
-                self._check_gone(table, selector)
+                self._check_gone(subject, table)
             return self._next(checkpoint, index)
-        after = key_to_json(rows[-1][: len(self.graph.keys[table])])
+        after = key_to_json(rows.rows[-1][: rows.width])
         if disposition == Disposition.DELETE:
-            columns = self.read_ahead.columns(table)
-            last = self.read_ahead.drained
-            counts = self.deleter.delete(selector, table, columns, rows, last=last)
+            counts = self.deleter.delete(
+                subject, table, rows.columns, rows.rows, last=pending.drained
+            )
             if counts.missed:
                 self._whole = None
             if not self.graph.keep_edges(table):
                 return self._progress(checkpoint, counts)  # what is left starts the table
-            self.read_ahead.moved_to(after)  # kept rows stay: go on after them
+            pending.after = after  # kept rows stay: go on after them
             return self._progress(checkpoint, counts, after=after)
-        changed = anonymize_batch(self.source, table, rows)
-        self.read_ahead.moved_to(after)
+        changed = anonymize_batch(self.source, table, rows.rows)
+        pending.after = after
         return self._progress(checkpoint, BatchCounts(anonymized=changed), after=after)
 
-    def _check_gone(self, table: str, selector: Selector) -> None:
+    def _batches(self, subject: Subject, table: str, after: Any) -> _Pending:
+        """The rows of `table` still to erase from checkpoint position `after`."""
+        pending = self._pending
+        if (
+            pending is None
+            or pending.table != table
+            or pending.subject is not subject
+            or pending.after != after
+        ):
+            with self.source.connect() as conn:
+                found = subject.at_turn(conn, table, self.clock() - FRESH_SECONDS)
+            pending = _Pending(table, subject, after, found.after(self._decode_key(table, after)))
+            self._pending = pending
+        return pending
+
+    def _check_gone(self, subject: Subject, table: str) -> None:
         """Before the parents go (after which these rows could not be found again), the
         table must hold none of the subject's rows but those kept for others. Skipped
         when this process ran the whole table and every batch deleted all it was given."""
         with self.source.connect() as conn:
-            left = left_over(self.graph, conn, table, selector)
+            left = left_over(conn, subject, table, subject.fresh(conn, table))
         if left:
             raise ResidualDataError(
                 f"source {self.source.name}: {left} row(s) of {table} are still there after "
@@ -114,23 +179,52 @@ class Eraser:
                 "when read back); retry the request, and check the table's key if it repeats"
             )
 
-    # --- phases ---------------------------------------------------------------------
+    # --- the subject ----------------------------------------------------------------
+
+    def _subject(self, identities: Identities, encoded: Mapping[str, Any]) -> Subject:
+        """The subject of this erasure, as found before in this process if it was."""
+        fingerprint = _fingerprint(identities, encoded)
+        found = self._found
+        if found is None or found.fingerprint != fingerprint:
+            orphaned = self._decode_orphans(encoded)
+            subject = Subject(self.graph, identities, orphaned, clock=self.clock)
+            found = self._found = _Found(fingerprint, subject, self.clock())
+        return found.subject
 
     def _prepare(self, identities: Identities) -> EraseResult:
-        with self.source.connect() as conn:
-            found = orphans(self.source, conn, identities)
-        encoded = {t: [key_to_json(key) for key in keys] for t, keys in found.items()}
+        """Run `first` (the source deletes the subject's rows in partitions detached for
+        retention), and find the orphans."""
+        found = self._found
+        recent = (
+            found is not None
+            and found.fingerprint == _fingerprint(identities, None)
+            and self.clock() - found.at <= FRESH_SECONDS
+        )
+        plain = found.subject.plain if found is not None and recent else None
+        subject = found.subject if found is not None and recent else None
+        if plain is None:
+            plain = Subject(self.graph, identities, clock=self.clock)
+        early = self.first(plain) if self.first is not None else 0
+        if subject is None:
+            with self.source.connect() as conn:
+                subject = plain.with_orphans(orphans(conn, plain))
+        encoded = {t: [key_to_json(key) for key in keys] for t, keys in subject.orphans.items()}
+        self._found = _Found(_fingerprint(identities, encoded), subject, self.clock())
         self._whole = self._table_at(0)
-        return EraseResult(done=False, checkpoint={"table": 0, "orphans": encoded})
+        state = {"table": 0, "orphans": encoded}
+        return EraseResult(done=False, checkpoint=state, deleted=early)
+
+    # --- phases ---------------------------------------------------------------------
 
     def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
         state = {**checkpoint, "table": index + 1, "after": None}
         self._whole = self._table_at(index + 1)
-        self.read_ahead.clear()
+        self._pending = None
         self.deleter.release()
         done = index + 1 >= len(self.graph.order)
         if done:
             state.pop("orphans", None)  # nothing left to look up: drop the keys
+            self._found = None
         return EraseResult(done=done, checkpoint=state, retained=retained)
 
     def _progress(
@@ -159,29 +253,14 @@ class Eraser:
             decoded[table] = [key_from_json(columns, key) for key in keys]
         return decoded
 
+    def _decode_key(self, table: str, value: Any) -> Key | None:
+        if value is None:
+            return None
+        return key_from_json(key_columns(self.graph, table), value)
 
-def _fingerprint(identities: Identities, orphans: Any) -> str:
-    """Which erasure a read-ahead belongs to (identities and orphaned keys), as a hash."""
+
+def _fingerprint(identities: Identities, orphaned: Any) -> str:
+    """Which erasure a subject belongs to (identities and orphaned keys), as a hash."""
     items = sorted((i.type, i.value) for i in identities)
-    blob = json.dumps([items, orphans], sort_keys=True, default=str)
+    blob = json.dumps([items, orphaned], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def orphans(source: SourceHandle, conn: Connection, identities: Identities) -> dict[str, list[Key]]:
-    """Keys of shared rows the subject's rows point at and nothing else uses."""
-    graph = source.graph
-    selector = Selector(graph, identities)
-    found: dict[str, list[Key]] = {}
-    for table in graph.order:
-        candidates = selector.candidates(table)
-        if candidates is None:
-            continue
-        query = (
-            select(*key_columns(graph, table))
-            .where(candidates, selector.unreferenced(table))
-            .order_by(*key_columns(graph, table))
-        )
-        keys = [tuple(row) for row in conn.execute(query)]
-        if keys:
-            found[table] = keys
-    return found

@@ -20,10 +20,10 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -46,7 +46,32 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.manifest import HMAC_LENGTH, REDACTED, Strategy
 
+T = TypeVar("T")
+
 Key = tuple[Any, ...]
+
+CHUNK = 10_000  # values of one bound list in one statement; longer lists take several
+LIST_PARAMS = 2_000  # bound parameters a statement may carry outside PostgreSQL
+
+
+def chunk_size(dialect: str, width: int = 1) -> int:
+    """How many values (of `width` columns each) one bound list may hold: on PostgreSQL
+    a list is one array parameter per column, elsewhere one parameter per value, and
+    drivers cap those (SQLite at 32,766, older builds at 999; SQL Server at 2,100)."""
+    if dialect == "postgresql":
+        return max(1, CHUNK)
+    return max(1, min(CHUNK, LIST_PARAMS // max(1, width)))
+
+
+def chunked(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """`values` in slices of at most `size`, in order."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def sort_key(key: Sequence[Any]) -> tuple[tuple[int, Any], ...]:
+    """An order for keys (and reference values) that never compares None with a value."""
+    return tuple((1, 0) if v is None else (0, v) for v in key)
 
 
 def cols_expr(table: FromClause, names: Sequence[str]) -> Any:
@@ -81,7 +106,7 @@ def key_in(graph: Graph, table: str, keys: Sequence[Key]) -> ColumnElement[bool]
 
 
 def values_in(
-    columns: Sequence[Column[Any]], values: Sequence[Key], dialect: str
+    columns: Sequence[ColumnElement[Any]], values: Sequence[Key], dialect: str
 ) -> ColumnElement[bool]:
     """`columns` (one, or a row value of several) equal one of `values`.
 
@@ -103,7 +128,7 @@ def values_in(
     return found
 
 
-def _array(values: list[Any], column: Column[Any]) -> ColumnElement[Any]:
+def _array(values: list[Any], column: ColumnElement[Any]) -> ColumnElement[Any]:
     """One PostgreSQL array parameter; integers go as one ``'{1,2,3}'`` string, which
     psycopg passes through instead of adapting every element in Python."""
     if all(type(v) is int for v in values):

@@ -15,13 +15,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from compliance.identities import Identities
 from compliance.retention.policy import Held, Policy
 from compliance.sources.base import Disposition
 from compliance.sources.sql import partitions
 from compliance.sources.sql.graph import Graph, SourceHandle
-from compliance.sources.sql.query import Selector
 from compliance.sources.sql.retention import expired, held_rows
+from compliance.sources.sql.subject import Subject
 
 
 @dataclass(frozen=True)
@@ -98,22 +97,24 @@ def sweep(
     return PartitionWork(detached=rows, dropped=dropped.rows, kept=kept)
 
 
-def erase_detached(source: SourceHandle, schema: str | None, identities: Identities) -> int:
+def erase_detached(source: SourceHandle, schema: str | None, subject: Subject) -> int:
     """Delete the subject's rows from partitions detached for retention but not dropped
     yet (their grace period), so an erasure leaves nothing there either; how many.
 
     Run before the erasure proper: rows owned through a parent (a visit of a user) are
-    found through that parent, which the erasure deletes."""
+    found through that parent's keys, bound as lists, while the erasure has not deleted
+    it yet. The records of detached partitions are read once for every table."""
     graph = source.graph
-    selector = Selector(graph, identities)
     deleted = 0
     with source.connect() as conn:
         if conn.dialect.name != "postgresql":
             return 0
+        records = partitions.detached_by_parent(conn, schema)
         for table in graph.order:
-            where = selector.own(table)
-            if where is None or graph.rules[table].on_erase != Disposition.DELETE:
+            parts = records.get(graph.tables[table].name, [])
+            if not parts or graph.rules[table].on_erase != Disposition.DELETE:
                 continue
-            for part in partitions.detached(conn, schema, graph.tables[table].name):
-                deleted += partitions.delete_matching(conn, part, graph.tables[table], where)
+            for where in subject.match(conn, table):
+                for part in parts:
+                    deleted += partitions.delete_matching(conn, part, graph.tables[table], where)
     return deleted

@@ -169,6 +169,23 @@ def detached(conn: Connection, schema: str | None, parent: str) -> list[Detached
         return [d for d in _recorded(conn) if d.parent == f"{home}.{parent}"]
 
 
+def detached_by_parent(conn: Connection, schema: str | None) -> dict[str, list[DetachedPartition]]:
+    """The partitions detached for retention and not yet dropped, by the name of their
+    parent in `schema` (None: the connection's current schema), by low bound; one read
+    of the records however many tables ask."""
+    with _errors("", schema, ""):
+        records = _recorded(conn)
+        if not records:
+            return {}
+        home = _schema(conn, schema)
+    found: dict[str, list[DetachedPartition]] = {}
+    prefix = f"{home}."
+    for d in records:
+        if d.parent.startswith(prefix):
+            found.setdefault(d.parent[len(prefix) :], []).append(d)
+    return found
+
+
 def detached_parents(conn: Connection) -> dict[Name, Name]:
     """Every table detached for retention whose parent still exists -> that parent."""
     if conn.dialect.name != "postgresql":

@@ -1,12 +1,16 @@
 """SQL expressions over a source's graph: which rows of a table are the subject's.
 
-`Selector.where(table)` is one boolean expression, built from bound parameters only:
-the table's identity columns matched against the subject's identities, OR its owned
+`identity_match` is how a table's identity columns match the subject's identities, for
+every read that starts from them. `Selector.where(table)` states the whole ownership
+model as one boolean expression per table, built from bound parameters only: the
+table's identity columns matched against the subject's identities, OR its owned
 parents' subject rows, OR (during erasure) the shared rows found orphaned. A shared row
 owned by somebody (B's card, which paid A's order) is never one of them: it is another
-subject's row (OWNERSHIP.md). An identity value that cannot be a value of the column
-(``x' OR 1=1 --`` for an integer column, 10 KB for a ``varchar(255)``) is dropped before
-it reaches the database: it can match nothing there anyway.
+subject's row (OWNERSHIP.md). Retention uses it to keep held subjects' rows out of its
+own statements; requests find the subject's rows once per table instead (`subject`).
+An identity value that cannot be a value of the column (``x' OR 1=1 --`` for an integer
+column, 10 KB for a ``varchar(255)``) is dropped before it reaches the database: it can
+match nothing there anyway.
 """
 
 from __future__ import annotations
@@ -39,6 +43,46 @@ from compliance.sources.sql.keys import (
 )
 from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
 from compliance.sources.sql.ownership import KEEPING
+
+
+def identity_match(
+    graph: Graph, table: str, identities: Identities, *, resolving: bool = False
+) -> ColumnElement[bool] | None:
+    """Rows of `table` whose identity columns hold one of `identities` (`resolving`:
+    only the columns that link identities); None: no identity can match there."""
+    t = graph.tables[table]
+    parts = []
+    for ident in graph.rules[table].identities:
+        if resolving and not ident.resolve:
+            continue
+        column = t.c[ident.column]
+        values = coerce_all(column, identities.values(ident.type))
+        if not values:
+            continue
+        if ident.lower:
+            parts.append(func.lower(column).in_([str(v).lower() for v in values]))
+        else:
+            parts.append(column.in_(values))
+    return or_(*parts) if parts else None
+
+
+def mine(selector: Selector, table: str) -> ColumnElement[bool] | None:
+    """The subject's rows of `table` for an export: own rows, and rows of a shared table
+    that only the subject's rows use."""
+    own, candidates = selector.own(table), selector.candidates(table)
+    alone = None if candidates is None else and_(candidates, selector.unreferenced(table))
+    parts = [p for p in (own, alone) if p is not None]
+    return or_(*parts) if parts else None
+
+
+def shared_rows(selector: Selector, table: str) -> ColumnElement[bool] | None:
+    """Rows the subject's rows point at that other people's rows use too, owned by nobody."""
+    candidates = selector.candidates(table)
+    if candidates is None:
+        return None
+    shared = and_(candidates, not_(selector.unreferenced(table)))
+    own = selector.own(table)
+    return shared if own is None else and_(shared, not_(own))
 
 
 class Selector:
@@ -79,20 +123,7 @@ class Selector:
 
     def identity_match(self, table: str, *, resolving: bool = False) -> ColumnElement[bool] | None:
         """Rows whose identity columns hold one of the subject's identities."""
-        t = self.graph.tables[table]
-        parts = []
-        for ident in self.graph.rules[table].identities:
-            if resolving and not ident.resolve:
-                continue
-            column = t.c[ident.column]
-            values = coerce_all(column, self.identities.values(ident.type))
-            if not values:
-                continue
-            if ident.lower:
-                parts.append(func.lower(column).in_([str(v).lower() for v in values]))
-            else:
-                parts.append(column.in_(values))
-        return or_(*parts) if parts else None
+        return identity_match(self.graph, table, self.identities, resolving=resolving)
 
     def _own(self, table: str) -> ColumnElement[bool] | None:
         if table not in self.graph.reachable:

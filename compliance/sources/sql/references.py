@@ -5,21 +5,24 @@ Inside one delete batch's transaction: `kept_keys` splits off the batch's rows t
 which stay still point at (kept as anonymised tombstones, or retained), `fix_references`
 sets the references to the rest to NULL or repoints them to the parent table's
 placeholder row (created on first use by `ensure_placeholder`), counting changed rows of
-other people apart from the subject's own.
+other people apart from the subject's own. Every statement binds the batch's values and
+the subject's keys as lists (`subject`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, insert, not_, select, update
+from sqlalchemy import ColumnElement, Connection, Update, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from compliance.sources.sql.found import Found
 from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.keys import (
     Key,
+    chunk_size,
+    chunked,
     from_json,
     key_columns,
     key_in,
@@ -27,7 +30,7 @@ from compliance.sources.sql.keys import (
     values_in,
 )
 from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
-from compliance.sources.sql.query import Selector
+from compliance.sources.sql.subject import Subject
 
 Row = tuple[Any, ...]
 
@@ -43,52 +46,33 @@ class Kept:
         return key in self.retained or key in self.tombstones
 
 
-def kept_keys(conn: Connection, selector: Selector, table: str, keys: Sequence[Key]) -> Kept:
-    """Which of `keys` rows that stay still point at (empty when nothing can)."""
-    graph = selector.graph
-    if not graph.keep_edges(table) or not keys:
+def kept_keys(conn: Connection, subject: Subject, table: str, batch: Found) -> Kept:
+    """Which rows of `batch` rows that stay still point at (empty when nothing can).
+    Rows just found unused (orphans checked at the table's turn) need no second look
+    when every reference that keeps a row is one that check covered."""
+    graph = subject.graph
+    edges = graph.keep_edges(table)
+    if not edges or not batch:
         return Kept()
-    retained, tombstones = selector.kept_split(table, graph.tables[table])
-    return Kept(
-        _matching(conn, graph, table, keys, retained),
-        _matching(conn, graph, table, keys, tombstones),
-    )
+    if all(not _goes_with_parent(graph, e) for e in edges):
+        batch = batch.without(subject.verified.get(table, ()))
+    retained, tombstones = subject.kept_split(conn, table, batch)
+    return Kept(retained.key_set, tombstones.key_set)
 
 
-def _matching(
-    conn: Connection,
-    graph: Graph,
-    table: str,
-    keys: Sequence[Key],
-    where: ColumnElement[bool] | None,
-) -> frozenset[Key]:
-    """Which of `keys` rows of `table` match `where` (none when it is None)."""
-    if where is None:
-        return frozenset()
-    query = select(*key_columns(graph, table)).where(key_in(graph, table, keys), where)
-    return frozenset(tuple(row) for row in conn.execute(query))
-
-
-def fix_references(
-    conn: Connection,
-    selector: Selector,
-    table: str,
-    columns: Sequence[str],
-    rows: Sequence[Row],
-) -> tuple[int, int]:
+def fix_references(conn: Connection, subject: Subject, table: str, rows: Found) -> tuple[int, int]:
     """Before `rows` of `table` are deleted, set what points at them to NULL or repoint
-    it to the placeholder row. Returns (detached: the subject's own rows that stay,
-    others: rows of other people)."""
-    graph = selector.graph
+    it to the placeholder row: one UPDATE per reference (and chunk of values), which
+    returns the keys it changed where the database can, so other people's rows are told
+    from the subject's without a count. Returns (detached: the subject's own rows that
+    stay, others: rows of other people)."""
+    graph = subject.graph
     detached = others = 0
     for e in graph.fix_edges(table):
-        positions = [list(columns).index(c) for c in e.parent_cols]
-        values = sorted({tuple(row[p] for p in positions) for row in rows})
+        values = rows.values(e.parent_cols)
         if not values:
             continue
         child = graph.tables[e.child]
-        where = values_in([child.c[c] for c in e.child_cols], values, graph.dialect)
-        theirs = _others(conn, selector, e, where)
         if graph.way(e) == ParentErase.PLACEHOLDER:
             ensure_placeholder(conn, graph, table)
             spare = placeholder_key(graph, table)
@@ -96,21 +80,38 @@ def fix_references(
             target = dict(zip(e.child_cols, _pick(graph, e, spare), strict=True))
         else:
             target = dict.fromkeys(e.child_cols)
-        changed = int(conn.execute(update(child).where(where).values(target)).rowcount)
+        changed, theirs = 0, 0
+        size = chunk_size(graph.dialect, len(e.child_cols))
+        for part in chunked(values, size):
+            where = values_in([child.c[c] for c in e.child_cols], part, graph.dialect)
+            n, t = _update(conn, subject, e, update(child).where(where).values(target), where)
+            changed, theirs = changed + n, theirs + t
         others += theirs
         if e.kind == EdgeKind.OWNED or not graph.deleted(e.child):
             detached += changed - theirs
     return detached, others
 
 
-def _others(conn: Connection, selector: Selector, e: Edge, where: Any) -> int:
-    """How many rows matching `where` of `e`'s child are not the subject's."""
-    if e.kind == EdgeKind.OWNED:
-        return 0  # an owned child of the subject's row is the subject's
-    child = selector.graph.tables[e.child]
-    own = selector.own(e.child)
-    condition = where if own is None else and_(where, not_(own))
-    return int(conn.execute(select(func.count()).select_from(child).where(condition)).scalar_one())
+def _update(
+    conn: Connection, subject: Subject, e: Edge, stmt: Update, where: ColumnElement[bool]
+) -> tuple[int, int]:
+    """Run `stmt` (an UPDATE of `e`'s child rows matching `where`): (rows changed, of
+    them rows of other people)."""
+    if e.kind == EdgeKind.OWNED:  # an owned child of the subject's row is the subject's
+        return int(conn.execute(stmt).rowcount), 0
+    graph = subject.graph
+    keys = key_columns(graph, e.child)
+    if conn.dialect.update_returning:
+        changed = [tuple(row) for row in conn.execute(stmt.returning(*keys))]
+    else:
+        changed = [tuple(row) for row in conn.execute(select(*keys).where(where))]
+        conn.execute(stmt)
+    own = subject.own(conn, e.child).key_set
+    return len(changed), sum(1 for key in changed if key not in own)
+
+
+def _goes_with_parent(graph: Graph, e: Edge) -> bool:
+    return e.kind == EdgeKind.OWNED and graph.deleted(e.child)
 
 
 def _pick(graph: Graph, e: Edge, key: Key) -> list[Any]:

@@ -55,8 +55,7 @@ from compliance.retention.policy import (
 )
 from compliance.sources.sql.graph import Graph, SourceHandle
 from compliance.sources.sql.keys import from_json, python_type, to_json
-from compliance.sources.sql.plan import mine, shared_rows
-from compliance.sources.sql.query import Selector
+from compliance.sources.sql.query import Selector, mine, shared_rows
 from compliance.sources.sql.read import count_rows
 
 PLAN_BATCHES = 10  # batches a plan lists; the rest are counted

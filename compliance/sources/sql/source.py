@@ -1,9 +1,11 @@
 """The SQL connector: one database (any SQLAlchemy dialect; PostgreSQL and SQLite tested).
 
 The manifest says which tables hold personal data and how (see `manifest`); the live
-schema supplies keys and foreign keys (see `graph`). Reads and writes use SQLAlchemy
-Core with bound parameters only. Connecting and error translation are in `engine`,
-reads in `read`, the erase plan and erasure in `erase`, its batches in `batches`.
+schema supplies keys and foreign keys (see `graph`), reflected once per source. Reads
+and writes use SQLAlchemy Core with bound parameters only; a request finds the subject's
+rows once per table and binds their keys as lists (`subject`). Connecting and error
+translation are in `engine`, reads in `read`, plans in `plan`, the erasure in `erase`,
+its batches in `batches`.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ from compliance.sources.sql.engine import make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
-from compliance.sources.sql.plan import erase_plan, export_plan, mine, shared_rows
+from compliance.sources.sql.plan import erase_plan, export_plan, orphans
 from compliance.sources.sql.policies import policy_of
-from compliance.sources.sql.query import Selector
-from compliance.sources.sql.read import count_rows, residues, resolve, stream
+from compliance.sources.sql.read import residues, resolve, rows_of
+from compliance.sources.sql.subject import Subject
 from compliance.sources.templating import expand_env
 
 
@@ -154,45 +156,55 @@ class SqlSource:
         return resolve(self, identities)
 
     def plan(self, identities: Identities, action: Action) -> SourcePlan:
-        """Counts per table of what `action` would touch; writes nothing."""
+        """Counts per table of what `action` would touch; writes nothing. The subject's
+        rows an erase plan found serve the erasure that starts right after it."""
+        plain = Subject(self.graph, identities)
         with self.connect() as conn:
             if action == Action.ERASE:
-                locations = erase_plan(self, conn, identities)
+                subject = plain.with_orphans(orphans(conn, plain))
+                locations = erase_plan(conn, subject)
             else:
-                locations = export_plan(self.graph, conn, identities)
+                locations = export_plan(conn, plain)
+        if action == Action.ERASE:
+            self.eraser.remember(identities, subject)
         return SourcePlan(self.name, self.kind, tuple(locations))
 
     def export(self, identities: Identities) -> Iterator[ExportItem]:
         """Per table holding the subject's rows, parents first: a `RowsItem` of the
         subject's rows, and one (``shared``) of rows shared with other people; never a
-        row of another subject. Rows stream from a server-side cursor."""
-        selector = Selector(self.graph, identities)
+        row of another subject. Each table is read once, in one transaction; rows too
+        many to keep from that read are read again by key when the item is consumed."""
+        subject = Subject(self.graph, identities, full=True)
         wanted = []
         with self.connect() as conn:
             for table in reversed(self.graph.order):
-                for shared, where in (
-                    (False, mine(selector, table)),
-                    (True, shared_rows(selector, table)),
+                for shared, found in (
+                    (False, subject.mine(conn, table)),
+                    (True, subject.shared(conn, table)),
                 ):
-                    if where is not None and count_rows(conn, self.graph.tables[table], where):
-                        wanted.append((table, shared, where))
-        for table, shared, where in wanted:
+                    if found:
+                        wanted.append((table, shared, found))
+        for table, shared, found in wanted:
             rule = self.graph.rules[table]
-            rows = stream(self, table, where)
             name = f"{table}.shared" if shared else table
-            yield RowsItem(self.name, name, rows, meta=rule.art15, shared=shared)
+            yield RowsItem(
+                self.name, name, rows_of(self, table, found), meta=rule.art15, shared=shared
+            )
+
+    @property
+    def eraser(self) -> Eraser:
+        if self._eraser is None:
+            schema = self.manifest.schema
+            self._eraser = Eraser(
+                self, first=lambda subject: partition_sweep.erase_detached(self, schema, subject)
+            )
+        return self._eraser
 
     def erase(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
     ) -> EraseResult:
         """One batch of erasure, children before parents; see `erase`."""
-        if self._eraser is None:
-            self._eraser = Eraser(self)
-        early = 0
-        if not checkpoint:  # before anything goes: rows in partitions detached for retention
-            early = partition_sweep.erase_detached(self, self.manifest.schema, identities)
-        result = self._eraser.step(identities, checkpoint, batch_size)
-        return replace(result, deleted=result.deleted + early) if early else result
+        return self.eraser.step(identities, checkpoint, batch_size)
 
     def verify(self, identities: Identities) -> list[Residue]:
         """Rows still there for the subject: in deleted tables any row; in anonymised

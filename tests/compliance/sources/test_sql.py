@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from compliance import cascade
 from compliance.errors import ManifestError, SourceUnavailableError
 from compliance.sources.base import Action, Disposition, RowsItem, Scope
-from compliance.sources.sql import batches as sqlreadahead
+from compliance.sources.sql import keys as sqlkeys
 from compliance.sources.sql.manifest import REDACTED
 from compliance.sources.sql.source import SqlSource
 from tests.compliance.sources.chunks import erase_chunks
@@ -331,17 +331,30 @@ def test_anonymize_with_redact_writes_the_marker(
     assert payments[(802,)]["billing_name"] == "Bob"
 
 
-def test_erasure_reads_ahead_in_bounded_slices(
+def test_erasure_binds_key_lists_in_bounded_chunks_and_erases_the_same(
     sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlreadahead, "READ_AHEAD", 2)
+    """Lists of at most two values per statement (one composite key on SQLite), one row
+    per batch: Ada's rows go, everyone else's stay as they were."""
+    monkeypatch.setattr(sqlkeys, "CHUNK", 2)
+    monkeypatch.setattr(sqlkeys, "LIST_PARAMS", 2)
+    before = snapshot(sample_dbs.shop_url)
     registry = load(sample_dbs, tmp_path)
     try:
         erase_all(registry.sources, ada_resolved(), batch=1)
         assert registry.get("shop").verify(ada_resolved()) == []
     finally:
         registry.close()
-    assert keys(sample_dbs.shop_url, "users") == {(2,), (3,)}
+    after = snapshot(sample_dbs.shop_url)
+    for table, ada in schema.ADA_ROWS.items():
+        if table in ("payments", "invoices"):  # anonymised, retained
+            ada = set()
+        elif table == "addresses":
+            ada = {(11,)}  # 10 is Bob's too
+        assert set(after[table]) == set(before[table]) - ada, table
+    assert after["users"][(2,)] == {**before["users"][(2,)], "referred_by": None}
+    assert after["users"][(3,)] == before["users"][(3,)]
+    assert after["orders"][(502,)] == before["orders"][(502,)]
 
 
 def test_a_locked_row_times_out_as_a_retryable_error(

@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from compliance.sources.sql.batches import BatchCounts, Deleter
-from compliance.sources.sql.query import Selector
 from compliance.sources.sql.source import SqlSource
+from compliance.sources.sql.subject import Subject
 from tests.compliance.sources.sqlsample import ada_resolved, keys, load
 from tests.sample_app.fixtures import SampleDatabases
 
@@ -41,7 +41,7 @@ def test_batches_before_a_tables_last_commit_asynchronously_and_the_pool_gets_it
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
-        ada = Selector(shop.graph, ada_resolved())
+        ada = Subject(shop.graph, ada_resolved())
         assert shop.graph.fix_edges("sessions") == []
         assert deleter.delete(
             ada, "sessions", ["token"], [("s-ada-1",)], last=False
@@ -60,7 +60,7 @@ def test_releasing_mid_table_restores_the_setting_and_discarding_closes_the_conn
     pg_sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
     with shop_deleter(pg_sample_dbs, tmp_path) as (shop, deleter):
-        ada = Selector(shop.graph, ada_resolved())
+        ada = Subject(shop.graph, ada_resolved())
         assert deleter.delete(
             ada, "sessions", ["token"], [("s-ada-1",)], last=False
         ) == BatchCounts(1)
