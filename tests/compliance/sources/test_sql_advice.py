@@ -23,12 +23,6 @@ from compliance.sources.sql.advice import Advice, advise_sources, index_name
 from tests.compliance.sources.sqlsample import PSEUDONYM_KEY
 from tests.sample_app.fixtures import app_database
 
-# Expression indexes on SQLite: SQLAlchemy's reflection (the source's, at load) skips
-# them with a warning; the advice reads them from SQLite's own catalog.
-SQLITE_EXPRESSION_INDEX = pytest.mark.filterwarnings(
-    "ignore:Skipped unsupported reflection of expression-based index"
-)
-
 SCHEMA = """
 CREATE TABLE {s}"Customers" (id integer PRIMARY KEY, "Email" varchar(254) NOT NULL,
   name text NOT NULL);
@@ -166,7 +160,6 @@ def test_unindexed_email_and_references_are_advised_with_correct_statements(
     assert "(wishlist is not in the manifest)" in found[(wishlist, "user")].why[0]
 
 
-@SQLITE_EXPRESSION_INDEX
 def test_after_the_advised_statements_run_nothing_is_left_to_advise(
     app_db: AppDb, tmp_path: Path
 ) -> None:
@@ -295,7 +288,6 @@ def test_cli_prints_the_advice_and_never_creates_an_index(
     }  # fmt: skip
 
 
-@SQLITE_EXPRESSION_INDEX
 def test_cli_says_so_when_every_column_has_a_usable_index(
     app_db: AppDb, sqlite_settings: Settings, tmp_path: Path
 ) -> None:
