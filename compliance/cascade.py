@@ -24,6 +24,7 @@ from compliance.identities import Identities, Identity, pseudonym
 from compliance.lifecycle import FINAL
 from compliance.models import DsrIdentity, DsrRequest, RequestStatus
 from compliance.sealed import load_identities, sealed_identity
+from compliance.sources.art15 import location_facts, with_legal_bases
 from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
 from compliance.sources.lookup import require_lookup
 
@@ -184,8 +185,14 @@ def plan(sources: Sequence[DataSource], identities: Identities, action: Action) 
     Refused when no source can look the subject up by any of the given identity types."""
     require_lookup(sources, identities.types())
     resolved = resolve(sources, identities)
-    plans = tuple(source.plan(resolved, action) for source in sources)
+    plans = tuple(source_plan(source, resolved, action) for source in sources)
     return CascadePlan(action, dict(Counter(i.type for i in resolved)), plans)
+
+
+def source_plan(source: DataSource, identities: Identities, action: Action) -> SourcePlan:
+    """`source`'s plan with each location's legal basis as the manifest declares it where
+    the connector left it empty: the location's own, else its source's (`art15`)."""
+    return with_legal_bases(source.plan(identities, action), location_facts(source))
 
 
 def verify(sources: Iterable[DataSource], identities: Identities) -> dict[str, list[Residue]]:

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from compliance import audit, defaults, holds
-from compliance.cascade import discover, plan_dict
+from compliance.cascade import discover, plan_dict, source_plan
 from compliance.errors import ComplianceError, ResidualDataError
 from compliance.execution import RunContext, Step
 from compliance.identities import Identities, pseudonym
@@ -61,7 +61,7 @@ def run_erasure_chunk(ctx: RunContext, *, max_seconds: float | None) -> dict[str
     identities = discover(ctx)
     held = held_sources(ctx, identities)
     if ctx.dry_run:
-        plans = [s.plan(identities, Action.ERASE) for s in ctx.sources]
+        plans = [source_plan(s, identities, Action.ERASE) for s in ctx.sources]
         return {**_header(ctx), "sources": [plan_dict(p) for p in plans], **_held(held)}
     if erase_chunk(ctx, identities, max_seconds=max_seconds, skip=held):
         return None
@@ -134,7 +134,7 @@ def _erase_source(
         return True
     try:
         if "locations" not in step.counts:
-            planned = plan_dict(source.plan(identities, Action.ERASE))
+            planned = plan_dict(source_plan(source, identities, Action.ERASE))
             ctx.steps.update(step, counts={"locations": planned["locations"]})
             ctx.steps.save()
         checkpoint: Mapping[str, Any] = step.checkpoint

@@ -119,7 +119,8 @@ def trouble(request: DsrRequest, now: datetime | None = None) -> str | None:
     if status == RequestStatus.FAILED:
         return f"failed: {request.last_error or 'no reason recorded'}"
     if status == RequestStatus.ON_HOLD:
-        return f"on hold: {held_summary(request.receipt)}; the rest is erased"
+        rest = "a dry run: nothing was changed" if request.dry_run else "the rest is erased"
+        return f"on hold: {held_summary(request.receipt)}; {rest}"
     if not request.last_error or status not in {RequestStatus.QUEUED, RequestStatus.RUNNING}:
         return None
     if status == RequestStatus.RUNNING:

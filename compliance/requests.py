@@ -102,7 +102,7 @@ def submit(
             now=now,
             request_id=request_id,
             subject=subject,
-            details={"kind": submission.kind.value, "identity_types": _types(submission)},
+            details=_submit_details(submission),
         )
         event = _first_event(settings, submission)
         request = transition(session, request_id, event, actor=operator, now=now)
@@ -168,6 +168,20 @@ def _store_identities(
 
 def _types(submission: Submission) -> list[str]:
     return sorted(submission.identities.types())
+
+
+def _submit_details(submission: Submission) -> dict[str, object]:
+    """The submit event's details: the kind, identity types (never values) and the
+    operator's verification note (checked for personal data above)."""
+    details: dict[str, object] = {
+        "kind": submission.kind.value,
+        "identity_types": _types(submission),
+    }
+    if submission.dry_run:
+        details["dry_run"] = True
+    if submission.note:
+        details["note"] = submission.note
+    return details
 
 
 def _first_event(settings: Settings, submission: Submission) -> Event:

@@ -260,7 +260,8 @@ def show_package(demo: Demo, request_id: str) -> None:
         print(f"  {name}")
 
 
-def erasure(demo: Demo, ada_link: str) -> None:
+def erasure(demo: Demo, ada_link: str) -> dict[str, Any]:
+    """Submit Ada's erasure, approve it as a second operator, follow it; its view."""
     say("Erasure (Art. 17): submitted by alice, approved by bob (four-eyes)")
     submitted = demo.gdpr("request", "erase", "--email", ADA, "--ticket", "DEMO-2")
     refused = demo.run("request", "approve", submitted["id"])
@@ -268,12 +269,10 @@ def erasure(demo: Demo, ada_link: str) -> None:
     demo.gdpr("request", "approve", submitted["id"], operator="bob")
     done = follow(demo, submitted["id"])
     print(demo.gdpr("request", "show", submitted["id"], parse=False, ok=(0, 1)))
-    say("The receipt, in words")
-    for line in receipt_in_words(done["receipt"] or {}):
-        print(f"- {line}")
     mail = mails_to(read_outbox(demo.home / "outbox"), ADA)[-1]
     print(f"email to {ADA}: {mail.subject!r} ({mail.path})")
     print(f"her export link now answers {answers(ada_link)}: the package is deleted")
+    return done
 
 
 def retention(demo: Demo) -> None:
@@ -296,7 +295,15 @@ def retention(demo: Demo) -> None:
     print(demo.gdpr("retention", "report", parse=False, ok=(0, 1)))
 
 
-def story(demo: Demo) -> Mail:
+@dataclass(frozen=True)
+class Ending:
+    """What the story leaves for the end: Bob's email with a live link, Ada's erasure."""
+
+    bob: Mail
+    erased: dict[str, Any]
+
+
+def story(demo: Demo) -> Ending:
     say("A sample shop and CRM (SQLite)")
     build_sample_app(demo)
     print(
@@ -314,7 +321,7 @@ def story(demo: Demo) -> Mail:
     say("Export (Art. 15): submitted by alice, auto-approved, run by the worker")
     request_id, ada = export(demo, ADA, "DEMO-1")
     show_package(demo, request_id)
-    erasure(demo, str(ada.link))
+    erased = erasure(demo, str(ada.link))
     say("Rows left in the shop")
     print(f"ada (user 1): {shop_rows(demo, 1)}")
     print(f"bob (user 2): {shop_rows(demo, 2)}")
@@ -323,17 +330,20 @@ def story(demo: Demo) -> Mail:
     retention(demo)
     say("Audit trail")
     print(demo.gdpr("audit", "verify", parse=False, ok=(0, 1)))
-    return bob
+    return Ending(bob, erased)
 
 
-def next_steps(demo: Demo, bob: Mail, serve_seconds: float) -> None:
+def next_steps(demo: Demo, ending: Ending, serve_seconds: float) -> None:
     say("What next")
     print(f"Bob's download link, served at {demo.base_url} (log: {demo.folder / 'serve.log'}):")
-    print(f"  {bob.link}")
+    print(f"  {ending.bob.link}")
     print("  open it in a browser, press Download: a ZIP whose index.html explains his data")
     print(f"The subjects' emails (the outbox folder stands in for SMTP), {demo.home / 'outbox'}:")
     for mail in read_outbox(demo.home / "outbox"):
         print(f"  {mail.path.name}  to {mail.to}: {mail.subject}")
+    print(f"Ada's erasure, in words (`gdpr request show {ending.erased['id']}` has it all):")
+    for line in receipt_in_words(ending.erased["receipt"] or {}):
+        print(f"  - {line}")
     print(f"Try it yourself (gdpr lives in {BIN}; the folder's gdpr.toml holds the settings):")
     print(f"  cd {demo.folder} && source {BIN / 'activate'}")
     print("  gdpr request list")
@@ -368,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     demo = Demo(options.dir.resolve(), pick_port(options.port))
     try:
-        bob = story(demo)
-        next_steps(demo, bob, options.serve_seconds)
+        ending = story(demo)
+        next_steps(demo, ending, options.serve_seconds)
     except KeyboardInterrupt:
         sys.exit(130)
     finally:

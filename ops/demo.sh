@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/install.sh
-exec .venv/bin/python ops/demo.py
+exec .venv/bin/python ops/demo.py "$@"

@@ -47,7 +47,8 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
         return
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    click.echo("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True)))
+    header = "  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))
+    click.echo(header.rstrip())
     for row_cells, row in zip(cells, rows, strict=True):
         parts = []
         for col, text, width in zip(columns, row_cells, widths, strict=True):

@@ -92,6 +92,8 @@ def _done(app: App, request_id: uuid.UUID, as_json: bool, verb: str) -> None:
     found, steps, _ = queries.show(app.db(), request_id)
     if as_json:
         output.emit_json(queries.describe(found, steps))
+    elif verb == found.status:
+        click.echo(f"request {found.id} {output.status(found.status)}")
     else:
         click.echo(f"request {found.id} {verb}: {output.status(found.status)}")
 
@@ -214,7 +216,8 @@ def list_(status: str | None, overdue: bool, limit: int, as_json: bool) -> None:
     type=click.FloatRange(min=0),
     default=600.0,
     show_default=True,
-    help="Seconds to wait, with --wait or --follow.",
+    metavar="SECONDS",
+    help="How long to wait, in seconds, with --wait or --follow.",
 )
 @json_option
 def show(request_id: str, wait: bool, follow: bool, timeout: float, as_json: bool) -> None:
@@ -231,6 +234,7 @@ def show(request_id: str, wait: bool, follow: bool, timeout: float, as_json: boo
                 timeout=timeout,
                 describe=lambda s: request_view.progress_text(_view(s, app.now())),
                 live=live,
+                now=app.now,
             )
         )
     view = _view(snapshot, app.now())
@@ -276,11 +280,12 @@ def plan(action: str, as_json: bool, **options: Any) -> None:
         {
             "source": p.source,
             "location": loc.location,
+            "scope": loc.scope.value,
             "action": loc.disposition.value,
             "count": loc.count,
-            "legal_basis": loc.legal_basis or None,
+            "why": "; ".join(x for x in (loc.legal_basis, loc.note) if x) or None,
         }
         for p in found
         for loc in p.locations
     ]
-    output.table(rows, ["source", "location", "action", "count", "legal_basis"])
+    output.table(rows, ["source", "location", "scope", "action", "count", "why"])

@@ -3,7 +3,7 @@ words, and the next step. Reads the PII-free view `compliance.queries.describe` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -13,7 +13,15 @@ from compliance.cli import output
 BEFORE_DUE = ("subject", "ticket", "note", "submitted_by", "submitted_at", "due_at")
 AFTER_DUE = ("approved_by", "started_at", "completed_at", "attempts")
 COUNT_KEYS = ("deleted", "anonymized", "retained", "exported", "detached", "repointed", "untouched")
-ERASED = ("deleted", "anonymized", "retained", "detached")
+OWN = ("deleted", "anonymized", "retained")  # the receipt's totals: the subject's own rows
+SUBJECT = "subject"  # a location's scope (compliance.sources.base.Scope): their own rows
+BESIDES = {  # (scope, action) of rows that are not the subject's own, in words
+    ("shared", "retain"): "shared rows kept for others",
+    ("reference", "detach"): "links to them removed from kept rows",
+    ("reference", "repoint"): "links in kept rows pointed at a placeholder",
+    ("others", "detach"): "links to them removed from other people's rows",
+    ("others", "repoint"): "other people's links pointed at a placeholder",
+}
 
 
 def render(view: Mapping[str, Any]) -> None:
@@ -60,29 +68,63 @@ def render_receipt(kind: str, receipt: Mapping[str, Any]) -> None:
 
 
 def _erasure(receipt: Mapping[str, Any], dry: bool) -> None:
-    rows = [
-        {
-            "source": source["source"],
-            "location": loc["location"],
-            "action": loc["disposition"],
-            "count": next((loc[k] for k in COUNT_KEYS if k in loc), None),
-            "why": "; ".join(x for x in (loc.get("legal_basis"), loc.get("note")) if x) or None,
-        }
-        for source in receipt.get("sources", [])
-        for loc in source.get("locations", [])
-    ]
-    output.table(rows, ["source", "location", "action", "count", "why"])
+    rows = list(_erasure_rows(receipt))
+    output.table(rows, ["source", "location", "scope", "action", "count", "why"])
     if dry:
         return
-    done = ", ".join(f"{k} {int(receipt.get(k, 0))}" for k in ERASED)
+    own = ", ".join(f"{k} {int(receipt.get(k, 0))}" for k in OWN)
+    click.echo(f"the subject's own rows (scope subject): {own}")
+    besides = _besides(rows)
+    if besides:
+        click.echo(f"besides: {besides}")
     verified = "nothing left" if receipt.get("verified") else "not verified"
-    click.echo(f"erased: {done}; verified: {verified}")
+    click.echo(f"verified: {verified}")
     exports = receipt.get("exports") or {}
     if exports:
         click.echo(
             f"exports of the subject: {exports.get('links_revoked', 0)} link(s) revoked,"
             f" {exports.get('packages_deleted', 0)} package(s) deleted"
         )
+
+
+def _erasure_rows(receipt: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """One row per location of the receipt; a source that lists no locations (an HTTP
+    API counts per call) gets one row per count, so the rows add up to the totals."""
+    for source in receipt.get("sources", []):
+        locations = source.get("locations") or []
+        for loc in locations:
+            yield {
+                "source": source["source"],
+                "location": loc["location"],
+                "scope": loc.get("scope", SUBJECT),
+                "action": loc["disposition"],
+                "count": next((loc[k] for k in COUNT_KEYS if k in loc), None),
+                "why": "; ".join(x for x in (loc.get("legal_basis"), loc.get("note")) if x) or None,
+            }
+        if locations:
+            continue
+        for key, action in zip(OWN, ("delete", "anonymize", "retain"), strict=True):
+            if int(source.get(key) or 0):
+                yield {
+                    "source": source["source"],
+                    "location": "*",
+                    "scope": SUBJECT,
+                    "action": action,
+                    "count": int(source[key]),
+                    "why": None,
+                }
+
+
+def _besides(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the rows that are not the subject's own add up to, in words."""
+    totals: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row["scope"] != SUBJECT:
+            key = (str(row["scope"]), str(row["action"]))
+            totals[key] = totals.get(key, 0) + int(row["count"] or 0)
+    return ", ".join(
+        f"{BESIDES.get(key, ' '.join(key))} {total}" for key, total in totals.items() if total
+    )
 
 
 def _export(receipt: Mapping[str, Any], dry: bool) -> None:

@@ -103,7 +103,7 @@ def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
 def _run_one(ctx: SweepContext, name: str, due: int, *, as_json: bool) -> RetentionRun:
     if as_json:
         return sweep.run_inline(ctx, name)
-    if not output.is_tty():
+    if not output.is_tty() or due == 0:  # a bar of nothing would read "1/1"
         line = output.LiveLine(tty=False)
         try:
             line.show(f"{name}: {due} item(s) due")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from compliance.cli.output import LiveLine
+from compliance.db import utcnow
 from compliance.errors import IllegalTransitionError, LegalHoldError, RetryableError
 from compliance.lifecycle import FINAL
 from compliance.models import DsrRequest, DsrStep, RequestStatus
@@ -30,6 +32,7 @@ class Watch:
     live: LiveLine | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], datetime] = utcnow  # wall time, for "next in 80 s"
 
 
 def wait(watch: Watch) -> Snapshot:
@@ -46,7 +49,7 @@ def wait(watch: Watch) -> Snapshot:
                 return snapshot
             refuse_if_stuck(request)
             if watch.clock() >= deadline:
-                raise _timed_out(request, watch.timeout)
+                raise _timed_out(request, watch.timeout, watch.now())
             watch.sleep(POLL_SECONDS)
             snapshot = watch.fetch()
     finally:
@@ -69,8 +72,8 @@ def refuse_if_stuck(request: DsrRequest) -> None:
         )
 
 
-def _timed_out(request: DsrRequest, timeout: float) -> RetryableError:
-    why = trouble(request)
+def _timed_out(request: DsrRequest, timeout: float, now: datetime) -> RetryableError:
+    why = trouble(request, now)
     return RetryableError(
         f"request {request.id} is still {request.status} after {timeout:g} s"
         + (f" ({why})" if why else "")

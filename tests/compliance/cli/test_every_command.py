@@ -208,6 +208,13 @@ SPECIFIC = [
         "reason looks like it holds a phone number",
     ),
     Case(("request", "show"), (UNKNOWN_ID, "--timeout", "-1"), 2, "Invalid value for '--timeout'"),
+    Case(("request", "show"), ("{awaiting}", "--wait"), 4, "waiting cannot end until a second"),
+    Case(
+        ("request", "show"),
+        ("{awaiting_export}", "--wait", "--timeout", "0"),
+        6,
+        "is still queued after 0 s; keep watching with",
+    ),
     Case(
         ("request", "plan"), ("--email", "ada@example.com", "--action", "delete"), 2, "'--action'"
     ),

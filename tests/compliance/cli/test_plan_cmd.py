@@ -77,3 +77,23 @@ def test_planning_by_an_identity_a_source_answers_lists_it(
     code, out = invoke(settings, "request", "plan", "--email", "ada@example.com", "--json")
     assert code == 0, out
     assert json.loads(out)["sources"][0]["source"] == "app"
+
+
+def test_plan_shows_the_legal_basis_a_location_inherits_from_its_source(
+    sqlite_settings: Settings, sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    manifest = sample_dbs.write_manifest(tmp_path)
+    settings = sqlite_settings.with_overrides(sources=str(manifest))
+    code, out = invoke(settings, "request", "plan", "--email", "ada@example.com", "--json")
+    assert code == 0, out
+    shop = next(s for s in json.loads(out)["sources"] if s["source"] == "shop")
+    basis = {loc["location"]: loc.get("legal_basis") for loc in shop["locations"]}
+    contract = "Art. 6(1)(b) GDPR: performance of a contract"  # set on [sources.shop] only
+    assert basis["users"] == basis["orders"] == basis["profiles"] == contract
+    assert basis["payments"] == "Art. 6(1)(c) GDPR: tax law, ten years"  # the table's own
+    assert basis["payments.order_id"] == basis["payments"]  # a reference: its table's
+    assert "commercial law" in str(basis["invoices"])
+
+    code, table = invoke(settings, "request", "plan", "--email", "ada@example.com")
+    users = next(line for line in table.splitlines() if line.startswith("shop    users "))
+    assert users.endswith(contract)

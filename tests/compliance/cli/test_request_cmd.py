@@ -199,3 +199,47 @@ def test_a_manifest_with_several_mistakes_is_one_line_listing_each_and_exits_5(
     assert line.startswith("error: 2 problems in the sources manifest: sources.a: ")
     assert line.endswith(" | sources.b: missing required key 'kind'")
     assert_nothing_written(run)
+
+
+def audit_details(db: Database, request_id: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    from sqlalchemy import select
+
+    from compliance.models import AuditEvent
+
+    with db.session() as session:
+        events = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.request_id == uuid.UUID(request_id))
+            .order_by(AuditEvent.seq)
+        ).all()
+        return {e.action: dict(e.details or {}) for e in events}
+
+
+def test_note_and_every_reason_are_shown_in_show_json_and_the_audit_trail(
+    run, db: Database
+) -> None:  # type: ignore[no-untyped-def]
+    created = submit(
+        run, "request", "erase", "--email", "ada@example.com", "--note", "verified via login"
+    )
+    rid = created["id"]
+    assert run("request", "extend", rid, "--reason", "many systems").exit_code == 0
+    cancelled = run("request", "cancel", rid, "--reason", "subject withdrew")
+    assert cancelled.stdout == f"request {rid} cancelled\n"
+    text = run("request", "show", rid).stdout
+    assert "verified via login\n" in text and "cancelled: subject withdrew\n" in text
+    assert "extended      by 1 month(s): many systems\n" in text
+    view = json.loads(run("request", "show", rid, "--json").stdout)
+    assert view["note"] == "verified via login\ncancelled: subject withdrew"
+    assert (view["extension_reason"], view["extended_months"]) == ("many systems", 1)
+    trail = audit_details(db, rid)
+    assert trail["request.submit"]["note"] == "verified via login"
+    assert trail["request.extend"]["reason"] == "many systems"
+    assert trail["request.cancel"]["reason"] == "subject withdrew"
+    assert "ada@example.com" not in json.dumps(trail)
+
+    other = submit(run, "request", "erase", "--email", "ada@example.com")["id"]
+    rejected = run("request", "reject", other, "--reason", "not verified", operator="bob")
+    assert rejected.stdout == f"request {other} rejected\n"
+    assert "rejected: not verified" in run("request", "show", other).stdout
+    assert audit_details(db, other)["request.reject"]["reason"] == "not verified"
+    assert "note" not in audit_details(db, other)["request.submit"]
