@@ -116,6 +116,48 @@ def decrypt_stream(chunks: Iterable[bytes], unwrapper: KeyWrapper) -> Iterator[b
     source = iter(chunks)
     buf = bytearray()
     header = _read_header(source, buf)
+    yield from _segments(header, source, buf, unwrapper)
+
+
+@dataclass(frozen=True)
+class Plaintext:
+    """A decrypting stream whose length is known before any segment is opened."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
+def decrypt_sized(
+    chunks: Iterable[bytes], unwrapper: KeyWrapper, ciphertext_size: int
+) -> Plaintext:
+    """`decrypt_stream` of a file of `ciphertext_size` bytes, with its plaintext size (for
+    a Content-Length). Reads the header now; a size no well-formed file can have is an
+    IntegrityError here, before any plaintext exists. The stream still verifies every
+    segment: if the file is not what its size promised, it fails as `decrypt_stream` does."""
+    source = iter(chunks)
+    buf = bytearray()
+    header = _read_header(source, buf)
+    size = plaintext_size(header, ciphertext_size)
+    return Plaintext(size, _segments(header, source, buf, unwrapper))
+
+
+def plaintext_size(header: Header, ciphertext_size: int) -> int:
+    """The plaintext length of a file of `ciphertext_size` bytes, from its header alone: after
+    the header and its tag, every segment adds a 16-byte tag to its plaintext, and the
+    final segment (always present) takes 16..S+15 bytes."""
+    body = ciphertext_size - len(header.raw) - TAG_BYTES
+    full, final = divmod(body, header.segment_size + TAG_BYTES)
+    if body < TAG_BYTES or final < TAG_BYTES:
+        raise IntegrityError(
+            f"the file is truncated: {ciphertext_size} bytes cannot end in a final segment"
+        )
+    return full * header.segment_size + final - TAG_BYTES
+
+
+def _segments(
+    header: Header, source: Iterator[bytes], buf: bytearray, unwrapper: KeyWrapper
+) -> Iterator[bytes]:
+    """The plaintext after `header`; `buf` holds what arrived with it."""
     aead = AESGCM(unwrapper.unwrap(header.key_id, header.wrapped_key))
     _check_header_tag(aead, header, buf)
     opener = _Opener(aead, header)
@@ -141,6 +183,7 @@ class _Opener:
         self.full = header.segment_size + TAG_BYTES
         self.counter = 0
         self.failure: IntegrityError | None = None
+        self.out = bytearray()  # reused: decrypted into, then copied out once as bytes
 
     def feed(self, chunk: bytes, pending: bytearray) -> bytes:
         """The plaintext of every segment `chunk` completes and that is not the final one
@@ -158,11 +201,12 @@ class _Opener:
         with memoryview(pending) as carried:
             segments = [carried] if pending else []
             segments += [view[at + i * self.full : at + (i + 1) * self.full] for i in range(whole)]
-            out = bytearray(len(segments) * self.size)
-            opened = self._open_all(segments, out)
+            if len(self.out) < len(segments) * self.size:
+                self.out = bytearray(len(segments) * self.size)
+            opened = self._open_all(segments, self.out)
         pending.clear()
         pending += view[at + whole * self.full :]
-        with memoryview(out) as plain:
+        with memoryview(self.out) as plain:
             return bytes(plain[: opened * self.size])
 
     def _open_all(self, segments: list[memoryview], out: bytearray) -> int:
@@ -281,9 +325,12 @@ def read_header(chunks: Iterable[bytes]) -> Header:
 __all__ = [
     "Header",
     "KeyWrapper",
+    "Plaintext",
+    "decrypt_sized",
     "decrypt_stream",
     "encrypt_stream",
     "keyring_wrapper",
+    "plaintext_size",
     "read_header",
     "wrapper_for",
 ]

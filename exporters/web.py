@@ -1,11 +1,12 @@
 """The download service: a Flask app serving the link a data subject receives by email.
 
 GET /d/<token> shows a landing page with a Download button (mail scanners prefetch GETs,
-so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP. Every
-response carries strict security headers and is never cached; waitress's own error
-responses too (`exporters.web_server`). Bad tokens of every kind (unknown, expired,
-revoked, used up, malformed) get one identical page. No exception detail reaches a
-client, and no token reaches a log line.
+so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP with its
+Content-Length (known from the stored size before decrypting: browsers show progress, and
+one cut short counts as failed). Every response carries strict security headers and is
+never cached; waitress's own error responses too (`exporters.web_server`). Bad tokens of
+every kind (unknown, expired, revoked, used up, malformed) get one identical page. No
+exception detail reaches a client, and no token reaches a log line.
 
 Run it with `gdpr serve` (waitress); see `exporters.web_server`.
 """
@@ -112,10 +113,11 @@ def _routes(
         try:
             service.consume(verdict)
         except TokenError:
-            getattr(body, "close", lambda: None)()
+            getattr(body.chunks, "close", lambda: None)()
             return _gone()
         day = verdict.package.created_at.date().isoformat()
-        response = Response(body, status=200, mimetype="application/zip")
+        response = Response(body.chunks, status=200, mimetype="application/zip")
+        response.headers["Content-Length"] = str(body.size)
         response.headers["Content-Disposition"] = (
             f'attachment; filename="personal-data-export-{day}.zip"'
         )

@@ -5,7 +5,8 @@ download tokens, so `redact_tokens_in_logs` rewrites ``/d/<anything>`` in every 
 the waitress loggers before a handler sees it.
 
 Waitress is built here from its own parts, `TcpWSGIServer` and `HTTPChannel` (the
-subclassing route webtest takes), so that slow and greedy clients cannot hold it:
+subclassing route webtest takes), so that slow and greedy clients cannot hold it and a
+large download is sent cheaply:
 
 - `GuardedServer` refuses a client's connection beyond `connections_per_client` at
   accept (closed at once, before it costs a channel), except from the trusted proxy;
@@ -14,6 +15,9 @@ subclassing route webtest takes), so that slow and greedy clients cannot hold it
   `request_timeout`, however steadily it trickles, and a response nobody has read
   for `idle_timeout` (waitress closes only idle connections, by their last byte);
 - `SecureErrorTask` puts `SECURITY_HEADERS` on waitress's own 400/413/431/500 responses;
+- a large response chunk is sent from where it is (`QueuedBytes`), not copied into a
+  buffer and out again, and the main loop leaves a socket alone while the task thread
+  is sending on it (waitress has the loop spin on the busy lock meanwhile);
 - poll() instead of select() (select cannot watch descriptors above 1023) and a soft
   RLIMIT_NOFILE raised to fit `connection_limit` (see `fit_file_descriptors`).
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from waitress.adjustments import Adjustments
+from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer, TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
@@ -69,6 +74,7 @@ BACKLOG = 2048  # accepted-but-unserved connections the kernel queues (capped by
 # app thread blocks once 4 MiB are unsent, so one download holds at most ~5 MiB.
 OUTBUF_HIGH_WATERMARK = 4 << 20
 OUTBUF_OVERFLOW = OUTBUF_HIGH_WATERMARK + (1 << 20)
+QUEUE_AS_IS_BYTES = 64 << 10  # response chunks this large are sent without being copied
 FD_RESERVE = 128  # descriptors kept for the database, storage, spooled buffers and logs
 REFUSALS_LOG_EVERY = 10.0  # seconds; refused connections are logged as a count, not each
 
@@ -195,6 +201,33 @@ class SecureErrorTask(ErrorTask):  # type: ignore[misc]
         super().execute()
 
 
+class QueuedBytes(ReadOnlyFileBasedBuffer):  # type: ignore[misc]
+    """One large response chunk, sent from where it is. Waitress copies every chunk an app
+    yields into a BytesIO and out again before sending it; only a file wrapper's buffer is
+    sent from directly, so a chunk queued as one skips both copies. It is counted against
+    the output watermark like any other buffered byte."""
+
+    def __init__(self, data: bytes) -> None:  # no file: nothing of the parent's state
+        self.view = memoryview(data)
+        self.remain = len(data)
+
+    def get(self, numbytes: int = -1, skip: bool = False) -> memoryview:
+        start = len(self.view) - self.remain
+        end = start + self.remain if numbytes < 0 else start + min(numbytes, self.remain)
+        if skip:
+            self.remain -= end - start
+        return self.view[start:end]
+
+    def skip(self, numbytes: int, allow_prune: bool = False) -> None:
+        if numbytes > self.remain:
+            raise ValueError(f"cannot skip {numbytes} bytes of {self.remain}")
+        self.remain -= numbytes
+
+    def close(self) -> None:
+        self.remain = 0
+        self.view = memoryview(b"")
+
+
 class GuardedChannel(HTTPChannel):  # type: ignore[misc]
     """One connection: counted against its client, and timed from each request's start."""
 
@@ -217,6 +250,39 @@ class GuardedChannel(HTTPChannel):  # type: ignore[misc]
         if self._counted:
             self._counted = False
             self.server.closed(self.client)
+
+    # --- output: one writer at a time -----------------------------------------------
+    # Waitress lets the task thread send its own output (under the outbuf lock) while the
+    # main loop, seeing the socket writable, tries the same lock, fails and polls again at
+    # once: it spins for as long as the task sends, taking the CPU and the GIL from it.
+    # While a task is inside `write_soon` the loop leaves the socket alone; whatever the
+    # task could not send is the loop's again as soon as the task returns (or waits for
+    # the client to read: `_flush_outbufs_below_high_watermark`).
+    _task_writing = False
+
+    def writable(self) -> bool:
+        if self._task_writing and not (self.will_close or self.close_when_flushed):
+            return False
+        return bool(super().writable())
+
+    def write_soon(self, data: Any) -> int:
+        """Queue response bytes; a chunk of at least `QUEUE_AS_IS_BYTES` goes as it is."""
+        if type(data) is bytes and len(data) >= QUEUE_AS_IS_BYTES:
+            data = QueuedBytes(data)
+        self._task_writing = True
+        try:
+            return int(super().write_soon(data))
+        finally:
+            self._task_writing = False
+            if self.total_outbufs_len:
+                self.server.pull_trigger()  # the loop sends the rest while the task works
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        writing, self._task_writing = self._task_writing, False  # the loop sends meanwhile
+        try:
+            super()._flush_outbufs_below_high_watermark()
+        finally:
+            self._task_writing = writing
 
     def received(self, data: bytes) -> bool:
         pending = self.request

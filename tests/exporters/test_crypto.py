@@ -15,9 +15,11 @@ from compliance.errors import ConfigError, IntegrityError
 from exporters.crypto import (
     SEGMENT_SIZE,
     TAG_BYTES,
+    decrypt_sized,
     decrypt_stream,
     encrypt_stream,
     keyring_wrapper,
+    plaintext_size,
     read_header,
     wrapper_for,
 )
@@ -55,6 +57,38 @@ def wrapper():  # type: ignore[no-untyped-def]
 def test_decrypt_returns_exactly_what_was_encrypted(wrapper, size: int) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(size)
     assert decrypt(encrypt(data, wrapper), wrapper) == data
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE + 5]
+)
+def test_the_plaintext_size_follows_from_the_file_size_and_header(wrapper, size: int) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(size)
+    blob = encrypt(data, wrapper)
+    assert plaintext_size(read_header([blob]), len(blob)) == size
+    pieces = [blob[i : i + 5000] for i in range(0, len(blob), 5000)]
+    plain = decrypt_sized(pieces, wrapper, len(blob))
+    assert plain.size == size
+    assert b"".join(plain.chunks) == data
+
+
+class NeverUnwraps:
+    key_id = "k1"
+
+    def wrap(self, data_key: bytes) -> bytes:
+        raise AssertionError("not used")
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        raise AssertionError("the size is judged before any key is unwrapped")
+
+
+def test_a_size_no_file_can_have_is_refused_before_decrypting(wrapper) -> None:  # type: ignore[no-untyped-def]
+    head, segments = split(encrypt(os.urandom(3 * SEGMENT_SIZE + 10), wrapper))
+    boundary = head + b"".join(segments[:2])  # the final segment dropped
+    inside_a_tag = head + b"".join(segments[:2]) + segments[2][: TAG_BYTES - 1]
+    for blob in (boundary, inside_a_tag, head[:-1]):
+        with pytest.raises(IntegrityError, match="truncated"):
+            decrypt_sized([blob], NeverUnwraps(), len(blob))
 
 
 @settings(max_examples=30, deadline=None)

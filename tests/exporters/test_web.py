@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ def test_get_shows_a_landing_page_and_never_counts_a_download(download_site: Dow
     assert events(download_site, "link.downloaded") == []
 
 
-def test_post_streams_the_decrypted_zip_with_a_dated_filename(download_site: DownloadSite) -> None:
+def test_post_streams_the_decrypted_zip_with_a_dated_filename_and_its_length(
+    download_site: DownloadSite,
+) -> None:
     reply = call(download_site.url, "POST")
     assert reply.status == 200
     assert reply.headers["Content-Type"] == "application/zip"
@@ -93,7 +96,8 @@ def test_post_streams_the_decrypted_zip_with_a_dated_filename(download_site: Dow
     assert reply.headers["Content-Disposition"] == (
         f'attachment; filename="personal-data-export-{day}.zip"'
     )
-    assert reply.headers.get("Transfer-Encoding") == "chunked"
+    assert reply.headers["Content-Length"] == str(len(download_site.zip_bytes))
+    assert "Transfer-Encoding" not in reply.headers
     assert_secure(reply)
     assert reply.body == download_site.zip_bytes
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(reply.body)).read("manifest.json"))
@@ -101,6 +105,12 @@ def test_post_streams_the_decrypted_zip_with_a_dated_filename(download_site: Dow
     assert downloads(download_site) == 1
     (event,) = events(download_site, "link.downloaded")
     assert event.details == {"token": links.hash_token(download_site.token)[:8], "download": 1}
+
+
+def test_a_range_request_gets_the_whole_package(download_site: DownloadSite) -> None:
+    reply = call(download_site.url, "POST", headers={"Range": "bytes=100-199"})
+    assert reply.status == 200 and "Accept-Ranges" not in reply.headers
+    assert reply.body == download_site.zip_bytes
 
 
 def test_the_download_limit_holds_over_http(download_site: DownloadSite) -> None:
@@ -184,48 +194,142 @@ def test_every_bad_token_gets_the_same_page_and_status_and_is_audited(
         assert len(event.details["token"]) in (1, 8)
 
 
+LARGE = 3 * 1024 * 1024  # three storage reads: streamed past the pieces checked up front
+
+
+def stream_short(url: str) -> tuple[int, bytes]:
+    """POST the link over a socket and read to the end: (Content-Length, bytes received),
+    expecting the connection to end before the announced length."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("POST", parts.path, body=b"")
+        response = conn.getresponse()
+        assert response.status == 200  # headers were already on the wire
+        assert response.getheader("Transfer-Encoding") is None
+        announced = int(response.getheader("Content-Length") or -1)
+        with pytest.raises(http.client.IncompleteRead) as caught:
+            response.read()
+    finally:
+        conn.close()
+    return announced, caught.value.partial
+
+
+def flip(position: int) -> Any:
+    return lambda c: c[:position] + bytes([c[position] ^ 1]) + c[position + 1 :]
+
+
 def test_a_mid_stream_decryption_failure_cuts_the_connection(
     download_site: DownloadSite, caplog: pytest.LogCaptureFixture
 ) -> None:
     site = download_site
-
-    def flip_in_third_segment(cipher: bytes) -> bytes:
-        position = len(cipher) - 2 * (SEGMENT_SIZE + TAG_BYTES)
-        return cipher[:position] + bytes([cipher[position] ^ 1]) + cipher[position + 1 :]
-
     assert site.request_id is not None
-    site.store(site.request_id, site.zip_bytes, mangle=flip_in_third_segment)
-    parts = urlsplit(site.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request("POST", parts.path, body=b"")
-    response = conn.getresponse()
-    assert response.status == 200  # headers were already on the wire
-    with caplog.at_level(logging.INFO), pytest.raises(http.client.IncompleteRead) as caught:
-        response.read()
-    conn.close()
+    plain = os.urandom(LARGE)
+    site.store(site.request_id, plain, mangle=flip(LARGE - 300_000))
+    with caplog.at_level(logging.INFO):
+        announced, received = stream_short(site.url)
+    assert announced == LARGE
+    assert 0 < len(received) < LARGE - 300_000
+    assert received == plain[: len(received)]  # only what authenticated
     assert "Exception while serving /d/<token>" in caplog.text
     assert site.token not in caplog.text
-    assert len(caught.value.partial) < len(site.zip_bytes)
     (failed,) = events(site, "link.download_failed")
     assert failed.details["error"] == "IntegrityError"
 
 
-def test_a_truncated_package_never_arrives_as_a_complete_looking_file(
+@pytest.mark.parametrize("size", [LARGE, LARGE + 1000], ids=["empty-final", "final-with-data"])
+def test_a_tampered_last_segment_leaves_the_response_short_of_its_length(
+    download_site: DownloadSite, size: int
+) -> None:
+    site = download_site
+    assert site.request_id is not None
+    plain = os.urandom(size)
+    site.store(site.request_id, plain, mangle=lambda c: c[:-1] + bytes([c[-1] ^ 1]))
+    announced, received = stream_short(site.url)
+    assert announced == size
+    assert len(received) < size
+    assert received == plain[: len(received)]
+    (failed,) = events(site, "link.download_failed")
+    assert failed.details["error"] == "IntegrityError"
+
+
+@pytest.mark.parametrize("misstated", [SEGMENT_SIZE + TAG_BYTES, -(SEGMENT_SIZE + TAG_BYTES)])
+def test_a_package_that_is_not_the_size_its_storage_states_never_arrives_whole(
+    download_site: DownloadSite, misstated: int
+) -> None:
+    site = download_site
+    assert site.request_id is not None
+    plain = os.urandom(LARGE)
+    site.store(site.request_id, plain)
+    storage = MisstatedSize(site.storage, misstated)
+    server = start_in_thread(create_app(site.settings, site.db, storage, site.keyring))  # type: ignore[arg-type]
+    try:
+        announced, received = stream_short(f"{server.url}/d/{site.token}")
+    finally:
+        server.stop()
+    assert announced == LARGE + misstated // (SEGMENT_SIZE + TAG_BYTES) * SEGMENT_SIZE
+    assert len(received) < min(announced, LARGE)
+    (failed,) = events(site, "link.download_failed")
+    assert failed.details["error"] == "IntegrityError"
+
+
+class MisstatedSize:
+    """The real storage, but `size` is off by `delta` bytes (an object replaced between
+    its size and its body)."""
+
+    def __init__(self, storage: Any, delta: int) -> None:
+        self.storage, self.delta = storage, delta
+
+    def size(self, key: str) -> int:
+        return int(self.storage.size(key)) + self.delta
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        # Drop the final segment: what remains ends exactly on a full-segment boundary.
+        lambda c: c[: len(c) - (len(c) % (SEGMENT_SIZE + TAG_BYTES) or SEGMENT_SIZE + TAG_BYTES)],
+        lambda c: c[:-1] + bytes([c[-1] ^ 1]),  # the final segment's tag
+        lambda c: c[: len(c) // 2] + bytes([c[len(c) // 2] ^ 1]) + c[len(c) // 2 + 1 :],
+    ],
+    ids=["truncated", "last-segment", "middle"],
+)
+def test_a_broken_small_package_gets_an_error_page_and_keeps_its_download(
+    download_site: DownloadSite, mangle: Any
+) -> None:
+    site = download_site
+    assert site.request_id is not None
+    site.store(site.request_id, site.zip_bytes, mangle=mangle)  # fits in the pieces checked first
+    reply = call(site.url, "POST")
+    assert reply.status == 500 and "Something went wrong on our side" in reply.text
+    assert_secure(reply)
+    assert downloads(site) == 0
+    (failed,) = events(site, "link.download_failed")
+    assert failed.details["error"] == "IntegrityError"
+
+
+def test_a_large_package_failing_in_its_first_storage_read_gets_an_error_page(
     download_site: DownloadSite,
 ) -> None:
     site = download_site
     assert site.request_id is not None
-    # Drop the final segment: what remains ends exactly on a full-segment boundary.
-    full = SEGMENT_SIZE + TAG_BYTES
-    site.store(
-        site.request_id, site.zip_bytes, mangle=lambda c: c[: len(c) - (len(c) % full or full)]
-    )
-    parts = urlsplit(site.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request("POST", parts.path, body=b"")
-    with pytest.raises(http.client.IncompleteRead):
-        conn.getresponse().read()
-    conn.close()
+    site.store(site.request_id, os.urandom(LARGE), mangle=flip(500_000))  # of the first 1 MiB
+    reply = call(site.url, "POST")
+    assert reply.status == 500 and "Something went wrong on our side" in reply.text
+    assert downloads(site) == 0
+
+
+def test_a_head_request_shows_the_landing_headers_and_never_counts_a_download(
+    download_site: DownloadSite,
+) -> None:
+    reply = call(download_site.url, "HEAD")
+    assert reply.status == 200 and reply.body == b""
+    assert reply.headers["Content-Type"].startswith("text/html")
+    assert_secure(reply)
+    assert downloads(download_site) == 0
 
 
 def test_a_package_that_fails_at_once_gets_an_error_page_and_keeps_its_download(
