@@ -214,6 +214,9 @@ def claim_part(store: Store, part_id: int, owner: str, now: datetime) -> Retenti
             .where(
                 RetentionPart.id == part_id,
                 RetentionPart.status.in_((PENDING, RUNNING)),
+                RetentionPart.run_id.in_(
+                    select(RetentionRun.id).where(RetentionRun.status == RUNNING)
+                ),  # a run closed (e.g. another part failed): its parts stop
                 free,
             )
             .values(
@@ -240,8 +243,13 @@ def save_part(
     now: datetime,
     keep_lease: bool,
 ) -> None:
-    """Record a chunk's progress under our lease; `LeaseHeldError` if it was taken."""
+    """Record a chunk's progress under our lease; `LeaseHeldError` if it was taken.
+
+    The run's row is locked first (the order `finish_run` takes them in): when the run
+    was closed while this chunk worked (another part failed), what the chunk did is
+    added to the run's counts too, and audited, so the evidence misses nothing."""
     with store.db.session() as session:
+        run = session.get_one(RetentionRun, part.run_id, with_for_update=True)
         current = session.get_one(RetentionPart, part.id, with_for_update=True)
         if current.lease_owner != owner:
             raise LeaseHeldError(
@@ -256,6 +264,26 @@ def save_part(
             current.lease_until = now + timedelta(seconds=store.lease_seconds)
         else:
             current.lease_owner, current.lease_until = None, None
+        if run.status != RUNNING:
+            _count_after_finish(session, run, part.part, add, now)
+
+
+def _count_after_finish(
+    session: Session, run: RetentionRun, part: int, add: Mapping[str, Any], now: datetime
+) -> None:
+    run.counts = merge_counts(run.counts or {}, add)
+    audit.record(
+        session,
+        actor=run.actor,
+        action="retention.counted_after_finish",
+        now=now,
+        details={
+            "run": run.id,
+            "policy": run.policy,
+            "part": part,
+            **{k: v for k, v in add.items() if isinstance(v, int | float)},
+        },
+    )
 
 
 def fail_part(store: Store, part_id: int, error: str, now: datetime) -> None:
