@@ -52,6 +52,7 @@ COMMANDS = [
     ("compliance.cli.link_cmd", "link"),
     ("compliance.cli.serve_cmd", "serve"),
     ("compliance.cli.doctor_cmd", "doctor_"),
+    ("compliance.cli.suppression_cmd", "suppression"),
 ]
 
 
