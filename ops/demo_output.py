@@ -119,7 +119,8 @@ def receipt_in_words(receipt: Mapping[str, Any]) -> list[str]:
         ]
         if chosen:
             total = sum(int(loc[key]) for _, loc in chosen)
-            lines.append(f"{words}: {total} ({_listing(chosen, key)})")
+            kept = disposition != "delete"  # a basis explains what is kept, not what went
+            lines.append(f"{words}: {total} ({_listing(chosen, key, with_basis=kept)})")
     lines.extend(_held(receipt.get("held", [])))
     lines.extend(_exports(receipt.get("exports") or {}))
     if receipt.get("dry_run"):
@@ -129,11 +130,11 @@ def receipt_in_words(receipt: Mapping[str, Any]) -> list[str]:
     return lines or ["nothing of the subject's was found"]
 
 
-def _listing(chosen: Sequence[tuple[str, Mapping[str, Any]]], key: str) -> str:
+def _listing(chosen: Sequence[tuple[str, Mapping[str, Any]]], key: str, *, with_basis: bool) -> str:
     parts = []
     for source, loc in chosen:
         part = f"{source}.{loc['location']} {loc[key]}"
-        if loc.get("legal_basis"):
+        if with_basis and loc.get("legal_basis"):
             part += f", because of {loc['legal_basis']}"
         parts.append(part)
     return "; ".join(parts)

@@ -115,3 +115,34 @@ def test_the_outbox_is_read_oldest_first_with_each_message_s_download_link(
     assert mails[0].link == "http://127.0.0.1:8080/d/AbC-12_x"
     assert mails[1].link is None
     assert mails_to(mails, "BOB@example.com") == [mails[1]]
+
+
+def test_a_legal_basis_explains_what_is_kept_never_what_was_erased() -> None:
+    basis = "Art. 6(1)(b) GDPR: performance of a contract"
+    receipt = {
+        "sources": [
+            {
+                "source": "shop",
+                "locations": [
+                    {
+                        "location": "users",
+                        "disposition": "delete",
+                        "deleted": 1,
+                        "legal_basis": basis,
+                    },
+                    {
+                        "location": "invoices",
+                        "disposition": "retain",
+                        "retained": 1,
+                        "legal_basis": "Art. 6(1)(c) GDPR: commercial law",
+                    },
+                ],
+            }
+        ]
+    }
+    erased, kept, *_ = receipt_in_words(receipt)
+    assert erased == "erased: 1 (shop.users 1)"
+    assert (
+        kept
+        == "kept as they are: 1 (shop.invoices 1, because of Art. 6(1)(c) GDPR: commercial law)"
+    )
