@@ -162,7 +162,13 @@ def test_a_dry_run_writes_nothing_and_returns_the_plan(
     result = run_erasure(ctx)
     assert result["dry_run"] is True
     shop = next(s for s in result["sources"] if s["source"] == "shop")
-    orders = {"location": "orders", "disposition": "delete", "deleted": 2, "scope": "subject"}
+    orders = {
+        "location": "orders",
+        "disposition": "delete",
+        "deleted": 2,
+        "scope": "subject",
+        "legal_basis": "Art. 6(1)(b) GDPR: performance of a contract",  # the shop's, inherited
+    }
     assert orders in shop["locations"]
     assert (snapshot(sample_dbs.shop_url), snapshot(sample_dbs.crm_url)) == before
     with db.session() as session:
