@@ -177,7 +177,7 @@ def tls_warning(name: str, url: str) -> Finding | None:
     hosts = _hosts(parsed.host, parsed.query)
     if all(_loopback(host) for host in hosts):
         return None
-    mode = _sslmode(parsed.query)
+    mode = _query_value(parsed.query, "sslmode")
     if mode == VERIFIED_TLS:
         return None
     where = ", ".join(hosts)
@@ -195,10 +195,6 @@ def _hosts(host: str | None, query: Mapping[str, str | tuple[str, ...]]) -> list
     if from_query:
         hosts += [h for h in from_query.split(",") if h and not h.startswith("/")]
     return hosts or ["localhost"]  # no host: a Unix socket or libpq's default, local
-
-
-def _sslmode(query: Mapping[str, str | tuple[str, ...]]) -> str:
-    return _query_value(query, "sslmode")
 
 
 def _query_value(query: Mapping[str, str | tuple[str, ...]], key: str) -> str:

@@ -17,13 +17,12 @@ from sqlalchemy import update
 from compliance import audit
 from compliance.db import Database
 from compliance.errors import IllegalTransitionError
+from compliance.execution import MAX_ERROR
 from compliance.lifecycle import Event, transition
 from compliance.models import DsrRequest, RequestStatus
 from compliance.worker import type_of
 
 log = logging.getLogger("gdpr.retries")
-
-MAX_ERROR = 2000
 
 
 def defer(

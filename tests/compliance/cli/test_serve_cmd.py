@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import free_port
+
 GDPR = str(Path(sys.executable).with_name("gdpr"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_env(home: Path) -> dict[str, str]:
