@@ -3,6 +3,13 @@
 Each event's hash covers its content and the previous event's hash, so editing,
 deleting or reordering any event breaks the chain from that point on; `verify_chain`
 finds the first broken link. Details must hold no personal data: ids, counts, pseudonyms.
+
+Appends are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
+write lock `BEGIN IMMEDIATE` takes). The lock and the read of the chain's head are paid
+once per transaction: while it holds the lock, nobody else can append, so the head of
+its next event is the hash of its last one. A savepoint that ends (released or rolled
+back) makes the next append read the head again. `append` writes several events in one
+statement (the events a run noted, then the transition they lead to).
 """
 
 from __future__ import annotations
@@ -10,18 +17,36 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, insert, select, text
+from sqlalchemy.orm import Session, SessionTransaction
 
 from compliance.models import AuditEvent
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 0x6764_7072  # "gdpr": PostgreSQL advisory lock serialising appends
+_HEAD = "audit_chain_head"  # session.info: (the transaction holding the lock, its head)
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK_KEY)
+_EVENTS = cast(Table, AuditEvent.__table__)
+_READ_HEAD = select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
+_INSERT = insert(_EVENTS)
+_INSERT_ONE = _INSERT.returning(_EVENTS.c.seq)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event not appended yet: what `record` takes, as a value (for `append`)."""
+
+    actor: str
+    action: str
+    at: datetime
+    request_id: uuid.UUID | None = None
+    subject: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,32 +71,76 @@ def record(
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction."""
-    _lock_chain(session)
-    last = session.execute(
-        select(AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).scalar_one_or_none()
-    event = AuditEvent(
-        at=now,
-        actor=actor,
-        action=action,
-        request_id=request_id,
-        subject=subject,
-        details=dict(details or {}),
-        prev_hash=last or GENESIS,
-    )
-    event.hash = event_hash(event)
-    session.add(event)
-    session.flush()
+    pending = Pending(actor, action, now, request_id, subject, dict(details or {}))
+    event = _chained(pending, _head(session))
+    event.seq = session.execute(_INSERT_ONE, _row(event)).scalar_one()
+    _moved(session, event.hash)
     return event
 
 
-def _lock_chain(session: Session) -> None:
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        from sqlalchemy import text
+def append(session: Session, events: Sequence[Pending]) -> None:
+    """Append `events` to the chain, in this order, in one statement inside the caller's
+    transaction."""
+    if not events:
+        return
+    head = _head(session)
+    rows = []
+    for pending in events:
+        event = _chained(pending, head)
+        rows.append(_row(event))
+        head = event.hash
+    session.execute(_INSERT, rows)
+    _moved(session, head)
 
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
+
+def _chained(pending: Pending, prev_hash: str) -> AuditEvent:
+    event = AuditEvent(
+        at=pending.at,
+        actor=pending.actor,
+        action=pending.action,
+        request_id=pending.request_id,
+        subject=pending.subject,
+        details=dict(pending.details),
+        prev_hash=prev_hash,
+    )
+    event.hash = event_hash(event)
+    return event
+
+
+def _row(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": event.at,
+        "actor": event.actor,
+        "action": event.action,
+        "request_id": event.request_id,
+        "subject": event.subject,
+        "details": event.details,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def _moved(session: Session, head: str) -> None:
+    """The chain's head is now `head`, while this transaction holds the lock."""
+    session.info[_HEAD] = (_current(session), head)
+
+
+def _head(session: Session) -> str:
+    """The hash of the chain's last event, with the chain locked until this transaction
+    ends; read from the database once per transaction (or savepoint)."""
+    held = session.info.get(_HEAD)
+    if held is not None and held[0] is _current(session):
+        return str(held[1])
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_LOCK)
     # SQLite: BEGIN IMMEDIATE (compliance.db) already serialises writers.
+    last = session.execute(_READ_HEAD).scalar_one_or_none()
+    return last or GENESIS
+
+
+def _current(session: Session) -> SessionTransaction | None:
+    """The innermost transaction: the head read in it holds only while it lasts."""
+    return session.get_nested_transaction() or session.get_transaction()
 
 
 def event_hash(event: AuditEvent) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,7 +21,9 @@ from compliance.config import Settings
 from compliance.errors import ConfigError, SourceUnavailableError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+PING_IDLE_SECONDS = 10.0  # a pooled connection idle this long is pinged before use
 _upgrade_lock = threading.Lock()
+_IDLE_SINCE = "idle_since"  # connection record info: monotonic time of its last check-in
 
 
 def utcnow() -> datetime:
@@ -36,7 +41,50 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=5, max_overflow=5)
+    event.listen(engine, "checkin", _checked_in)
+    event.listen(engine, "checkout", _check_alive)
+    return engine
+
+
+def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _check_alive(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has dropped, so the pool opens a new one.
+
+    Instead of a round trip per checkout (`pool_pre_ping`): a connection that was used a
+    moment ago is dead if its socket has something to read while idle (a restarted or
+    terminated backend sends its last words and closes), which costs no round trip; one
+    idle for `PING_IDLE_SECONDS` or more (a firewall may have dropped it silently) is
+    pinged. What goes between this check and the first statement surfaces as
+    `SourceUnavailableError` (retryable), and the pool replaces its connections.
+    """
+    idle_since = record.info.get(_IDLE_SINCE)
+    if idle_since is None:
+        return  # connected just now
+    try:
+        if dbapi_conn.closed or _readable(dbapi_conn):
+            raise DisconnectionError("the control database closed this connection")
+        if time.monotonic() - idle_since >= PING_IDLE_SECONDS:
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            dbapi_conn.rollback()  # leave it idle, as the pool expects
+    except DisconnectionError:
+        raise
+    except Exception as exc:  # any driver error: the connection is no good
+        raise DisconnectionError(f"the control database connection failed: {exc}") from exc
+
+
+def _readable(dbapi_conn: Any) -> bool:
+    """Whether the connection's socket has data (or end of file) waiting, without blocking."""
+    fileno = getattr(dbapi_conn, "fileno", None)
+    if fileno is None:
+        return False  # a driver that does not show its socket: rely on the idle ping
+    poller = select.poll()
+    poller.register(fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _ensure_sqlite_folder(url: str) -> None:

@@ -6,13 +6,19 @@ through the context's `StepLog`, so a killed worker resumes where it stopped: a 
 is `done` is never run again, and a step's `checkpoint` is where its next chunk starts.
 
 The step log is the only code that reads or writes `dsr_step` during a run. It reads all
-steps of the request once, keeps changes in memory, and writes them with the next
-`save`: in a transaction of its own, or in the caller's transaction beside the change
-they describe (a chunk's checkpoint with nothing else, an export's counts with its
-package row, a mail's step with its audit event). A runner calls `save` wherever a
-checkpoint must be durable before its next side effect; everything else (a step marked
-running, counts of an export still streaming) rides along with the next save, the next
-heartbeat (`beat`, at most every third of the lease) or the run's final transition.
+steps of the request once (the worker reads them in the claim's transaction), keeps
+changes in memory, and writes them with the next `save`: in a transaction of its own, or
+in the caller's transaction beside the change they describe (a chunk's checkpoint with
+nothing else, an export's counts with its package row, a mail's step with the run's
+final transition). A runner calls `save` wherever a checkpoint must be durable before its
+next side effect; everything else (a step marked running, counts of an export still
+streaming, a mail sent as the run's last side effect) rides along with the next save,
+the next heartbeat (`beat`, at most every third of the lease) or the run's final
+transition.
+
+Audit events about a step (`note`: "the link was mailed") ride along the same way: they
+are appended to the chain in the transaction that writes the step they describe, so the
+trail and the steps never disagree, and a rolled-back save forgets both.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import Row, Table, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
+from compliance import audit
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import LeaseHeldError
@@ -36,6 +43,26 @@ from compliance.sources.base import DataSource
 
 MAX_ERROR = 2000
 _FIELDS = ("status", "counts", "checkpoint", "attempts", "error", "started_at", "finished_at")
+
+# The step log's statements, built once (a run issues them over and over).
+_STEPS = cast(Table, DsrStep.__table__)
+_REQUESTS = cast(Table, DsrRequest.__table__)
+_READ_STEPS = select(_STEPS).where(_STEPS.c.request_id == bindparam("request_id"))
+_INSERT_STEPS = insert(_STEPS).returning(_STEPS.c.id, sort_by_parameter_order=True)
+_UPDATE_STEP = (
+    update(_STEPS)
+    .where(_STEPS.c.id == bindparam("p_id"))
+    .values({name: bindparam(f"p_{name}", type_=_STEPS.c[name].type) for name in _FIELDS})
+)
+_RENEW = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.id == bindparam("w_id"), _REQUESTS.c.status == RequestStatus.RUNNING.value)
+    .values(
+        updated_at=bindparam("p_now", type_=_REQUESTS.c.updated_at.type),
+        lease_until=bindparam("p_lease", type_=_REQUESTS.c.lease_until.type),
+    )
+)
+_RENEW_CLAIMED = _RENEW.where(_REQUESTS.c.attempts == bindparam("w_claim"))
 
 
 @dataclass
@@ -71,6 +98,7 @@ class StepLog:
     `claim` is the run's claim (``dsr_request.attempts``); every `save` renews the run's
     lease under it and raises `LeaseHeldError` when another run took the request over, so
     the step writes of a run that lost its claim are rolled back with that transaction.
+    `actor` and `subject` sign the audit events noted on the run (`note`).
     """
 
     def __init__(
@@ -81,22 +109,31 @@ class StepLog:
         claim: int | None,
         clock: Callable[[], datetime],
         lease_seconds: float,
+        actor: str = "worker",
+        subject: str | None = None,
     ) -> None:
         self.db = db
         self.request_id = request_id
         self.claim = claim
         self.clock = clock
         self.lease_seconds = lease_seconds
+        self.actor = actor
+        self.subject = subject
         self._steps: dict[tuple[str, str], Step] = {}
         self._loaded = False
         self._dirty: set[tuple[str, str]] = set()
+        self._notes: list[audit.Pending] = []
         self._renewed = clock()  # the claim has just set the lease
 
     # --- reading ---------------------------------------------------------------------
 
-    def load(self, session: Session) -> None:
-        """Read the request's steps now, in `session` (else they are read on first use)."""
-        self._load(session)
+    def load(self, session: Session, rows: Iterable[Row[Any]] | None = None) -> None:
+        """Read the request's steps now, in `session` (else they are read on first use),
+        or take `rows`: the request's `dsr_step` rows, read in `session` (`read_steps`)."""
+        if rows is None:
+            self._load(session)
+        elif not self._loaded:
+            self._apply(rows)
 
     def get(self, source: str, action: str, session: Session | None = None) -> Step:
         """The step (a new pending one, not yet written, if the request has none). The
@@ -119,8 +156,8 @@ class StepLog:
 
     @property
     def pending(self) -> bool:
-        """Whether some change is not saved yet."""
-        return bool(self._dirty)
+        """Whether some change (or noted event) is not saved yet."""
+        return bool(self._dirty or self._notes)
 
     # --- changing (in memory until the next save) ------------------------------------
 
@@ -171,18 +208,50 @@ class StepLog:
         step.finished_at = None
         self._dirty.add(step.key)
 
+    def note(
+        self,
+        action: str,
+        details: Mapping[str, Any],
+        *,
+        at: datetime | None = None,
+        session: Session | None = None,
+    ) -> None:
+        """An audit event about a change of this run (the mail went out), appended to the
+        chain with the next save, in the transaction that writes that change. Noted
+        inside `session`'s transaction (whose changes it describes), it is forgotten
+        with everything else if that transaction rolls back."""
+        at = at or self.clock()
+        self._notes.append(
+            audit.Pending(self.actor, action, at, self.request_id, self.subject, dict(details))
+        )
+        if session is not None:
+            self._forget_on_rollback(session)
+
+    def take_notes(self, session: Session) -> list[audit.Pending]:
+        """The events noted so far, for the caller to append in `session` (the run's final
+        transition appends them with its own); forgotten if it rolls back."""
+        notes, self._notes = self._notes, []
+        if notes:
+            self._forget_on_rollback(session)
+        return notes
+
     # --- writing ---------------------------------------------------------------------
 
-    def save(self, session: Session | None = None, *, renew: bool = True) -> None:
+    def save(
+        self, session: Session | None = None, *, renew: bool = True, notes: bool = True
+    ) -> None:
         """Write every change so far, and (`renew`) renew the run's lease, in `session`
-        (committed with it) or in a transaction of its own."""
+        (committed with it) or in a transaction of its own; then append the noted audit
+        events (unless `notes` is False: the caller takes them with `take_notes`)."""
         if session is None:
             with self.db.session() as own:
-                self.save(own, renew=renew)
+                self.save(own, renew=renew, notes=notes)
             return
         self._write(session)
         if renew:
             self.renew(session)
+        if notes:
+            audit.append(session, self.take_notes(session))
 
     def fail(self, step: Step, error: str) -> None:
         """Record a step's failure now (with every change so far), unless this run lost
@@ -206,15 +275,15 @@ class StepLog:
         Raises `LeaseHeldError` when this run no longer holds the claim (its lease expired
         and another run took over): the run must stop before doing more side effects.
         """
-        query = update(DsrRequest).where(
-            DsrRequest.id == self.request_id, DsrRequest.status == RequestStatus.RUNNING
-        )
-        if self.claim is not None:
-            query = query.where(DsrRequest.attempts == self.claim)
         now = self.clock()
-        lease = now + timedelta(seconds=self.lease_seconds)
-        result = session.execute(query.values(updated_at=now, lease_until=lease))
-        if self.claim is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+        params = {
+            "w_id": self.request_id,
+            "p_now": now,
+            "p_lease": now + timedelta(seconds=self.lease_seconds),
+        }
+        if self.claim is None:
+            session.execute(_RENEW, params)
+        elif _rowcount(session.execute(_RENEW_CLAIMED, {**params, "w_claim": self.claim})) == 0:
             raise LeaseHeldError(
                 f"request {self.request_id} was handed to another run; this run stops here"
             )
@@ -229,7 +298,9 @@ class StepLog:
             with self.db.session() as own:
                 self._load(own)
             return
-        rows = session.scalars(select(DsrStep).where(DsrStep.request_id == self.request_id))
+        self._apply(read_steps(session, self.request_id))
+
+    def _apply(self, rows: Iterable[Row[Any]]) -> None:
         for row in rows:
             step = self._steps.setdefault((row.source, row.action), Step(row.source, row.action))
             step.id = row.id
@@ -242,9 +313,13 @@ class StepLog:
             return
         self._load(session)
         steps = [self._steps[key] for key in sorted(self._dirty)]
-        changed = [{"id": s.id, **s.values()} for s in steps if s.id is not None]
+        changed = [
+            {"p_id": s.id, **{f"p_{name}": value for name, value in s.values().items()}}
+            for s in steps
+            if s.id is not None
+        ]
         if changed:
-            session.execute(update(DsrStep), changed)
+            session.execute(_UPDATE_STEP, changed)
         new = [s for s in steps if s.id is None]
         if new:
             rows = [
@@ -256,9 +331,7 @@ class StepLog:
                 }
                 for s in new
             ]
-            ids = session.execute(
-                insert(DsrStep).returning(DsrStep.id, sort_by_parameter_order=True), rows
-            ).scalars()
+            ids = session.execute(_INSERT_STEPS, rows).scalars()
             for step, step_id in zip(new, ids, strict=True):
                 step.id = step_id
         self._dirty.clear()
@@ -278,9 +351,19 @@ class StepLog:
                     setattr(step, name, value)
                 step.id = None
             self._dirty.clear()
+            self._notes.clear()
             self._loaded = False
 
         event.listen(session, "after_soft_rollback", forget, once=True)
+
+
+def read_steps(session: Session, request_id: uuid.UUID) -> list[Row[Any]]:
+    """The request's `dsr_step` rows (for `StepLog.load`)."""
+    return list(session.execute(_READ_STEPS, {"request_id": request_id}))
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
 
 
 def _copy(value: Any) -> Any:
@@ -315,6 +398,8 @@ class RunContext:
             claim=self.claim,
             clock=self.clock,
             lease_seconds=self.settings.lease_seconds,
+            actor=self.actor,
+            subject=self.subject,
         )
         object.__setattr__(self, "steps", log)
 

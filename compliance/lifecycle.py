@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from compliance import audit
@@ -78,6 +79,8 @@ TRANSITIONS: Mapping[Event, Transition] = {
     Event.RESUME: Transition(frozenset({S.ON_HOLD}), S.QUEUED),
 }
 
+NEXT_ATTEMPT = DsrRequest.attempts + 1  # `values={"attempts": NEXT_ATTEMPT}`: a new claim
+
 FINAL = frozenset({S.COMPLETED, S.REJECTED, S.CANCELLED})
 OPEN = frozenset(S) - FINAL  # still to be done (failed and on_hold included)
 
@@ -99,6 +102,7 @@ def transition(
     details: Mapping[str, Any] | None = None,
     claim: int | None = None,
     where: Sequence[ColumnElement[bool]] = (),
+    before: Sequence[audit.Pending] = (),
 ) -> DsrRequest:
     """Apply `event` atomically; raise if the request is missing or in the wrong state.
 
@@ -106,37 +110,82 @@ def transition(
     that claim is still the current one: a worker whose claim went stale and was taken
     over by another cannot finish or release the newer run. `where` adds conditions that
     must still hold at the moment of the update (e.g. that a claim is still stale).
+    `before` are audit events about what led here (a run's last steps), appended just
+    ahead of the transition's own, in the same statement.
     """
     rule = TRANSITIONS[event]
     changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
     if rule.target in _TIMESTAMP_ON_ENTRY:
         changes.setdefault(_TIMESTAMP_ON_ENTRY[rule.target], now)
-    conditions = [
-        DsrRequest.id == request_id,
-        DsrRequest.status.in_([s.value for s in rule.sources]),
-    ]
-    if claim is not None:
-        conditions.append(DsrRequest.attempts == claim)
-    conditions.extend(where)
-    request = session.scalars(  # one round trip: the changed row comes back with the update
-        update(DsrRequest)
-        .where(*conditions)
-        .values(**changes)
-        .returning(DsrRequest)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
+    statement, params = _update(event, request_id, changes, claim, where)
+    # one round trip: the changed row comes back with the update
+    request: DsrRequest | None = session.scalars(statement, params).one_or_none()
     if request is None:
         raise _refusal(session, request_id, event, rule)
-    audit.record(
-        session,
+    own = audit.Pending(
         actor=actor,
         action=f"request.{event.value}",
-        now=now,
+        at=now,
         request_id=request_id,
         subject=request.subject,
         details={"to": rule.target.value, **(details or {})},
     )
+    audit.append(session, [*before, own])
     return request
+
+
+def _update(
+    event: Event,
+    request_id: uuid.UUID,
+    changes: Mapping[str, Any],
+    claim: int | None,
+    where: Sequence[ColumnElement[bool]],
+) -> tuple[Update, dict[str, Any]]:
+    """The conditional UPDATE and its parameters: a statement built once per shape
+    (event, columns set, claim or not) and reused, unless it carries conditions or SQL
+    expressions of its caller's (`where`, values other than `NEXT_ATTEMPT`)."""
+    binds = {k: v for k, v in changes.items() if not isinstance(v, ColumnElement)}
+    expressions = {k: v for k, v in changes.items() if k not in binds}
+    if where or any(v is not NEXT_ATTEMPT for v in expressions.values()):
+        conditions = [DsrRequest.id == request_id, *_status_in(TRANSITIONS[event]), *where]
+        if claim is not None:
+            conditions.append(DsrRequest.attempts == claim)
+        statement = _returning(update(DsrRequest).where(*conditions).values(**changes))
+        return statement, {}
+    shape = _shaped(event, tuple(sorted(binds)), tuple(sorted(expressions)), claim is not None)
+    params = {f"v_{name}": value for name, value in binds.items()}
+    params["w_id"] = request_id
+    if claim is not None:
+        params["w_claim"] = claim
+    return shape, params
+
+
+@lru_cache(maxsize=256)
+def _shaped(
+    event: Event, binds: tuple[str, ...], next_attempt: tuple[str, ...], claimed: bool
+) -> Update:
+    columns = DsrRequest.__table__.c
+    values: dict[str, Any] = {
+        name: bindparam(f"v_{name}", type_=columns[name].type) for name in binds
+    }
+    values.update({name: NEXT_ATTEMPT for name in next_attempt})
+    conditions = [DsrRequest.id == bindparam("w_id"), *_status_in(TRANSITIONS[event])]
+    if claimed:
+        conditions.append(DsrRequest.attempts == bindparam("w_claim"))
+    return _returning(update(DsrRequest).where(*conditions).values(**values))
+
+
+def _status_in(rule: Transition) -> list[ColumnElement[bool]]:
+    allowed = sorted(s.value for s in rule.sources)
+    if len(allowed) == 1:
+        return [DsrRequest.status == allowed[0]]
+    return [DsrRequest.status.in_(allowed)]
+
+
+def _returning(statement: Update) -> Update:
+    return statement.returning(DsrRequest).execution_options(
+        synchronize_session=False, populate_existing=True
+    )
 
 
 def _refusal(session: Session, request_id: uuid.UUID, event: Event, rule: Transition) -> Exception:

@@ -14,7 +14,7 @@ import os
 import smtplib
 import ssl
 import uuid
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +27,7 @@ SMTP_TIMEOUT_SECONDS = 30
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
 
-def send(settings: Settings, message: EmailMessage) -> None:
+def send(settings: Settings, message: Message) -> None:
     """Deliver one message by the configured transport."""
     parts = urlsplit(settings.mail)
     if parts.scheme == "file":
@@ -68,9 +68,7 @@ def send(settings: Settings, message: EmailMessage) -> None:
     log.info("mail.sent", extra={"transport": parts.scheme})
 
 
-def _send_smtp(
-    settings: Settings, scheme: str, host: str, port: int, message: EmailMessage
-) -> None:
+def _send_smtp(settings: Settings, scheme: str, host: str, port: int, message: Message) -> None:
     context = ssl.create_default_context()
     client: smtplib.SMTP
     if scheme == "smtps":
@@ -94,7 +92,7 @@ def _refused(code: int) -> Exception:
     return MailUnavailableError(f"the SMTP server refused the message for now ({code})")
 
 
-def write_eml(outbox: Path, message: EmailMessage) -> Path:
+def write_eml(outbox: Path, message: Message) -> Path:
     """Write a message into `outbox` atomically (temp file, then rename); return its path."""
     try:
         outbox.mkdir(parents=True, exist_ok=True)

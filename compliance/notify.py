@@ -11,9 +11,13 @@ kind of message only: never a recipient, a link or a receipt.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTPUTF8
 from email.utils import format_datetime, make_msgid
 from functools import cache
@@ -30,6 +34,8 @@ from compliance.receipts import Facts, summarise
 log = logging.getLogger("gdpr.notify")
 
 TEMPLATES = Path(__file__).parent / "templates" / "email"
+_BODY_CHARSET = Charset("utf-8")
+_BODY_CHARSET.body_encoding = QP  # readable in the outbox, safe on any line length
 
 
 def send_export_ready(
@@ -83,23 +89,57 @@ def compose(
     template: str,
     context: Mapping[str, Any],
     now: datetime,
-) -> EmailMessage:
+) -> Message:
     """A multipart/alternative message to one address, from `<template>.txt` and `.html`.
     The address is parsed as an email identity: that validates it and refuses header
     injection (CR/LF)."""
     address = parse_identity(IdentityType.EMAIL, recipient).value
-    # an internationalised address (jürgen@example.de) goes out as UTF-8 (SMTPUTF8), never
-    # as an encoded word, which would make it a different, invalid address
-    message = EmailMessage(policy=SMTPUTF8) if not address.isascii() else EmailMessage()
-    message["From"] = settings.mail_from
-    message["To"] = address
-    message["Subject"] = subject
-    message["Date"] = format_datetime(now)
-    message["Message-ID"] = make_msgid(domain=settings.mail_from.rpartition("@")[2] or None)
     env = _environment()
     values = {**context, "subject": subject}
-    message.set_content(env.get_template(f"{template}.txt").render(values))
-    message.add_alternative(env.get_template(f"{template}.html").render(values), subtype="html")
+    text = env.get_template(f"{template}.txt").render(values)
+    html = env.get_template(f"{template}.html").render(values)
+    headers = {
+        "From": settings.mail_from,
+        "To": address,
+        "Subject": subject,
+        "Date": format_datetime(now),
+        "Message-ID": make_msgid(domain=settings.mail_from.rpartition("@")[2] or None),
+    }
+    if all(_plain(value) for value in headers.values()):
+        return _ascii_message(headers, text, html)
+    return _international_message(headers, text, html)
+
+
+def _plain(value: str) -> bool:
+    return value.isascii() and "\r" not in value and "\n" not in value
+
+
+def _ascii_message(headers: Mapping[str, str], text: str, html: str) -> Message:
+    """The message built with `email.mime`: its headers are plain ASCII lines, so none
+    needs parsing (the same message as `_international_message`, in a fraction of the
+    time; every subject's mail pays it)."""
+    # "=_" never occurs in quoted-printable text, so the boundary needs no search of the
+    # bodies (which the generator would do with a regular expression made per message)
+    message = MIMEMultipart("alternative", boundary=f"=_{secrets.token_hex(16)}")
+    for name, value in headers.items():
+        message[name] = value
+    for body, subtype in ((text, "plain"), (html, "html")):
+        part = MIMENonMultipart("text", subtype)
+        del part["MIME-Version"]  # once, on the message
+        part.set_payload(body, _BODY_CHARSET)
+        message.attach(part)
+    return message
+
+
+def _international_message(headers: Mapping[str, str], text: str, html: str) -> Message:
+    """The message for an internationalised address (jürgen@example.de), which goes out
+    as UTF-8 (SMTPUTF8), never as an encoded word: that would make it a different,
+    invalid address. Header values are parsed, so CR/LF is refused."""
+    message = EmailMessage(policy=SMTPUTF8)
+    for name, value in headers.items():
+        message[name] = value
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
     return message
 
 

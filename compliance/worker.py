@@ -20,8 +20,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, Row, and_, or_
+from sqlalchemy.orm import Session
 
+from compliance import audit
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import (
@@ -29,9 +31,10 @@ from compliance.errors import (
     RetryableError,
     TerminalError,
 )
-from compliance.execution import RunContext, StepLog
+from compliance.execution import RunContext, StepLog, read_steps
+from compliance.identities import Identities
 from compliance.keyring import Keyring
-from compliance.lifecycle import Event, transition
+from compliance.lifecycle import NEXT_ATTEMPT, Event, transition
 from compliance.logs import stack_summary
 from compliance.models import DsrRequest, RequestKind, RequestStatus
 from compliance.sealed import identities_in, wipe_identities
@@ -46,6 +49,7 @@ LEASE_FOR_FAILING = 60.0  # a claim made only to record a failure
 # and wants to be called again (the worker re-enqueues the request under the same claim).
 Runner = Callable[[RunContext], dict[str, Any] | None]
 Continuation = Callable[[uuid.UUID, int], None]
+_Run = tuple[RequestKind, RunContext]  # a claimed request's kind and its run's context
 
 
 class Outcome(StrEnum):
@@ -81,21 +85,20 @@ def execute(
     Raises `RetryableError` after releasing it to the queue, to be retried in `retry_in`
     seconds (the maintenance sweep leaves it alone until then)."""
     if claim is None:
-        request = _claim(worker, request_id)
-        if request is None and _lease_alive(worker, request_id):
+        run = _claim(worker, request_id)
+        if run is None and _lease_alive(worker, request_id):
             return Outcome.BUSY
     else:
-        request = _resume(worker, request_id, claim)
-    if request is None:
+        run = _resume(worker, request_id, claim)
+    if run is None:
         return Outcome.SKIPPED
-    claim = request.attempts
-    ctx = _context(worker, request)
-    log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": request.kind})
+    kind, ctx = run
+    log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": kind})
     try:
         # The manifest may have changed since submission: a request no source can look
         # up would "complete" having found nothing, and tell the subject so.
         require_lookup(worker.sources, ctx.identities.types())
-        runner = worker.runners[RequestKind(request.kind)]
+        runner = worker.runners[kind]
         receipt = runner(ctx)
         while receipt is None and worker.continuation is None:
             receipt = runner(ctx)
@@ -143,7 +146,8 @@ def fail_unrunnable(
     A request that is not ours (finished, cancelled, claimed by another) is left alone.
     """
     if claim is None:
-        request = _claim_in(db, request_id, actor, now, LEASE_FOR_FAILING)
+        with db.session() as session:
+            request = _claim_in(session, request_id, actor, now, LEASE_FOR_FAILING)
         if request is None:
             return Outcome.SKIPPED
         claim = request.attempts
@@ -155,13 +159,14 @@ def fail_unrunnable(
     return Outcome.FAILED
 
 
-def _resume(worker: Worker, request_id: uuid.UUID, claim: int) -> DsrRequest | None:
-    """The request, if it is still running under `claim` (else another run owns it)."""
+def _resume(worker: Worker, request_id: uuid.UUID, claim: int) -> _Run | None:
+    """The run's context, if the request is still running under `claim` (else another
+    run owns it), read in one transaction."""
     with worker.db.session() as session:
         request = session.get(DsrRequest, request_id)
         if request is None or request.status != RequestStatus.RUNNING:
             return None
-        return request if request.attempts == claim else None
+        return _context(worker, session, request) if request.attempts == claim else None
 
 
 def _hand_over(worker: Worker, ctx: RunContext) -> Outcome:
@@ -181,63 +186,78 @@ def _hand_over(worker: Worker, ctx: RunContext) -> Outcome:
     return Outcome.CONTINUED
 
 
-def _claim(worker: Worker, request_id: uuid.UUID) -> DsrRequest | None:
-    """Claim a queued request, or take over a running one whose lease expired."""
+def _claim(worker: Worker, request_id: uuid.UUID) -> _Run | None:
+    """Claim a queued request, or take over a running one whose lease expired, with the
+    run's context (identities, steps) read in the same transaction: one commit makes the
+    claim durable before the run's first side effect.
+
+    The context is read first, so the audit chain's lock (taken by the claim's event) is
+    held only until the commit. No step can change between that read and the claim: a
+    run writes steps only in a transaction that also updates the request row under its
+    own claim (a renewal, or its final transition). Committed before the claim's update,
+    that leaves the request not claimable (a live lease, or no longer queued/running);
+    committed after, it finds its claim gone and rolls back.
+    """
     lease = worker.settings.lease_seconds
-    found = _claim_in(worker.db, request_id, worker.name, worker.clock(), lease)
-    if found is None:
-        found = _take_over(worker.db, request_id, worker.name, worker.clock(), lease)
-    return found
+    now = worker.clock()
+    with worker.db.session() as session:
+        identities = identities_in(session, worker.keyring, request_id)
+        steps = read_steps(session, request_id)
+        request = _claim_in(session, request_id, worker.name, now, lease)
+        taken_over = request is None
+        if request is None:
+            request = _take_over(session, request_id, worker.name, now, lease)
+        if request is None:
+            return None
+        run = _context(worker, session, request, identities, steps)
+    if taken_over:
+        log.warning("dsr.claim.taken_over", extra={"request_id": str(request_id)})
+    return run
 
 
 def _claim_in(
-    db: Database, request_id: uuid.UUID, actor: str, now: datetime, lease: float
+    session: Session, request_id: uuid.UUID, actor: str, now: datetime, lease: float
 ) -> DsrRequest | None:
-    until = now + timedelta(seconds=lease)
+    """`queued -> running` under a new claim (one more attempt), or None."""
     try:
-        with db.session() as session:
-            request = transition(
-                session,
-                request_id,
-                Event.CLAIM,
-                actor=actor,
-                now=now,
-                values={
-                    "lease_until": until,
-                    "retry_at": None,
-                    "attempts": DsrRequest.attempts + 1,
-                },
-            )
-            return request
+        return transition(
+            session,
+            request_id,
+            Event.CLAIM,
+            actor=actor,
+            now=now,
+            values={
+                "lease_until": now + timedelta(seconds=lease),
+                "retry_at": None,
+                "attempts": NEXT_ATTEMPT,
+            },
+        )
     except IllegalTransitionError:
         log.info("dsr.claim.skipped", extra={"request_id": str(request_id)})
         return None
 
 
 def _take_over(
-    db: Database, request_id: uuid.UUID, actor: str, now: datetime, lease: float
+    session: Session, request_id: uuid.UUID, actor: str, now: datetime, lease: float
 ) -> DsrRequest | None:
     """A new claim on a running request whose lease expired (its run is gone); the old
     run's heartbeats fail from now on (the claim number changed)."""
     try:
-        with db.session() as session:
-            request = transition(
-                session,
-                request_id,
-                Event.TAKEOVER,
-                actor=actor,
-                now=now,
-                values={
-                    "lease_until": now + timedelta(seconds=lease),
-                    "attempts": DsrRequest.attempts + 1,
-                    "last_error": "lease expired (worker lost); taken over",
-                },
-                where=[lease_expired(now, lease)],
-            )
+        return transition(
+            session,
+            request_id,
+            Event.TAKEOVER,
+            actor=actor,
+            now=now,
+            values={
+                "lease_until": now + timedelta(seconds=lease),
+                "attempts": NEXT_ATTEMPT,
+                "last_error": "lease expired (worker lost); taken over",
+            },
+            where=[lease_expired(now, lease)],
+        )
     except IllegalTransitionError:
         return None
-    log.warning("dsr.claim.taken_over", extra={"request_id": str(request_id)})
-    return request
 
 
 def lease_expired(now: datetime, lease: float) -> ColumnElement[bool]:
@@ -264,25 +284,33 @@ def _lease_alive(worker: Worker, request_id: uuid.UUID) -> bool:
         )
 
 
-def _context(worker: Worker, request: DsrRequest) -> RunContext:
-    """The run's context, with its identities and its steps read in one transaction."""
-    with worker.db.session() as session:
-        ctx = RunContext(
-            settings=worker.settings,
-            db=worker.db,
-            keyring=worker.keyring,
-            sources=worker.sources,
-            request_id=request.id,
-            subject=request.subject,
-            identities=identities_in(session, worker.keyring, request.id),
-            dry_run=request.dry_run,
-            clock=worker.clock,
-            actor=worker.name,
-            claim=request.attempts,
-            notify=request.notify,
-        )
-        ctx.steps.load(session)
-    return ctx
+def _context(
+    worker: Worker,
+    session: Session,
+    request: DsrRequest,
+    identities: Identities | None = None,
+    steps: Sequence[Row[Any]] | None = None,
+) -> _Run:
+    """The request's kind and the run's context, with its identities and its steps read
+    in `session` (unless read there already)."""
+    ctx = RunContext(
+        settings=worker.settings,
+        db=worker.db,
+        keyring=worker.keyring,
+        sources=worker.sources,
+        request_id=request.id,
+        subject=request.subject,
+        identities=identities_in(session, worker.keyring, request.id)
+        if identities is None
+        else identities,
+        dry_run=request.dry_run,
+        clock=worker.clock,
+        actor=worker.name,
+        claim=request.attempts,
+        notify=request.notify,
+    )
+    ctx.steps.load(session, steps)
+    return RequestKind(request.kind), ctx
 
 
 def _finish(
@@ -330,10 +358,12 @@ def _finish_in(
     details = {"error": type_of(error)} if error else {}
     try:
         with db.session() as session:
-            if steps is not None:
-                steps.save(session, renew=False)
             if event == Event.COMPLETE:
                 wipe_identities(session, request_id)
+            notes: list[audit.Pending] = []
+            if steps is not None:
+                steps.save(session, renew=False, notes=False)
+                notes = steps.take_notes(session)  # appended with the transition's event
             # last: the audit chain's lock is held from here to the commit; if the claim
             # was lost, the transition refuses and the writes above roll back with it
             transition(
@@ -345,6 +375,7 @@ def _finish_in(
                 values=values,
                 details=details,
                 claim=claim,
+                before=notes,
             )
     except IllegalTransitionError:
         # The maintenance sweep released the claim meanwhile (and maybe another worker

@@ -5,6 +5,14 @@ crash or a retry does nothing once the message went out. The raw token exists on
 between issuing the link and sending the mail; a retry therefore reissues (revoking the
 unsent link) rather than resending an old one.
 
+A mail is the run's last side effect: its step, and the audit event that says it went
+out, are noted on the run's step log and written with the run's final transition (one
+commit for both; `StepLog.note`). A crash before that commit sends the mail again on the
+next run, under a fresh link, as a crash just after sending always did. The link of a
+new package is issued in the package's own transaction (`ExportDelivery.issue`, given to
+`exporters.job.run_export` as `on_package`), so it is durable before the mail goes out
+and costs no commit of its own.
+
 A request has one contact, and only it is written to: the given email address whose
 pseudonym the request's subject is known by (`compliance.requests`: the address named as
 contact, or the request's only one). Other addresses, given or discovered at the sources,
@@ -18,12 +26,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-from compliance import audit, notify
+from sqlalchemy.orm import Session
+
+from compliance import notify
 from compliance.errors import ComplianceError, ConfigError, TerminalError
 from compliance.execution import RunContext, Step
 from compliance.identities import IdentityType, parse_identity, pseudonym
+from compliance.models import ExportPackage
 from compliance.receipts import Facts
 from compliance.sources.art15 import location_facts
 from exporters import links
@@ -37,42 +49,89 @@ NOTIFY_ACTION = "notify"
 
 def deliver_export(ctx: RunContext) -> dict[str, Any]:
     """Issue a link for the request's package and email it; idempotent."""
-    if ctx.dry_run:
-        return {"delivery": "skipped", "reason": "dry run"}
-    step = ctx.steps.start(NOTIFY_SOURCE, NOTIFY_ACTION)
-    if step.done:
-        return {"delivery": "already done", **step.counts}
-    contact = contact_of(ctx)
-    if contact is None:
-        return _handover(ctx, step, "no contact email")
-    now = ctx.clock()
-    with ctx.db.session() as session:
-        token = links.reissue(session, ctx.request_id, ctx.settings, now, actor=ctx.actor)
-        link = links.find_link(session, token)
-        assert link is not None
-        expires_at, max_downloads = link.expires_at, link.max_downloads
-    try:
-        notify.send_export_ready(
+    return ExportDelivery(ctx).send()
+
+
+class ExportDelivery:
+    """The link mail of one export run: `issue` the link in the package's transaction
+    (when this run records the package), then `send` it (issuing one first otherwise)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._issued: links.IssuedLink | None = None
+        self._contact: tuple[str | None] | None = None
+
+    @property
+    def contact(self) -> str | None:
+        if self._contact is None:
+            self._contact = (contact_of(self.ctx),)
+        return self._contact[0]
+
+    def issue(self, session: Session, package: ExportPackage) -> None:
+        """`on_package` of `exporters.job.run_export`: a link for the new package being
+        recorded in `session`, if this run is to mail one (its events are noted on the
+        step log and appended with the package's)."""
+        ctx = self.ctx
+        step = ctx.steps.get(NOTIFY_SOURCE, NOTIFY_ACTION, session)
+        if ctx.dry_run or step.done or self.contact is None:
+            return
+        note = partial(ctx.steps.note, session=session)
+        self._issued = links.replace_links(
+            session,
+            ctx.request_id,
+            ctx.subject,
+            package.expires_at,
             ctx.settings,
-            contact,
-            url=links.link_url(ctx.settings, token),
-            expires_at=expires_at,
-            max_downloads=max_downloads,
-            reference=str(ctx.request_id),
-            now=now,
+            ctx.clock(),
+            actor=ctx.actor,
+            note=note,
+            new_package=True,
         )
-    except ConfigError as exc:
-        ctx.steps.fail(step, str(exc))
-        raise
-    except TerminalError:  # the address is rejected for good: an operator takes over
-        return _handover(ctx, step, "mail rejected")
-    except ComplianceError as exc:
-        ctx.steps.fail(step, str(exc))
-        raise
-    ctx.steps.update(step, counts={"mailed": 1, "recipients": 1}, done=True)
-    _record(ctx, "export.link_mailed", {"recipients": 1})
-    log.info("export.delivery.mailed", extra={"request_id": str(ctx.request_id)})
-    return {"delivery": "mailed", "recipients": 1, "expires_at": expires_at.isoformat()}
+
+    def send(self) -> dict[str, Any]:
+        """Email the link to the request's contact (or hand it over to an operator)."""
+        ctx = self.ctx
+        if ctx.dry_run:
+            return {"delivery": "skipped", "reason": "dry run"}
+        step = ctx.steps.start(NOTIFY_SOURCE, NOTIFY_ACTION)
+        if step.done:
+            return {"delivery": "already done", **step.counts}
+        contact = self.contact
+        if contact is None:
+            return _handover(ctx, step, "no contact email")
+        issued, self._issued = self._issued or self._reissue(), None  # the token, once
+        try:
+            notify.send_export_ready(
+                ctx.settings,
+                contact,
+                url=links.link_url(ctx.settings, issued.token),
+                expires_at=issued.expires_at,
+                max_downloads=issued.max_downloads,
+                reference=str(ctx.request_id),
+                now=ctx.clock(),
+            )
+        except ConfigError as exc:
+            ctx.steps.fail(step, str(exc))
+            raise
+        except TerminalError:  # the address is rejected for good: an operator takes over
+            return _handover(ctx, step, "mail rejected")
+        except ComplianceError as exc:
+            ctx.steps.fail(step, str(exc))
+            raise
+        ctx.steps.update(step, counts={"mailed": 1, "recipients": 1}, done=True)
+        ctx.steps.note("export.link_mailed", {"recipients": 1})
+        log.info("export.delivery.mailed", extra={"request_id": str(ctx.request_id)})
+        expires_at = issued.expires_at.isoformat()
+        return {"delivery": "mailed", "recipients": 1, "expires_at": expires_at}
+
+    def _reissue(self) -> links.IssuedLink:
+        """A fresh link in a transaction of its own (the package was made by an earlier
+        run), revoking any this run or an earlier one issued but may not have mailed."""
+        ctx = self.ctx
+        with ctx.db.session() as session:
+            return links.reissue_link(
+                session, ctx.request_id, ctx.settings, ctx.clock(), actor=ctx.actor
+            )
 
 
 def notify_erasure(ctx: RunContext, receipt: Mapping[str, Any]) -> None:
@@ -108,13 +167,13 @@ def notify_erasure(ctx: RunContext, receipt: Mapping[str, Any]) -> None:
         raise
     except TerminalError:
         ctx.steps.update(step, counts={"mailed": 0, "reason": "mail rejected"}, done=True)
-        _record(ctx, "erasure.receipt_undeliverable", {"recipients": 1})
+        ctx.steps.note("erasure.receipt_undeliverable", {"recipients": 1})
         return
     except ComplianceError as exc:
         ctx.steps.fail(step, str(exc))
         raise
     ctx.steps.update(step, counts={"mailed": 1, "recipients": 1}, done=True)
-    _record(ctx, "erasure.receipt_mailed", {"recipients": 1})
+    ctx.steps.note("erasure.receipt_mailed", {"recipients": 1})
 
 
 def contact_of(ctx: RunContext) -> str | None:
@@ -133,7 +192,7 @@ def facts_of(ctx: RunContext) -> Facts:
 
 def _handover(ctx: RunContext, step: Step, reason: str) -> dict[str, Any]:
     ctx.steps.update(step, counts={"mailed": 0, "handover": 1, "reason": reason}, done=True)
-    _record(ctx, "export.handover_required", {"reason": reason})
+    ctx.steps.note("export.handover_required", {"reason": reason})
     log.warning(
         "export.delivery.handover_required",
         extra={"request_id": str(ctx.request_id), "reason": reason},
@@ -143,19 +202,3 @@ def _handover(ctx: RunContext, step: Step, reason: str) -> dict[str, Any]:
         "reason": reason,
         "next": f"gdpr link reissue {ctx.request_id}",
     }
-
-
-def _record(ctx: RunContext, action: str, details: dict[str, Any]) -> None:
-    """An audit event, committed with the run's step changes (a mail's step is done in
-    the same transaction as the event that says it went out)."""
-    with ctx.db.session() as session:
-        ctx.steps.save(session)
-        audit.record(
-            session,
-            actor=ctx.actor,
-            action=action,
-            now=ctx.clock(),
-            request_id=ctx.request_id,
-            subject=ctx.subject,
-            details=details,
-        )

@@ -6,6 +6,12 @@ same object instead of leaving a second one. The upload is all-or-nothing; each 
 gets an `export` step holding its counts (and its error, if it failed), written in the
 transaction that records the package (or with a heartbeat while a long export streams):
 an export is rebuilt whole on a retry, so its steps checkpoint nothing.
+
+Because the package row and its steps commit together, a run whose steps (read with its
+claim) hold no finished export step has no package to look for; only a run after one
+that got that far asks the database. `on_package` lets the caller add its own writes to
+the package's transaction (the delivery issues the download link there), so a new
+package and its link cost one commit.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
 
-from compliance import audit
 from compliance.cascade import discover
 from compliance.errors import ComplianceError
 from compliance.execution import RunContext, Step, saved_counts
@@ -36,13 +42,17 @@ from exporters.uploads import UploadLog
 
 log = logging.getLogger("gdpr.exporters.job")
 
+OnPackage = Callable[[Session, ExportPackage], None]  # more writes in the package's transaction
+_INSERT_PACKAGE = insert(cast(Table, ExportPackage.__table__))
+
 
 def package_key(request_id: uuid.UUID) -> str:
     return f"exports/{request_id}.zip.enc"
 
 
-def run_export(ctx: RunContext) -> dict[str, Any]:
-    """Build, encrypt and upload the request's package; returns a PII-free summary."""
+def run_export(ctx: RunContext, on_package: OnPackage | None = None) -> dict[str, Any]:
+    """Build, encrypt and upload the request's package; returns a PII-free summary.
+    `on_package` runs inside the transaction that records a new package."""
     existing = _existing(ctx)
     if existing is not None:
         return _summary(ctx, existing, created=False)
@@ -74,40 +84,47 @@ def run_export(ctx: RunContext) -> dict[str, Any]:
         created_at=now,
         expires_at=now + timedelta(days=ctx.settings.package_ttl_days),
     )
-    return _record(ctx, row)
+    return _record(ctx, row, on_package)
 
 
 def _existing(ctx: RunContext) -> ExportPackage | None:
+    """The request's package, if an earlier run recorded one (module docstring)."""
+    if not any(step.done for step in ctx.steps.of(Action.EXPORT).values()):
+        return None
+    return _package_of(ctx)
+
+
+def _package_of(ctx: RunContext) -> ExportPackage | None:
     with ctx.db.session() as session:
         return session.scalars(
             select(ExportPackage).where(ExportPackage.request_id == ctx.request_id)
         ).one_or_none()
 
 
-def _record(ctx: RunContext, row: ExportPackage) -> dict[str, Any]:
-    """The package row, the export steps and the audit event, in one transaction."""
+def _record(ctx: RunContext, row: ExportPackage, on_package: OnPackage | None) -> dict[str, Any]:
+    """The package row, the export steps and the audit event (and the caller's
+    `on_package` writes), in one transaction."""
     counts = _step_counts(ctx)
     try:
         with ctx.db.session() as session:
-            session.add(row)
-            session.flush()
-            ctx.steps.save(session)
-            audit.record(
-                session,
-                actor=ctx.actor,
-                action="export.packaged",
-                now=row.created_at,
-                request_id=ctx.request_id,
-                subject=ctx.subject,
-                details={"size": row.size, "key_id": row.key_id, **_totals(counts)},
-            )
+            session.execute(_INSERT_PACKAGE, _columns(row))
+            details = {"size": row.size, "key_id": row.key_id, **_totals(counts)}
+            ctx.steps.note("export.packaged", details, at=row.created_at, session=session)
+            if on_package is not None:
+                on_package(session, row)
+            ctx.steps.save(session)  # steps, lease, then the events: the chain's lock last
     except SAIntegrityError:  # a concurrent run recorded it first: report that one
-        existing = _existing(ctx)
+        existing = _package_of(ctx)
         if existing is None:
             raise
         return _summary(ctx, existing, created=False)
     log.info("dsr.export.uploaded", extra={"request_id": str(ctx.request_id), "size": row.size})
     return _summary(ctx, row, created=True)
+
+
+def _columns(row: ExportPackage) -> dict[str, Any]:
+    names = ("request_id", "object_key", "size", "sha256", "key_id", "created_at", "expires_at")
+    return {name: getattr(row, name) for name in names}
 
 
 def _summary(ctx: RunContext, row: ExportPackage, *, created: bool) -> dict[str, Any]:

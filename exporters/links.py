@@ -13,12 +13,13 @@ import hashlib
 import re
 import secrets
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from compliance import audit
@@ -30,7 +31,16 @@ TOKEN_BYTES = 32  # 256 bits of randomness
 MAX_TOKEN_LENGTH = 128
 PREFIX_LENGTH = 8
 VAGUE = "this download link is not valid; ask us for a new one"
+Note = Callable[[str, dict[str, Any]], None]  # takes an audit event to append later
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_LINKS = cast(Table, DownloadLink.__table__)
+_INSERT_LINK = insert(_LINKS)
+_REVOKE_ALL = (
+    update(_LINKS)
+    .where(_LINKS.c.request_id == bindparam("w_request"), _LINKS.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("p_now", type_=_LINKS.c.revoked_at.type))
+    .returning(_LINKS.c.token_hash)
+)
 
 
 class LinkState(StrEnum):
@@ -41,6 +51,15 @@ class LinkState(StrEnum):
     REVOKED = "revoked"
     USED_UP = "used_up"
     PACKAGE_GONE = "package_gone"
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    """A link just issued: the raw token (mail it; never store or log it) and its terms."""
+
+    token: str
+    expires_at: datetime
+    max_downloads: int
 
 
 @dataclass(frozen=True)
@@ -129,9 +148,64 @@ def reissue(
     session: Session, request_id: uuid.UUID, settings: Settings, now: datetime, actor: str
 ) -> str:
     """Revoke the request's links and issue a fresh one; returns the new raw token."""
-    _exportable(session, request_id, now)  # refuse before revoking anything
-    revoke(session, request_id, now, actor)
-    return issue_link(session, request_id, settings, now, actor)
+    return reissue_link(session, request_id, settings, now, actor).token
+
+
+def reissue_link(
+    session: Session, request_id: uuid.UUID, settings: Settings, now: datetime, actor: str
+) -> IssuedLink:
+    """`reissue`, returning the new link's terms with its token."""
+    request, package = _exportable(session, request_id, now)  # refuse before revoking
+    return replace_links(
+        session, request.id, request.subject, package.expires_at, settings, now, actor
+    )
+
+
+def replace_links(
+    session: Session,
+    request_id: uuid.UUID,
+    subject: str | None,
+    package_expires_at: datetime,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    note: Note | None = None,
+    new_package: bool = False,
+) -> IssuedLink:
+    """Revoke the export's unrevoked links and issue a fresh one, for a package the caller
+    knows is live (it checked, or recorded it in this transaction): one statement each,
+    and the audit events of `revoke` and `issue_link`, appended now or, with `note`,
+    handed to it for the caller to append later in the same transaction.
+
+    `new_package`: the package is recorded in this very transaction, so the request has
+    no link to revoke (a link is issued only for a recorded package, a request has at
+    most one, and package rows are never deleted)."""
+    revoked: Sequence[str] = ()
+    if not new_package:
+        revoked = session.scalars(_REVOKE_ALL, {"w_request": request_id, "p_now": now}).all()
+    token = new_token()
+    token_hash = hash_token(token)
+    expires_at = min(now + timedelta(days=settings.link_ttl_days), package_expires_at)
+    row = {
+        "token_hash": token_hash,
+        "request_id": request_id,
+        "created_at": now,
+        "expires_at": expires_at,
+        "max_downloads": settings.link_max_downloads,
+        "downloads": 0,
+    }
+    session.execute(_INSERT_LINK, row)
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("link.revoked", {"token": revoked_hash[:PREFIX_LENGTH]}) for revoked_hash in revoked
+    ]
+    issued = {"token": token_hash[:PREFIX_LENGTH], "max_downloads": settings.link_max_downloads}
+    events.append(("link.issued", issued))
+    for action, details in events:
+        if note is not None:
+            note(action, details)
+        else:
+            _audit_as(session, actor, action, request_id, subject, now, details)
+    return IssuedLink(token, expires_at, settings.link_max_downloads)
 
 
 def inspect(session: Session, token: str, now: datetime) -> Verdict:
@@ -240,6 +314,26 @@ def _exportable(
             f"the package of request {request_id} has expired; submit a new export request"
         )
     return request, package
+
+
+def _audit_as(
+    session: Session,
+    actor: str,
+    action: str,
+    request_id: uuid.UUID,
+    subject: str | None,
+    now: datetime,
+    details: dict[str, Any],
+) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        now=now,
+        request_id=request_id,
+        subject=subject,
+        details=details,
+    )
 
 
 def _audit(

@@ -125,12 +125,14 @@ def queue_next_chunk(request_id: uuid.UUID, claim: int) -> None:
 
 
 def run_export(ctx: RunContext) -> dict[str, Any]:
-    from exporters.delivery import deliver_export
+    """Package the export, then mail its link (issued in the package's transaction)."""
+    from exporters.delivery import ExportDelivery
     from exporters.job import run_export as package
 
-    summary: dict[str, Any] = dict(package(ctx))
+    delivery = ExportDelivery(ctx)
+    summary: dict[str, Any] = dict(package(ctx, on_package=delivery.issue))
     if not ctx.dry_run:
-        summary["delivery"] = deliver_export(ctx)
+        summary["delivery"] = delivery.send()
     return summary
 
 

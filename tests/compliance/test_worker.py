@@ -433,7 +433,8 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     from compliance.worker import _take_over
 
-    assert _take_over(db, created.id, "b", later, settings.lease_seconds) is not None
+    with db.session() as session:
+        assert _take_over(session, created.id, "b", later, settings.lease_seconds) is not None
     stale = RunContext(
         settings,
         db,
@@ -443,7 +444,7 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
         created.subject,
         requests_identities(),
         clock=lambda: later,
-        claim=old.attempts,
+        claim=old[1].claim,
     )
     with pytest.raises(LeaseHeldError):
         stale.steps.save()
@@ -469,3 +470,78 @@ def test_the_sweep_leaves_a_request_in_retry_backoff_alone(
     assert redispatch_queued(db, settings, RecordingDispatcher(), during) == []
     after = NOW + timedelta(seconds=301)
     assert redispatch_queued(db, settings, RecordingDispatcher(), after) == [created.id]
+
+
+def test_a_run_is_two_commits_its_claim_with_its_context_and_its_end_with_its_notes(
+    db: Database, settings: Settings
+) -> None:
+    from sqlalchemy import event
+
+    from compliance.models import AuditEvent
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        assert ctx.identities.values("email") == ["ada@example.com"]
+        step = ctx.steps.start("app", "notify")  # read with the claim: no query here
+        ctx.steps.update(step, counts={"mailed": 1}, done=True)
+        ctx.steps.note("export.link_mailed", {"recipients": 1})
+        return {}
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    seen: list[str] = []
+
+    def statement(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        seen.append(sql)
+
+    def commit(_c: Any) -> None:
+        seen.append("COMMIT")
+
+    event.listen(db.engine, "before_cursor_execute", statement)
+    event.listen(db.engine, "commit", commit)
+    try:
+        assert execute(make_worker(db, settings, runner), created.id) == Outcome.COMPLETED
+    finally:
+        event.remove(db.engine, "before_cursor_execute", statement)
+        event.remove(db.engine, "commit", commit)
+    assert seen.count("COMMIT") == 2
+    with db.session() as session:
+        actions = list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.request_id == created.id)
+                .order_by(AuditEvent.seq)
+            )
+        )
+    assert actions[-3:] == ["request.claim", "export.link_mailed", "request.complete"]
+    from compliance.models import DsrStep
+
+    with db.session() as session:
+        step = session.scalars(select(DsrStep).where(DsrStep.request_id == created.id)).one()
+    assert (step.status, step.counts) == ("done", {"mailed": 1})
+
+
+def test_a_completion_that_lost_its_claim_writes_neither_the_steps_nor_their_events(
+    db: Database, settings: Settings
+) -> None:
+    from compliance.models import AuditEvent, DsrStep
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        step = ctx.steps.start("app", "notify")
+        ctx.steps.update(step, done=True)
+        ctx.steps.note("export.link_mailed", {"recipients": 1})
+        with db.session() as session:  # meanwhile the sweep releases the claim
+            session.execute(
+                DsrRequest.__table__.update()
+                .where(DsrRequest.id == ctx.request_id)
+                .values(status="queued")
+            )
+        return {}
+
+    created = submit_request(db, settings, RequestKind.EXPORT)
+    assert execute(make_worker(db, settings, runner), created.id) == Outcome.SKIPPED
+    with db.session() as session:
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.request_id == created.id)
+        ).all()
+        steps = session.scalars(select(DsrStep).where(DsrStep.request_id == created.id)).all()
+    assert "export.link_mailed" not in actions and "request.complete" not in actions
+    assert steps == []

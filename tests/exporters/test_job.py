@@ -218,3 +218,88 @@ def test_a_long_export_keeps_its_claim_fresh_so_it_is_not_run_twice(
         transition(session, ctx.request_id, Event.CLAIM, actor="worker", now=NOW)
     run_export(ctx)
     assert released == [[], [], []]
+
+
+def test_a_later_run_reads_its_steps_afresh_and_finds_the_package(
+    db: Database, settings: Settings
+) -> None:
+    source = ShopSource()
+    ctx = context(db, settings, source)
+    first = run_export(ctx)
+    later = dataclasses.replace(ctx)  # a new run: its step log reads the database
+    again = run_export(later)
+    assert again["created"] is False and again["sha256"] == first["sha256"]
+    assert source.exported == 1
+
+
+def _actions(db: Database, ctx: RunContext) -> list[str]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.request_id == ctx.request_id)
+                .order_by(AuditEvent.seq)
+            )
+        )
+
+
+def _links(db: Database, ctx: RunContext) -> int:
+    from compliance.models import DownloadLink
+
+    with db.session() as session:
+        query = select(func.count()).where(DownloadLink.request_id == ctx.request_id)
+        return int(session.scalar(query) or 0)
+
+
+def test_a_new_package_gets_its_link_in_the_same_transaction_and_it_is_the_one_mailed(
+    db: Database, settings: Settings, tmp_path: Any
+) -> None:
+    from exporters.delivery import ExportDelivery
+
+    outbox = settings.with_overrides(mail_url=(tmp_path / "outbox").as_uri())
+    ctx = context(db, outbox, ShopSource())
+    delivery = ExportDelivery(ctx)
+    ctx.steps.of(Action.EXPORT)  # the steps read, as the worker reads them with its claim
+    commits: list[int] = []
+    from sqlalchemy import event
+
+    def commit(_conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(db.engine, "commit", commit)
+    try:
+        run_export(ctx, on_package=delivery.issue)
+    finally:
+        event.remove(db.engine, "commit", commit)
+    assert len(commits) == 2  # the discovered identities, then package + link
+    assert _links(db, ctx) == 1
+    assert _actions(db, ctx)[-2:] == ["export.packaged", "link.issued"]
+    assert delivery.send()["delivery"] == "mailed"
+    ctx.steps.save()  # as the run's final transition does
+    assert _links(db, ctx) == 1  # the link issued with the package went out, not another
+    assert _actions(db, ctx)[-3:] == ["export.packaged", "link.issued", "export.link_mailed"]
+    (mail,) = (tmp_path / "outbox").glob("*.eml")
+    assert "/d/" in mail.read_text()
+
+
+def test_a_package_transaction_that_rolls_back_leaves_no_package_link_or_event(
+    db: Database, settings: Settings
+) -> None:
+    from exporters.delivery import ExportDelivery
+
+    ctx = context(db, settings, ShopSource())
+    delivery = ExportDelivery(ctx)
+
+    def issue_then_fail(session: Any, package: ExportPackage) -> None:
+        delivery.issue(session, package)
+        raise SourceUnavailableError("control database went away; retry later")
+
+    with pytest.raises(SourceUnavailableError):
+        run_export(ctx, on_package=issue_then_fail)
+    assert _links(db, ctx) == 0
+    assert "export.packaged" not in _actions(db, ctx)
+    ctx.steps.save()  # what the worker's release writes: the noted events are forgotten
+    assert "export.packaged" not in _actions(db, ctx)
+    assert "link.issued" not in _actions(db, ctx)
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ExportPackage)) == 0
