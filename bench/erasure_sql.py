@@ -13,9 +13,10 @@ SQL connector loaded from a manifest, erasing in its default batches of 1000 row
 transaction per batch, through its checkpoints. Fresh data for every run; reported: the
 median over `--repeat` of ours/anchor measured back to back, and best against best (the
 machine is shared: other load slows the many-round-trip side more); also the peak
-Python heap of one more run of ours. Server: GDPR_BENCH_PG_URL (default
+Python heap of one more run of ours, which must stay flat in `--rows` (a few MB: the
+subject's keys are never all held). Server: GDPR_BENCH_PG_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres; a scratch database is created and
-dropped). Goal: our time within 2x of the anchor's.
+dropped). Goal: our time within 1.3x of the anchor's at the default batch.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from compliance.identities import Identities, Identity
 from compliance.sources.base import DataSource
 from compliance.sources.registry import load_registry
 
-GOAL = 2.0
+GOAL = 1.3
 BATCH = int(os.environ.get("GDPR_BENCH_BATCH", "1000"))
 SUBJECT = Identities.of([Identity("user_id", "1")])
 ADMIN_URL = os.environ.get(

@@ -19,16 +19,30 @@ some), so repeating a batch changes nothing. The batch is one transaction: read 
 current values, then one ``UPDATE`` executed for every row that still needs it.
 
 Rows come as `found.Found` (key columns first, then the columns references use), read
-once per table for the whole request (`subject`); every statement binds their keys.
+once per table for the whole request (`subject`); every statement binds their keys. The
+server-side batches of `direct` run on the same held connection (`rows`, `count`), and
+`flush` makes them durable once their table is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Delete, and_, bindparam, delete, select, text, update
+from sqlalchemy import (
+    Connection,
+    Delete,
+    Executable,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    select,
+    text,
+    update,
+)
 
 from compliance.sources.sql.found import Found
 from compliance.sources.sql.graph import Graph, SourceHandle
@@ -38,6 +52,7 @@ from compliance.sources.sql.keys import (
     anonymized_value,
     chunk_size,
     chunked,
+    fetch_all,
     is_anonymized,
     key_columns,
     key_in,
@@ -104,11 +119,7 @@ class Deleter:
     def _single(self, stmt: Delete, *, durable: bool) -> int:
         with self.source.errors():
             try:
-                conn = self._held()
-                if self._asynchronous == durable:
-                    mode = "on" if durable else "off"
-                    conn.execute(text(f"SET synchronous_commit = {mode}"))
-                    self._asynchronous = not durable
+                conn = self._session(durable=durable)
                 deleted = int(conn.execute(stmt).rowcount)
             except BaseException:
                 self.discard()
@@ -116,6 +127,50 @@ class Deleter:
         if durable:
             self.release()
         return deleted
+
+    def rows(self, stmt: Select[Any]) -> list[Row]:
+        """The rows of `stmt`, one autocommitted statement on the held connection."""
+        with self._asynchronously() as conn:
+            return fetch_all(conn, stmt)
+
+    def count(self, stmt: Executable, params: dict[str, Any]) -> int:
+        """Run `stmt` (a DELETE) with `params` as one autocommitted statement on the held
+        connection; how many rows it changed."""
+        with self._asynchronously() as conn:
+            return int(conn.execute(stmt, params).rowcount)
+
+    @contextmanager
+    def _asynchronously(self) -> Iterator[Connection]:
+        """The held connection, its commits asynchronous (batches before their table's
+        end: `flush` makes them durable); an error discards it."""
+        with self.source.errors():
+            try:
+                yield self._session(durable=False)
+            except BaseException:
+                self.discard()
+                raise
+
+    def flush(self) -> None:
+        """Make every batch committed on the held connection durable: one durable commit
+        of a transaction with an id flushes the WAL of all earlier commits with it."""
+        if self._conn is None or not self._asynchronous:
+            return
+        with self.source.errors():
+            try:
+                self._session(durable=True).execute(text("SELECT pg_current_xact_id()"))
+            except BaseException:
+                self.discard()
+                raise
+        self.release()
+
+    def _session(self, *, durable: bool) -> Connection:
+        """The held connection, its commits durable or not."""
+        conn = self._held()
+        if self._asynchronous == durable:
+            mode = "on" if durable else "off"
+            conn.execute(text(f"SET synchronous_commit = {mode}"))
+            self._asynchronous = not durable
+        return conn
 
     def _held(self) -> Connection:
         if self._conn is None:

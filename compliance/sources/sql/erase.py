@@ -18,8 +18,13 @@ They are deleted in their table's turn, and only if still unused then.
 The subject's rows are found once per table (`subject.Subject`) and kept in memory for
 the next calls in the same process: a plan made just before (`Eraser.remember`) is the
 first call's, and a table's rows read more than `FRESH_SECONDS` before its turn are read
-again then. The checkpoint is small JSON: the table index, the last key for tables whose
-kept rows stay behind, and the orphaned shared keys. Because parents go last, the rows
+again then. A table with more of the subject's rows than a batch, whose rows are the
+subject's by a plain condition, is erased on the server instead, a batch per statement,
+its keys never read (`direct`, PostgreSQL); its batches commit asynchronously and are
+made durable together before the checkpoint moves past it.
+
+The checkpoint is small JSON: the table index, the last key for tables whose kept rows
+stay behind, and the orphaned shared keys. Because parents go last, the rows
 left to erase can always be found again from what remains, so a killed worker resumes
 from the checkpoint alone. How a batch runs and commits is in `batches`; what an erasure
 would do is in `plan`.
@@ -34,9 +39,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, Table
+
 from compliance.errors import ResidualDataError
 from compliance.identities import Identities
 from compliance.sources.base import Disposition, EraseResult
+from compliance.sources.sql import direct
 from compliance.sources.sql.batches import BatchCounts, Deleter, anonymize_batch
 from compliance.sources.sql.found import Found
 from compliance.sources.sql.graph import Graph, SourceHandle
@@ -93,6 +101,8 @@ class Eraser:
         self.deleter = Deleter(source)
         self._found: _Found | None = None
         self._pending: _Pending | None = None
+        self._direct: tuple[str, Subject, int, direct.Direct] | None = None
+        self._plain_tables: set[str] | None = None  # tables where a ctid names one row
         self._whole: str | None = None  # table this process ran from its start, none missed
 
     @property
@@ -111,6 +121,7 @@ class Eraser:
             return self._step(identities, checkpoint, batch_size)
         except BaseException:
             self._pending = None  # what was handed out may not have been erased
+            self._direct = None
             self._found = None
             self.deleter.release()
             raise
@@ -130,6 +141,10 @@ class Eraser:
             with self.source.connect() as conn:
                 retained = len(subject.own(conn, table))
             return self._next(checkpoint, index, retained=retained)
+        if disposition == Disposition.DELETE:
+            run = self._direct_run(subject, table, checkpoint.get("after"), batch_size)
+            if run is not None:
+                return self._direct_step(run, checkpoint, index, batch_size)
         pending = self._batches(subject, table, checkpoint.get("after"))
         rows = pending.take(batch_size)
         if not rows:
@@ -150,6 +165,44 @@ class Eraser:
         changed = anonymize_batch(self.source, table, rows.rows)
         pending.after = after
         return self._progress(checkpoint, BatchCounts(anonymized=changed), after=after)
+
+    def _direct_run(
+        self, subject: Subject, table: str, after: Any, batch_size: int
+    ) -> direct.Direct | None:
+        """The server-side erasure of `table` under way, or started now when the table
+        suits it and holds more than a batch of the subject's rows (see `direct`)."""
+        held = self._direct
+        if held is not None and held[:3] == (table, subject, batch_size):
+            return held[3]
+        pending = self._pending
+        if pending is not None and pending.table == table and pending.subject is subject:
+            return None  # found to fit the key lists
+        if after is not None or not direct.suits(self.graph, subject, table):
+            return None
+        since = self.clock() - FRESH_SECONDS
+        with self.source.connect() as conn:
+            run = direct.start(
+                self.source.name, conn, subject, table, batch_size, since, self._plain
+            )
+        if run is not None:
+            self._direct = (table, subject, batch_size, run)
+        return run
+
+    def _direct_step(
+        self, run: direct.Direct, checkpoint: Mapping[str, Any], index: int, batch_size: int
+    ) -> EraseResult:
+        deleted = run.step(self.deleter, batch_size)
+        if not run.done:
+            return self._progress(checkpoint, BatchCounts(deleted=deleted))
+        self.deleter.flush()  # every batch of the table durable before the checkpoint moves on
+        return self._next(checkpoint, index, deleted=deleted)
+
+    def _plain(self, conn: Connection, t: Table) -> bool:
+        """Whether a row's address names one row of `t` (`direct.plain_tables`): asked
+        once for every table of the source."""
+        if self._plain_tables is None:
+            self._plain_tables = direct.plain_tables(conn, list(self.graph.tables.values()))
+        return t.name in self._plain_tables
 
     def _batches(self, subject: Subject, table: str, after: Any) -> _Pending:
         """The rows of `table` still to erase from checkpoint position `after`."""
@@ -216,16 +269,19 @@ class Eraser:
 
     # --- phases ---------------------------------------------------------------------
 
-    def _next(self, checkpoint: Mapping[str, Any], index: int, retained: int = 0) -> EraseResult:
+    def _next(
+        self, checkpoint: Mapping[str, Any], index: int, retained: int = 0, deleted: int = 0
+    ) -> EraseResult:
         state = {**checkpoint, "table": index + 1, "after": None}
         self._whole = self._table_at(index + 1)
         self._pending = None
+        self._direct = None
         self.deleter.release()
         done = index + 1 >= len(self.graph.order)
         if done:
             state.pop("orphans", None)  # nothing left to look up: drop the keys
             self._found = None
-        return EraseResult(done=done, checkpoint=state, retained=retained)
+        return EraseResult(done=done, checkpoint=state, deleted=deleted, retained=retained)
 
     def _progress(
         self, checkpoint: Mapping[str, Any], counts: BatchCounts, after: list[Any] | None = None

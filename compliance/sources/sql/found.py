@@ -157,6 +157,30 @@ def read_rows(
     return _sorted(names, width, list(rows.values()), None)
 
 
+def read_at_most(
+    conn: Connection,
+    graph: Graph,
+    table: str,
+    conditions: Sequence[ColumnElement[bool]],
+    limit: int,
+    extra: Sequence[str] = (),
+) -> Found | None:
+    """Like `read_rows` while the rows are at most `limit`; None when there are more
+    (each statement asks for one row past `limit`, so nothing more is read)."""
+    names = base_columns(graph, table)
+    names += [n for n in extra if n not in names]
+    t = graph.tables[table]
+    width = len(graph.keys[table])
+    rows: dict[Key, Row] = {}
+    for condition in conditions:
+        query = select(*[t.c[n] for n in names]).where(condition).limit(limit + 1)
+        for row in fetch_all(conn, query):
+            rows.setdefault(tuple(row[:width]), tuple(row))
+        if len(rows) > limit:
+            return None
+    return _sorted(names, width, list(rows.values()), None)
+
+
 def _read_full(
     conn: Connection,
     graph: Graph,

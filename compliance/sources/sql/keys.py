@@ -116,7 +116,7 @@ def values_in(
     """
     found: ColumnElement[bool]
     if dialect == "postgresql":
-        arrays = [_array([v[i] for v in values], c) for i, c in enumerate(columns)]
+        arrays = [bound_array([v[i] for v in values], c) for i, c in enumerate(columns)]
         if len(columns) == 1:
             found = columns[0] == any_(arrays[0])
         else:
@@ -128,7 +128,7 @@ def values_in(
     return found
 
 
-def _array(values: list[Any], column: ColumnElement[Any]) -> ColumnElement[Any]:
+def bound_array(values: list[Any], column: ColumnElement[Any]) -> ColumnElement[Any]:
     """One PostgreSQL array parameter; integers go as one ``'{1,2,3}'`` string, which
     psycopg passes through instead of adapting every element in Python."""
     if all(type(v) is int for v in values):

@@ -16,6 +16,7 @@ match nothing there anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -50,8 +51,18 @@ def identity_match(
 ) -> ColumnElement[bool] | None:
     """Rows of `table` whose identity columns hold one of `identities` (`resolving`:
     only the columns that link identities); None: no identity can match there."""
+    lookups = identity_lookups(graph, table, identities, resolving=resolving)
+    parts = [looked.in_(values) for looked, values in lookups]
+    return or_(*parts) if parts else None
+
+
+def identity_lookups(
+    graph: Graph, table: str, identities: Identities, *, resolving: bool = False
+) -> list[tuple[ColumnElement[Any], list[Any]]]:
+    """What `identity_match` compares, per identity column that some identity can
+    match: the column (or ``lower(column)``) and the values it must hold one of."""
     t = graph.tables[table]
-    parts = []
+    found: list[tuple[ColumnElement[Any], list[Any]]] = []
     for ident in graph.rules[table].identities:
         if resolving and not ident.resolve:
             continue
@@ -60,10 +71,11 @@ def identity_match(
         if not values:
             continue
         if ident.lower:
-            parts.append(func.lower(column).in_([str(v).lower() for v in values]))
+            lowered = func.lower(column, type_=column.type)
+            found.append((lowered, [str(v).lower() for v in values]))
         else:
-            parts.append(column.in_(values))
-    return or_(*parts) if parts else None
+            found.append((column, values))
+    return found
 
 
 def mine(selector: Selector, table: str) -> ColumnElement[bool] | None:

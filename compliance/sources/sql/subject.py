@@ -13,7 +13,9 @@ Rows of a shared table (an address) are reached from the own rows pointing at th
 and reference column set for all of them (`used`): the rows of each referencing table
 that point at them, less the subject's rows that erasure deletes (`going`). During an
 erasure the shared rows only the subject used (`orphans`, kept in the checkpoint) are
-the subject's own too, once checked unused again. OWNERSHIP.md explains the model;
+the subject's own too, once checked unused again. `bounded` reads a table only while its
+rows are few (an erasure finds the rest on the server, `direct`). OWNERSHIP.md explains
+the model;
 `query.Selector` states the same rules as SQL expressions.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, Table, and_, not_, union
 
 from compliance.identities import Identities
-from compliance.sources.sql.found import Found, empty, read_rows
+from compliance.sources.sql.found import Found, empty, read_at_most, read_rows
 from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.keys import (
     Key,
@@ -84,6 +86,7 @@ class Subject:
         self.verified: dict[str, frozenset[Key]] = {}  # orphans found unused at their turn
         self._affected = descendants(graph, set(self.orphans))
         self._own: dict[str, tuple[float, Found]] = {}  # table -> (when read, rows)
+        self._more: dict[str, float] = {}  # tables found to hold too many to read, when
         self._matched: dict[str, frozenset[Key]] = {}  # own rows found not as orphans
         self._reached: dict[str, tuple[Found, frozenset[Key]]] = {}
         self._alone: dict[str, Found] = {}
@@ -154,10 +157,18 @@ class Subject:
     ) -> list[ColumnElement[bool]]:
         """Conditions (one per statement) whose rows together are the subject's own rows
         of `table` but for orphans: identities matched, owned parents' values bound."""
+        parents = [(e, self.own(conn, e.parent, since)) for e in self.graph.owned_parents(table)]
+        return self.conditions(table, parents)
+
+    def conditions(
+        self, table: str, parents: Sequence[tuple[Edge, Found]]
+    ) -> list[ColumnElement[bool]]:
+        """`match` from the parents' own rows (`parents`: each owned reference of `table`
+        with the rows of its parent)."""
         t = self.graph.tables[table]
         lists = []
-        for e in self.graph.owned_parents(table):
-            values = self.own(conn, e.parent, since).values(e.parent_cols)
+        for e, rows in parents:
+            values = rows.values(e.parent_cols)
             if values:
                 lists.append(([t.c[c] for c in e.child_cols], values))
         conditions = pack(identity_match(self.graph, table, self.identities), lists, self.graph)
@@ -165,6 +176,41 @@ class Subject:
         if spare is None:
             return conditions
         return [and_(c, not_(key_in(self.graph, table, [spare]))) for c in conditions]
+
+    def bounded(
+        self, conn: Connection, table: str, limit: int, since: float | None = None
+    ) -> Found | None:
+        """`own`, unless that would read more than `limit` rows: None when the table
+        holds more of the subject's rows, or when only a parent's rows that are more
+        lead to them (an erasure then finds them on the server, `direct`). What it
+        reads is kept as `own` keeps it; rows read whole before are returned as they are."""
+        owner = self._owner(table)
+        if owner is not self.plain or table not in self.graph.reachable:
+            return self.own(conn, table, since)  # orphans among them: the usual way
+        read = owner._own.get(table)
+        if read is not None and (since is None or read[0] >= since):
+            return read[1]
+        more = owner._more.get(table)
+        if more is not None and (since is None or more >= since):
+            return None
+        parents = []
+        for e in self.graph.owned_parents(table):
+            rows = self.bounded(conn, e.parent, limit, since)
+            if rows is None:
+                return None
+            parents.append((e, rows))
+        conditions = self.conditions(table, parents)
+        extra = self.extra.get(table, ())
+        found = read_at_most(conn, self.graph, table, conditions, limit, extra)
+        if found is None:
+            owner._more[table] = self.clock()
+            return None
+        owner._own[table] = (self.clock(), found)
+        return found
+
+    def changes(self, table: str) -> bool:
+        """Whether orphans (and the rows they own) are among the own rows of `table`."""
+        return self._owner(table) is not self.plain
 
     def recheck(self, conn: Connection, table: str, found: Found) -> Found:
         """`found` less its orphans that rows which stay use by now."""
