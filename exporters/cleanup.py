@@ -2,7 +2,10 @@
 
 Idempotent and safe to interrupt: the object is deleted first (deleting a missing
 object is fine), then the row is marked with one conditional UPDATE, so a package is
-counted and audited once however many workers run the sweep.
+counted and audited once however many workers run the sweep. The object is deleted once
+more after the row is marked: a key rotation (`exporters.rewrap`) that read the package
+before the first delete may have uploaded it again, and it records the new object only on
+a row not yet marked, so after the second delete no copy outlives its row.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def purge_expired_packages(
         for package_id, key in due:
             storage.delete(key)
             purged += _mark_deleted(db, package_id, now)
+            storage.delete(key)  # a rotation's upload in between (module docstring)
             after = package_id
 
 

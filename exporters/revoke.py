@@ -134,6 +134,7 @@ def _delete_packages(
             )
             ctx.steps.update(step, add_counts={PACKAGES_DELETED: deleted})
             ctx.steps.save(session)
+        storage.delete(key)  # a key rotation's upload in between (exporters.cleanup)
 
 
 def _stored_packages(ctx: RunContext, exports: Sequence[uuid.UUID]) -> list[tuple[int, str]]:

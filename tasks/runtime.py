@@ -17,7 +17,7 @@ from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import RetryableError, TerminalError
 from compliance.execution import RunContext
-from compliance.keyring import Keyring, load_keyring
+from compliance.keyring import Keyring, load_keyring, refuse_development_keys
 from compliance.models import RequestKind
 from compliance.retries import defer
 from compliance.worker import Outcome, Worker, execute, fail_unrunnable
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _built: dict[str, Any] = {}
+_options = {"insecure_dev_keys": False}
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,20 @@ class Control:
     keyring: Keyring
 
 
+def accept_development_keys() -> None:
+    """Let this process, and the worker processes forked from it, run on the development
+    keyring with a PostgreSQL control database (`gdpr worker --insecure-dev-keys`)."""
+    _options["insecure_dev_keys"] = True
+
+
 def control() -> Control:
     with _lock:
         if "control" not in _built:
             current = settings()
-            _built["control"] = Control(current, Database.connect(current), load_keyring(current))
+            allow = _options["insecure_dev_keys"]
+            keyring = load_keyring(current, allow_development=allow)
+            refuse_development_keys(current, keyring, allow)
+            _built["control"] = Control(current, Database.connect(current), keyring)
         return _built["control"]  # type: ignore[no-any-return]
 
 

@@ -13,7 +13,7 @@ import click
 from compliance.config import Settings, load_settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
-from compliance.keyring import Keyring, load_keyring
+from compliance.keyring import Keyring, load_keyring, refuse_development_keys
 
 if TYPE_CHECKING:
     from compliance.sources.registry import Registry
@@ -51,6 +51,16 @@ class App:
         if "keyring" not in self._cache:
             self._cache["keyring"] = load_keyring(self.settings())
         return self._cache["keyring"]  # type: ignore[no-any-return]
+
+    def service_keyring(self, insecure_dev_keys: bool) -> Keyring:
+        """The keyring a long-running service (worker, download service) starts with: the
+        development keyring is refused on a PostgreSQL control database (`ConfigError`)
+        unless `insecure_dev_keys` (the services' ``--insecure-dev-keys``)."""
+        settings = self.settings()
+        keyring = load_keyring(settings, allow_development=insecure_dev_keys)
+        refuse_development_keys(settings, keyring, insecure_dev_keys)
+        self._cache["keyring"] = keyring
+        return keyring
 
     def dispatcher(self) -> Dispatcher:
         if "dispatcher" not in self._cache:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compliance.cli.context import current
+from compliance.cli.worker_cmd import insecure_dev_keys_option
 from compliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     type=click.IntRange(1, 256),
     help="Worker threads (default: settings serve_threads).",
 )
-def serve(host: str | None, port: int | None, threads: int | None) -> None:
+@insecure_dev_keys_option
+def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_keys: bool) -> None:
     """Run the download service that the emailed links point to, until Ctrl-C.
 
     Connection limits and timeouts come from the serve_* settings (exporters/README.md);
@@ -32,7 +34,8 @@ def serve(host: str | None, port: int | None, threads: int | None) -> None:
 
     app = current()
     settings = app.settings()
-    web = create_app(settings, app.db(), open_storage(settings), app.keyring())
+    keyring = app.service_keyring(insecure_dev_keys)
+    web = create_app(settings, app.db(), open_storage(settings), keyring)
     server = _start(
         web,  # carries its connection limits and timeouts (ServerLimits) from the settings
         host or settings.serve_host,

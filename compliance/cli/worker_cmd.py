@@ -27,6 +27,12 @@ loglevel_option = click.option(
     help="Celery's log level.",
 )
 
+insecure_dev_keys_option = click.option(
+    "--insecure-dev-keys",
+    is_flag=True,
+    help="Run on the development keyring with a PostgreSQL control database (never in production).",
+)
+
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -39,14 +45,24 @@ loglevel_option = click.option(
     help="Comma-separated queues to consume.",
 )
 @click.option("--beat", "with_beat", is_flag=True, help="Also run the beat scheduler (one host).")
+@insecure_dev_keys_option
 @loglevel_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    concurrency: int, queues: str, with_beat: bool, loglevel: str, celery_args: tuple[str, ...]
+    concurrency: int,
+    queues: str,
+    with_beat: bool,
+    insecure_dev_keys: bool,
+    loglevel: str,
+    celery_args: tuple[str, ...],
 ) -> None:
     """Start a Celery worker (extra arguments go to Celery)."""
     from tasks.app import configure
+    from tasks.runtime import accept_development_keys
 
+    current().service_keyring(insecure_dev_keys)
+    if insecure_dev_keys:
+        accept_development_keys()
     check_sources(current())
     app = configure(current().settings())
     argv = [

@@ -316,6 +316,35 @@ def test_a_package_already_gone_from_storage_is_still_marked_and_its_link_revoke
     assert_not_found(shop, token)
 
 
+def test_a_copy_a_key_rotation_uploaded_during_the_deletion_is_deleted_too(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export, _ = export_with_mailed_link(shop, ADA_EMAIL)
+    key = shop.package(export).object_key
+    earlier = b"".join(shop.storage.download(key))
+    storage = shop.storage
+    uploaded: list[str] = []
+
+    class RotatedMeanwhile:
+        """A rotation that read the package earlier uploads its copy just after the
+        erasure's first delete (`exporters.rewrap`)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(storage, name)
+
+        def delete(self, name: str) -> None:
+            storage.delete(name)
+            if name == key and not uploaded:
+                storage.upload(name, [earlier])
+                uploaded.append(name)
+
+    monkeypatch.setattr("exporters.storage.open_storage", lambda settings: RotatedMeanwhile())
+    erasure = shop.submit(RequestKind.ERASURE, ADA_EMAIL)
+    assert shop.run(erasure) == Outcome.COMPLETED
+    assert uploaded == [key]
+    assert not storage.exists(key)
+
+
 def test_a_dry_run_erasure_leaves_the_exports_alone(shop: Shop) -> None:
     export, token = export_with_mailed_link(shop, ADA_EMAIL)
     erasure = shop.submit(RequestKind.ERASURE, ADA_EMAIL, dry_run=True)
