@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.exc import ProgrammingError as SAProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from compliance.config import Settings
-from compliance.errors import ConfigError, SourceUnavailableError
+from compliance.errors import ConfigError, PermissionDeniedError, SourceUnavailableError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PING_IDLE_SECONDS = 10.0  # a pooled connection idle this long is pinged before use
@@ -130,12 +131,26 @@ class Database:
                 raise SourceUnavailableError(
                     f"control database unavailable: {type(exc.orig).__name__}"
                 ) from exc
+            except SAProgrammingError as exc:
+                refusal = refusal_of(exc)
+                if refusal is None:
+                    raise
+                raise refusal from exc
 
     def upgrade(self) -> None:
         upgrade(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def refusal_of(exc: SAProgrammingError) -> PermissionDeniedError | None:
+    """The database's own refusal (migration 0002's rules, or a missing grant) as a
+    `PermissionDeniedError` of one line; None for any other error."""
+    if getattr(exc.orig, "sqlstate", None) != "42501":
+        return None
+    first = str(exc.orig).strip().splitlines()[0].removeprefix("gdpr: ")
+    return PermissionDeniedError(f"the control database refused: {first}")
 
 
 def alembic_config(engine: Engine) -> Any:

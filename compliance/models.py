@@ -283,3 +283,15 @@ class Suppression(Base):
     identity_hmacs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     erased_at: Mapped[datetime]
+
+
+class OperatorRole(Base):
+    """A role an operator holds (`gdpr operator grant`); names are canonical
+    (`compliance.operators.canonical`). On PostgreSQL the name is a database login."""
+
+    __tablename__ = "operator_role"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    granted_by: Mapped[str] = mapped_column(String(128))
+    granted_at: Mapped[datetime]

@@ -39,6 +39,7 @@ from compliance.models import (
     RequestKind,
     RequestStatus,
 )
+from compliance.operators import same_operator
 from compliance.queries import get_request
 from compliance.sealed import sealed_identity, wipe_identities
 from compliance.sources.base import DataSource
@@ -207,7 +208,7 @@ def approve(
     with db.session() as session:
         request = get_request(session, request_id)
         waiting = request.status == RequestStatus.AWAITING_APPROVAL  # else: the state refuses
-        if waiting and settings.four_eyes and request.submitted_by == operator:
+        if waiting and settings.four_eyes and same_operator(request.submitted_by, operator):
             raise PermissionDeniedError(
                 f"{operator} submitted request {request_id} and cannot also approve it;"
                 " ask a second operator (four-eyes)"

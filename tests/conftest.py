@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from compliance.config import Settings
-from compliance.db import Database
+from compliance.db import Database, utcnow
 from compliance.keyring import new_key_line
 from compliance.models import Base
 from tests.support import services
@@ -126,9 +126,79 @@ def _truncate(url: str) -> None:
             _migrated.add(url)
         names = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
         with db.engine.begin() as conn:
+            # the audit trail is append-only (migration 0002): a superuser may empty it
+            # only with the triggers off, as tests do between tests
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         db.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_operator_urls(pg_url: str) -> Iterator[dict[str, str]]:
+    """Logins for the operators alice, bob and carol on the session's control database
+    (its operators' group exists once it is migrated): name -> URL."""
+    _truncate(pg_url)
+    with services.pg_logins(pg_url, ["alice", "bob", "carol"]) as urls:
+        yield urls
+
+
+@pytest.fixture
+def pg_operators(pg_settings: Settings, pg_operator_urls: dict[str, str]) -> dict[str, str]:
+    """The emptied PostgreSQL control database of `pg_settings`, where alice, bob and carol
+    are operators holding every role: name -> URL connecting as that operator's login."""
+    db = Database.connect(pg_settings)
+    try:
+        logins = {name: services.login_of(url) for name, url in pg_operator_urls.items()}
+        register_operators(db, logins, ("agent", "approver", "admin"))
+    finally:
+        db.dispose()
+    return pg_operator_urls
+
+
+def register_operators(db: Database, names: dict[str, str], roles: tuple[str, ...]) -> None:
+    """Give each recorded operator name these roles, as the installation's service login."""
+    from compliance.models import OperatorRole
+
+    now = utcnow()
+    with db.session() as session:
+        for name in names.values():
+            for role in roles:
+                session.add(OperatorRole(name=name, role=role, granted_by="test", granted_at=now))
+
+
+@pytest.fixture
+def as_operator(
+    db: Database, settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], Database]]:
+    """The control database as operator `name` (alice, bob or carol) reaches it: the
+    fixture's own on SQLite; on PostgreSQL a connection as that operator's own login,
+    holding every role."""
+    if db.engine.dialect.name != "postgresql":
+        yield lambda name: db
+        return
+    urls: dict[str, str] = request.getfixturevalue("pg_operator_urls")
+    logins = {name: services.login_of(url) for name, url in urls.items()}
+    register_operators(db, logins, ("agent", "approver", "admin"))
+    opened: dict[str, Database] = {}
+
+    def connect(name: str) -> Database:
+        if name not in opened:
+            opened[name] = Database.connect(settings.with_overrides(database_url=urls[name]))
+        return opened[name]
+
+    yield connect
+    for database in opened.values():
+        database.dispose()
+
+
+@pytest.fixture
+def recorded_name(db: Database, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """The name the control database records for operator `name` (`as_operator`)."""
+    if db.engine.dialect.name != "postgresql":
+        return lambda name: name
+    urls: dict[str, str] = request.getfixturevalue("pg_operator_urls")
+    return lambda name: services.login_of(urls[name])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -14,6 +14,7 @@ from compliance.cli import output
 from compliance.cli.context import App, current
 from compliance.db import current_revision, upgrade
 from compliance.keyring import new_key_line
+from compliance.operators import Role
 
 
 @click.group()
@@ -136,7 +137,7 @@ def keys_rotate(dry_run: bool, batch_size: int, as_json: bool) -> None:
             app.db(),
             app.keyring(),
             _rewrapper(app),
-            actor=app.operator(),
+            actor=app.act(Role.ADMIN, "rotate keys"),
             clock=app.now,
             batch=batch_size,
             dry_run=dry_run,

@@ -14,6 +14,7 @@ from compliance.config import Settings, load_settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
 from compliance.keyring import Keyring, load_keyring, refuse_development_keys
+from compliance.operators import Operator, Role, authorize, identify
 
 if TYPE_CHECKING:
     from compliance.sources.registry import Registry
@@ -96,8 +97,23 @@ class App:
         if registry is not None:
             registry.close()
 
+    def acting(self) -> Operator:
+        """Who runs this command (`compliance.operators.identify`), found once."""
+        if "operator" not in self._cache:
+            claimed = self.operator_override
+            found = identify(self.db(), self.settings().operator, claimed)
+            self._cache["operator"] = found
+        return self._cache["operator"]  # type: ignore[no-any-return]
+
+    def act(self, role: Role, action: str) -> str:
+        """The acting operator's name, once they are found to hold `role` for `action`
+        (else `PermissionDeniedError`, audited)."""
+        acting = self.acting()
+        authorize(self.db(), acting, role, action, self.now())
+        return acting.name
+
     def operator(self) -> str:
-        return self.settings().operator
+        return self.acting().name
 
     def now(self) -> datetime:
         return utcnow()

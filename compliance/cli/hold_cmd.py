@@ -15,6 +15,7 @@ from compliance.errors import RetryableError, ValidationError
 from compliance.freetext import check_text
 from compliance.holds import HoldScope
 from compliance.identities import Identities
+from compliance.operators import Role
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -56,7 +57,7 @@ def add(
         reason=reason,
         basis=basis,
         until=_date(until),
-        operator=app.operator(),
+        operator=app.act(Role.ADMIN, "place legal holds"),
         now=app.now(),
         linked=_linked(identities),
     )
@@ -137,7 +138,13 @@ def list_holds(everything: bool, as_json: bool) -> None:
 def release(hold_id: int, reason: str, as_json: bool) -> None:
     """End a hold: what it kept is erased (waiting erasures resume) and purged again."""
     app = current()
-    ended = holds.release(app.db(), hold_id, operator=app.operator(), reason=reason, now=app.now())
+    ended = holds.release(
+        app.db(),
+        hold_id,
+        operator=app.act(Role.ADMIN, "release legal holds"),
+        reason=reason,
+        now=app.now(),
+    )
     resumed = maintenance.resume_released(app.db(), app.dispatcher(), app.now())
     if as_json:
         output.emit_json({**holds.describe(ended), "resumed": [str(r) for r in resumed]})

@@ -6,6 +6,7 @@ import click
 
 from compliance.cli import output
 from compliance.cli.context import current
+from compliance.operators import Role
 from compliance.requests import parse_request_id
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -26,8 +27,9 @@ def reissue(request_id: str, as_json: bool) -> None:
     app = current()
     rid = parse_request_id(request_id)
     settings = app.settings()
+    actor = app.act(Role.AGENT, "reissue download links")
     with app.db().session() as session:
-        token = links.reissue(session, rid, settings, app.now(), actor=app.operator())
+        token = links.reissue(session, rid, settings, app.now(), actor=actor)
         issued = links.find_link(session, token)
         assert issued is not None
         expires_at, max_downloads = issued.expires_at, issued.max_downloads
@@ -59,8 +61,9 @@ def revoke(request_id: str, as_json: bool) -> None:
 
     app = current()
     rid = parse_request_id(request_id)
+    actor = app.act(Role.AGENT, "revoke download links")
     with app.db().session() as session:
-        count = links.revoke(session, rid, app.now(), actor=app.operator())
+        count = links.revoke(session, rid, app.now(), actor=actor)
     if as_json:
         output.emit_json({"request_id": str(rid), "revoked": count})
     elif count:

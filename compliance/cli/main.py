@@ -53,6 +53,7 @@ COMMANDS = [
     ("compliance.cli.serve_cmd", "serve"),
     ("compliance.cli.doctor_cmd", "doctor_"),
     ("compliance.cli.suppression_cmd", "suppression"),
+    ("compliance.cli.operator_cmd", "operator"),
 ]
 
 
@@ -119,7 +120,11 @@ def _one_line(exc: click.ClickException) -> OneLineError:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Settings file (default: ./gdpr.toml if present; env GDPR_CONFIG).",
 )
-@click.option("--operator", help="Who is acting (default: GDPR_OPERATOR or the login name).")
+@click.option(
+    "--operator",
+    help="Embedded database only: act as NAME, recorded as claimed (default: GDPR_OPERATOR or"
+    " the login name). With PostgreSQL you act as your database login.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, operator: str | None, verbose: int) -> None:

@@ -19,6 +19,7 @@ from compliance.cli.identity_options import (
     identity_options,
 )
 from compliance.models import RequestKind, RequestStatus
+from compliance.operators import Role
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -46,7 +47,7 @@ def _submit(kind: RequestKind, options: dict[str, Any]) -> None:
         app.keyring(),
         submission,
         sources=app.registry(connect=False),  # the manifest says who answers what
-        operator=app.operator(),
+        operator=app.act(Role.AGENT, "submit requests"),
         now=app.now(),
         dispatcher=app.dispatcher(),
     )
@@ -109,7 +110,7 @@ def approve(request_id: str, as_json: bool) -> None:
         app.db(),
         app.settings(),
         rid,
-        operator=app.operator(),
+        operator=app.act(Role.APPROVER, "approve erasures"),
         now=app.now(),
         dispatcher=app.dispatcher(),
     )
@@ -124,7 +125,13 @@ def reject(request_id: str, reason: str, as_json: bool) -> None:
     """Reject a request awaiting approval."""
     app = current()
     rid = _id(request_id)
-    service.reject(app.db(), rid, operator=app.operator(), reason=reason, now=app.now())
+    service.reject(
+        app.db(),
+        rid,
+        operator=app.act(Role.APPROVER, "reject requests"),
+        reason=reason,
+        now=app.now(),
+    )
     _done(app, rid, as_json, "rejected")
 
 
@@ -136,7 +143,9 @@ def cancel(request_id: str, reason: str | None, as_json: bool) -> None:
     """Cancel a request that is not running (also gives up a failed one)."""
     app = current()
     rid = _id(request_id)
-    service.cancel(app.db(), rid, operator=app.operator(), now=app.now(), reason=reason)
+    service.cancel(
+        app.db(), rid, operator=app.act(Role.AGENT, "cancel requests"), now=app.now(), reason=reason
+    )
     _done(app, rid, as_json, "cancelled")
 
 
@@ -148,7 +157,11 @@ def retry(request_id: str, as_json: bool) -> None:
     app = current()
     rid = _id(request_id)
     service.retry(
-        app.db(), rid, operator=app.operator(), now=app.now(), dispatcher=app.dispatcher()
+        app.db(),
+        rid,
+        operator=app.act(Role.AGENT, "retry requests"),
+        now=app.now(),
+        dispatcher=app.dispatcher(),
     )
     _done(app, rid, as_json, "queued again")
 
@@ -171,7 +184,12 @@ def extend(request_id: str, months: int, reason: str, as_json: bool) -> None:
     app = current()
     rid = _id(request_id)
     found = service.extend(
-        app.db(), rid, months=months, reason=reason, operator=app.operator(), now=app.now()
+        app.db(),
+        rid,
+        months=months,
+        reason=reason,
+        operator=app.act(Role.AGENT, "extend deadlines"),
+        now=app.now(),
     )
     if as_json:
         output.emit_json(queries.describe(found))

@@ -10,6 +10,7 @@ import click
 from compliance.cli import output
 from compliance.cli.context import App, current
 from compliance.models import RetentionRun
+from compliance.operators import Role
 from compliance.retention import runs, sweep
 from compliance.retention.report import report as build_report
 from compliance.retention.sweep import SweepContext
@@ -40,7 +41,7 @@ def context(app: App, *, chunk_seconds: float | None = None) -> SweepContext:
         sources=app.registry().sources,
         requests=app.dispatcher(),
         clock=app.now,
-        actor=app.operator(),
+        actor=app.act(Role.ADMIN, "start retention runs"),
     )
 
 

@@ -9,6 +9,7 @@ from compliance import suppression as service
 from compliance.cli import output
 from compliance.cli.context import App, current
 from compliance.freetext import check_text
+from compliance.operators import Role
 from compliance.requests import MAX_TICKET
 from compliance.suppression import Found, Outcome, Reapply, ReapplyContext
 
@@ -73,7 +74,7 @@ def _context(app: App, ticket: str | None) -> ReapplyContext:
         keyring=app.keyring(),
         sources=app.registry().sources,
         dispatcher=app.dispatcher(),
-        operator=app.operator(),
+        operator=app.act(Role.ADMIN, "reapply the suppression list"),
         now=app.now(),
         ticket=ticket,
     )

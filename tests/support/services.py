@@ -86,8 +86,46 @@ def pg_database(label: str) -> Iterator[str]:
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                # the operators' group role its migration made (migration 0002)
+                conn.execute(text(f'DROP ROLE IF EXISTS "{name[:53]}_operators"'))
     finally:
         admin.dispose()
+
+
+@contextmanager
+def pg_logins(url: str, names: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Database logins `<GDPR_TEST_DB_PREFIX><name>_<random>`, members of the operators'
+    group of `url`'s (migrated) database: name -> URL connecting as that login (the
+    server trusts loopback logins). Dropped afterwards."""
+    database = url.rsplit("/", 1)[1]
+    suffix = secrets.token_hex(3)
+    logins = {name: f"{DB_PREFIX}{name}_{suffix}" for name in names}
+    admin = create_engine(pg_admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for login in logins.values():
+                conn.execute(text(f'CREATE ROLE "{login}" LOGIN'))
+                conn.execute(text(f'GRANT "{database[:53]}_operators" TO "{login}"'))
+        yield {
+            name: f"postgresql+psycopg://{login}@{PG_HOST}:{PG_PORT}/{database}"
+            for name, login in logins.items()
+        }
+    finally:
+        with admin.connect() as conn:
+            for login in logins.values():
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u"
+                    ),
+                    {"u": login},
+                )
+                conn.execute(text(f'DROP ROLE IF EXISTS "{login}"'))
+        admin.dispose()
+
+
+def login_of(url: str) -> str:
+    """The login a `pg_logins` URL connects as."""
+    return url.split("://", 1)[1].split("@", 1)[0]
 
 
 def free_port() -> int:

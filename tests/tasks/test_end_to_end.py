@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from tests.tasks.workers import (
+    as_operator,
     environment,
     gdpr,
     production_environment,
@@ -34,11 +35,13 @@ def test_embedded_defaults_run_an_export_and_an_erasure_end_to_end(tmp_path: Pat
 
 
 def test_postgres_and_redis_run_an_approved_erasure_end_to_end(
-    tmp_path: Path, pg_settings: object, pg_url: str, redis_url: str
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, redis_url: str
 ) -> None:
     env = production_environment(tmp_path, pg_url, redis_url)
     created = gdpr(tmp_path, env, "request", "erase", "--email", "ada@example.com")
-    approved = gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
+    approved = gdpr(
+        tmp_path, as_operator(env, "bob", pg_operators), "request", "approve", created["id"]
+    )
     assert approved["status"] == "queued"
     # the message is waiting in Redis: it carries the request id and nothing personal
     payloads = b" ".join(redis.Redis.from_url(redis_url).lrange("requests", 0, -1))

@@ -22,7 +22,15 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import make_test_keys
 from tests.tasks.test_killed_worker import ADA_EVENTS, BOB_EVENTS, MANIFEST, count, make_app_db
-from tests.tasks.workers import GDPR, environment, gdpr, stop, wait_for_status, wait_for_text
+from tests.tasks.workers import (
+    GDPR,
+    as_operator,
+    environment,
+    gdpr,
+    stop,
+    wait_for_status,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
@@ -125,9 +133,9 @@ def _worker(cwd: Path, env: dict[str, str], log: Path, *extra: str) -> subproces
         )
 
 
-def _erasure(cwd: Path, env: dict[str, str]) -> str:
+def _erasure(cwd: Path, env: dict[str, str], logins: dict[str, str]) -> str:
     created = gdpr(cwd, env, "request", "erase", "--email", "ada@example.com")
-    gdpr(cwd, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", created["id"])
+    gdpr(cwd, as_operator(env, "bob", logins), "request", "approve", created["id"])
     return str(created["id"])
 
 
@@ -151,10 +159,10 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_killed_worker_is_recovered_by_the_next_one_within_two_minutes(
-    tmp_path: Path, pg_settings: object, pg_url: str, broker: OwnRedis
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, broker: OwnRedis
 ) -> None:
     app_db, env = _env(tmp_path, pg_url, broker)
-    request_id = _erasure(tmp_path, env)
+    request_id = _erasure(tmp_path, env, pg_operators)
     log = tmp_path / "worker.log"
     first = _worker(tmp_path, env, log, "--beat")
     _mid_way(app_db, log)
@@ -176,10 +184,10 @@ def test_a_killed_worker_is_recovered_by_the_next_one_within_two_minutes(
 
 
 def test_a_killed_pool_child_is_redelivered_and_taken_over_within_two_minutes(
-    tmp_path: Path, pg_settings: object, pg_url: str, broker: OwnRedis
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, broker: OwnRedis
 ) -> None:
     app_db, env = _env(tmp_path, pg_url, broker)
-    request_id = _erasure(tmp_path, env)
+    request_id = _erasure(tmp_path, env, pg_operators)
     log = tmp_path / "worker.log"
     worker = _worker(tmp_path, env, log)  # no beat: recovery without the sweep
     try:
@@ -200,10 +208,10 @@ def test_a_killed_pool_child_is_redelivered_and_taken_over_within_two_minutes(
 
 
 def test_a_redis_restart_that_loses_the_next_chunk_is_recovered_within_two_minutes(
-    tmp_path: Path, pg_settings: object, pg_url: str, broker: OwnRedis
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, broker: OwnRedis
 ) -> None:
     app_db, env = _env(tmp_path, pg_url, broker, erase_chunk_seconds="0.5")
-    request_id = _erasure(tmp_path, env)
+    request_id = _erasure(tmp_path, env, pg_operators)
     log = tmp_path / "worker.log"
     worker = _worker(tmp_path, env, log, "--beat")
     try:
@@ -224,7 +232,7 @@ def test_a_redis_restart_that_loses_the_next_chunk_is_recovered_within_two_minut
 
 
 def test_a_worker_killed_mid_export_leaves_one_package_and_one_email(
-    tmp_path: Path, pg_settings: object, pg_url: str, broker: OwnRedis
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, broker: OwnRedis
 ) -> None:
     _, env = _env(tmp_path, pg_url, broker)
     log = tmp_path / "worker.log"

@@ -20,6 +20,7 @@ from tests.sample_app.fixtures import SampleDatabases
 from tests.support.crm_server import CrmServer
 from tests.support.services import REDIS_CACHE_DB
 from tests.tasks.workers import (
+    as_operator,
     gdpr,
     production_environment,
     running_worker,
@@ -41,7 +42,7 @@ def crm() -> Iterator[CrmServer]:
 
 def test_export_then_erasure_across_sql_s3_redis_and_http(
     tmp_path: Path,
-    pg_settings: object,
+    pg_operators: dict[str, str],
     pg_url: str,
     redis_url: str,
     s3_endpoint: str,
@@ -69,7 +70,7 @@ def test_export_then_erasure_across_sql_s3_redis_and_http(
         assert done["status"] == "completed", done["last_error"]
         names = exported_names(tmp_path, env)
         erasure = gdpr(tmp_path, env, "request", "erase", "--email", ADA)
-        gdpr(tmp_path, env | {"GDPR_OPERATOR": "bob"}, "request", "approve", erasure["id"])
+        gdpr(tmp_path, as_operator(env, "bob", pg_operators), "request", "approve", erasure["id"])
         erased = wait_for_status(tmp_path, env, erasure["id"], {"completed", "failed"}, 120)
     assert erased["status"] == "completed", erased["last_error"]
 

@@ -49,6 +49,16 @@ def production_environment(base: Path, pg_url: str, redis_url: str) -> dict[str,
     )
 
 
+def as_operator(
+    env: Mapping[str, str], name: str, logins: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`env` acting as operator `name`: on PostgreSQL through its own database login
+    (`logins`: the `pg_operators` fixture), on the embedded database by GDPR_OPERATOR."""
+    if logins is None:
+        return {**env, "GDPR_OPERATOR": name}
+    return {**env, "GDPR_DATABASE_URL": logins[name]}
+
+
 def gdpr(cwd: Path, env: Mapping[str, str], *args: str, check: bool = True) -> Any:
     """Run one `gdpr ... --json` command; return its parsed output."""
     done = subprocess.run(

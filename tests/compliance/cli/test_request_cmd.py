@@ -16,7 +16,7 @@ from tests.compliance.helpers import SMALL_MANIFEST, write_small_manifest
 
 
 @pytest.fixture
-def run(db: Database, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+def run(as_operator, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     """`gdpr` with a small manifest whose source answers email and user_id."""
     dispatcher = RecordingDispatcher()
     manifest = write_small_manifest(tmp_path / "sources")
@@ -25,7 +25,9 @@ def run(db: Database, settings: Settings, tmp_path: Path):  # type: ignore[no-un
         app = App()
         overrides = {"operator": operator, "sources": str(sources or "")}
         app._cache.update(
-            settings=settings.with_overrides(**overrides), db=db, dispatcher=dispatcher
+            settings=settings.with_overrides(**overrides),
+            db=as_operator(operator),
+            dispatcher=dispatcher,
         )
         app.close = lambda: None  # type: ignore[method-assign]  # the fixture owns the db
         return CliRunner().invoke(cli, list(args), obj=app)

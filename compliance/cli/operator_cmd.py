@@ -1,0 +1,96 @@
+"""`gdpr operator ...`: who may do what (roles agent, approver, admin), and who you are."""
+
+from __future__ import annotations
+
+import click
+
+from compliance import operators
+from compliance.cli import output
+from compliance.cli.context import current
+from compliance.operators import Role, authorize
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+roles_argument = click.argument(
+    "roles", nargs=-1, required=True, type=click.Choice([r.value for r in Role])
+)
+
+
+@click.group()
+def operator() -> None:
+    """Operators and their roles: agent (submit, view), approver (approve and reject
+    erasures), admin (holds, keys, retention runs, suppression, operators)."""
+
+
+@operator.command(name="list")
+@json_option
+def list_(as_json: bool) -> None:
+    """Every operator with a role, and their roles."""
+    grants = operators.list_operators(current().db())
+    if as_json:
+        output.emit_json(
+            [
+                {
+                    "name": g.name,
+                    "roles": [r.value for r in g.roles],
+                    "granted_by": g.granted_by,
+                    "granted_at": g.granted_at.isoformat(),
+                }
+                for g in grants
+            ]
+        )
+        return
+    if not grants:
+        click.echo("No operators yet: `gdpr operator grant NAME admin` makes the first admin.")
+    for g in grants:
+        click.echo(f"{g.name:<32} {', '.join(r.value for r in g.roles)}")
+
+
+@operator.command()
+@click.argument("name")
+@roles_argument
+def grant(name: str, roles: tuple[str, ...]) -> None:
+    """Give NAME these ROLES (admins only; on PostgreSQL the first admin is granted by the
+    installation's own login, the owner of the control database)."""
+    app = current()
+    by = app.acting()
+    authorize(app.db(), by, Role.ADMIN, "grant roles", app.now())
+    added = operators.grant(app.db(), by, name, [Role(r) for r in roles], app.now())
+    target = operators.canonical(name)
+    held = ", ".join(r.value for r in added) or "nothing new (it held these roles)"
+    click.echo(f"{target}: granted {held}")
+    sql = operators.missing_login_sql(app.db(), target)
+    if sql:
+        click.echo(
+            f"note: {target} is no operator login of this database yet; a DBA runs: {sql}", err=True
+        )
+
+
+@operator.command()
+@click.argument("name")
+@roles_argument
+def revoke(name: str, roles: tuple[str, ...]) -> None:
+    """Take ROLES from NAME (admins only; never the last admin)."""
+    app = current()
+    by = app.acting()
+    authorize(app.db(), by, Role.ADMIN, "revoke roles", app.now())
+    removed = operators.revoke(app.db(), by, name, [Role(r) for r in roles], app.now())
+    target = operators.canonical(name)
+    taken = ", ".join(r.value for r in removed) or "nothing (it held none of these)"
+    click.echo(f"{target}: revoked {taken}")
+
+
+@operator.command()
+@json_option
+def whoami(as_json: bool) -> None:
+    """Who the control database takes you for, and your roles."""
+    app = current()
+    acting = app.acting()
+    with app.db().session() as session:
+        roles = sorted(r.value for r in operators.roles_of(session, acting.name))
+    how = "service login" if acting.service else "claimed" if acting.claimed else "authenticated"
+    if app.db().engine.dialect.name != "postgresql" and not acting.claimed:
+        how = "login name"
+    if as_json:
+        output.emit_json({"name": acting.name, "identified_by": how, "roles": roles})
+        return
+    click.echo(f"{acting.name} ({how}): {', '.join(roles) or 'no roles'}")
