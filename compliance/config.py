@@ -51,6 +51,7 @@ class Settings:
     sources: str = ""  # path of sources.toml; empty: ./sources.toml if present
     operator: str = ""
     four_eyes: bool = defaults.FOUR_EYES
+    otp_lockout_minutes: int = defaults.OTP_LOCKOUT_MINUTES
     auto_approve_exports: bool = defaults.AUTO_APPROVE_EXPORTS
     strict_sources: bool = False
     link_ttl_days: int = defaults.LINK_TTL_DAYS
@@ -258,6 +259,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("setting 's3_sse' must be '', 'AES256' or 'aws:kms'")
     at_least = {
         "link_ttl_days": 1,
+        "otp_lockout_minutes": 1,
         "link_max_downloads": 1,
         "package_ttl_days": 1,
         "batch_size": 1,

@@ -10,6 +10,7 @@ DUE_MONTHS = 1  # Art. 12(3): one month from receipt
 MAX_EXTENSION_MONTHS = 2  # Art. 12(3): extendable by two further months
 
 FOUR_EYES = True  # erasure needs approval by a second operator
+OTP_LOCKOUT_MINUTES = 15  # after five wrong one-time codes in 15 minutes
 AUTO_APPROVE_EXPORTS = True
 
 LINK_TTL_DAYS = 7

@@ -295,3 +295,17 @@ class OperatorRole(Base):
     role: Mapped[str] = mapped_column(String(16), primary_key=True)
     granted_by: Mapped[str] = mapped_column(String(128))
     granted_at: Mapped[datetime]
+
+
+class OperatorOtp(Base):
+    """An operator's enrolled TOTP secret (sealed) and its failure count for lockout."""
+
+    __tablename__ = "operator_otp"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    enrolled_at: Mapped[datetime]
+    last_step: Mapped[int] = mapped_column(BigInteger, default=0)  # no code is used twice
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]

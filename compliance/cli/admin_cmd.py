@@ -11,7 +11,7 @@ import click
 from compliance import audit as audit_log
 from compliance import rotation
 from compliance.cli import output
-from compliance.cli.context import App, current
+from compliance.cli.context import App, current, otp_option
 from compliance.db import current_revision, upgrade
 from compliance.keyring import new_key_line
 from compliance.operators import Role
@@ -120,6 +120,7 @@ def keys_status(as_json: bool) -> None:
     help="Rows (or packages) per batch; each batch is committed on its own.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable counts.")
+@otp_option
 def keys_rotate(dry_run: bool, batch_size: int, as_json: bool) -> None:
     """Move everything to the newest key of GDPR_KEYS: seal identity values and retention
     cursors again, and re-wrap export packages' data keys (never their contents). Add the

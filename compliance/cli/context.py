@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from compliance import otp
 from compliance.config import Settings, load_settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
@@ -20,12 +21,30 @@ if TYPE_CHECKING:
     from compliance.sources.registry import Registry
 
 
+STEP_UP = frozenset({Role.APPROVER, Role.ADMIN})  # actions that need --otp once enrolled
+
+
+def _remember_otp(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(App).otp = value
+
+
+otp_option = click.option(
+    "--otp",
+    metavar="CODE",
+    expose_value=False,
+    callback=_remember_otp,
+    help="One-time code from your authenticator app (operators who enrolled).",
+)
+
+
 @dataclass
 class App:
     """Everything a command may need; each part is built on first use."""
 
     config_file: Path | None = None
     operator_override: str | None = None
+    otp: str | None = None  # --otp of a step-up command
     overrides: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -107,9 +126,13 @@ class App:
 
     def act(self, role: Role, action: str) -> str:
         """The acting operator's name, once they are found to hold `role` for `action`
-        (else `PermissionDeniedError`, audited)."""
+        (else `PermissionDeniedError`, audited). Approving and admin actions also need
+        the one-time code (`--otp`) of an operator who enrolled (`compliance.otp`)."""
         acting = self.acting()
         authorize(self.db(), acting, role, action, self.now())
+        if role in STEP_UP:
+            lockout = timedelta(minutes=self.settings().otp_lockout_minutes)
+            otp.step_up(self.db(), self.keyring(), acting, self.otp, action, self.now(), lockout)
         return acting.name
 
     def operator(self) -> str:

@@ -9,7 +9,7 @@ import click
 
 from compliance import cascade, holds, maintenance
 from compliance.cli import output
-from compliance.cli.context import current
+from compliance.cli.context import current, otp_option
 from compliance.cli.identity_options import identities_from, identity_options
 from compliance.errors import RetryableError, ValidationError
 from compliance.freetext import check_text
@@ -33,6 +33,7 @@ def hold() -> None:
 @click.option("--basis", required=True, help="The legal basis, e.g. 'Art. 17(3)(e) GDPR'.")
 @click.option("--until", help="End date (YYYY-MM-DD, UTC); the hold ends by itself then.")
 @json_option
+@otp_option
 def add(
     source: str | None,
     location: str | None,
@@ -135,6 +136,7 @@ def list_holds(everything: bool, as_json: bool) -> None:
 @click.argument("hold_id", type=click.IntRange(min=1))
 @click.option("--reason", required=True, help="Why the hold ends (no personal data).")
 @json_option
+@otp_option
 def release(hold_id: int, reason: str, as_json: bool) -> None:
     """End a hold: what it kept is erased (waiting erasures resume) and purged again."""
     app = current()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import click
+import io
 
-from compliance import operators
+import click
+import segno
+
+from compliance import operators, otp
 from compliance.cli import output
-from compliance.cli.context import current
+from compliance.cli.context import current, otp_option
 from compliance.operators import Role, authorize
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -48,6 +51,7 @@ def list_(as_json: bool) -> None:
 @operator.command()
 @click.argument("name")
 @roles_argument
+@otp_option
 def grant(name: str, roles: tuple[str, ...]) -> None:
     """Give NAME these ROLES (admins only; on PostgreSQL the first admin is granted by the
     installation's own login, the owner of the control database)."""
@@ -68,6 +72,7 @@ def grant(name: str, roles: tuple[str, ...]) -> None:
 @operator.command()
 @click.argument("name")
 @roles_argument
+@otp_option
 def revoke(name: str, roles: tuple[str, ...]) -> None:
     """Take ROLES from NAME (admins only; never the last admin)."""
     app = current()
@@ -94,3 +99,33 @@ def whoami(as_json: bool) -> None:
         output.emit_json({"name": acting.name, "identified_by": how, "roles": roles})
         return
     click.echo(f"{acting.name} ({how}): {', '.join(roles) or 'no roles'}")
+
+
+@operator.command()
+def enroll() -> None:
+    """Enroll a one-time code (TOTP) for yourself: scan the QR code (or enter the secret)
+    in an authenticator app, then type the code it shows. From then on approving erasures
+    and admin actions need --otp CODE. Enrolling again replaces the old secret."""
+    app = current()
+    acting = app.acting()
+    enrollment = otp.begin(acting.name)
+    picture = io.StringIO()
+    segno.make(enrollment.uri).terminal(out=picture, compact=True)
+    click.echo(picture.getvalue())
+    click.echo(enrollment.uri)
+    click.echo(f"secret (to type in instead of scanning): {enrollment.secret}")
+    code = click.prompt("code shown by the app", type=str)
+    otp.confirm(app.db(), app.keyring(), acting, enrollment, code, app.now())
+    click.echo(f"{acting.name}: enrolled; approving erasures and admin actions now need --otp CODE")
+
+
+@operator.command()
+@click.argument("name")
+@otp_option
+def unenroll(name: str) -> None:
+    """Forget NAME's one-time code (a lost phone), which also ends a lockout (admins only)."""
+    app = current()
+    by = app.act(Role.ADMIN, "remove one-time codes")
+    target = operators.canonical(name)
+    otp.unenroll(app.db(), app.acting(), target, app.now())
+    click.echo(f"{target}: one-time code removed; `gdpr operator enroll` sets a new one (by {by})")

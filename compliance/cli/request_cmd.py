@@ -11,7 +11,7 @@ import click
 from compliance import defaults, queries
 from compliance import requests as service
 from compliance.cli import output, request_view, watch
-from compliance.cli.context import App, current
+from compliance.cli.context import App, current, otp_option
 from compliance.cli.identity_options import (
     contact_from,
     contact_option,
@@ -102,6 +102,7 @@ def _done(app: App, request_id: uuid.UUID, as_json: bool, verb: str) -> None:
 @request.command()
 @click.argument("request_id")
 @json_option
+@otp_option
 def approve(request_id: str, as_json: bool) -> None:
     """Approve a request (erasure needs a second operator)."""
     app = current()
@@ -121,6 +122,7 @@ def approve(request_id: str, as_json: bool) -> None:
 @click.argument("request_id")
 @click.option("--reason", required=True, help="Why (kept with the request; no personal data).")
 @json_option
+@otp_option
 def reject(request_id: str, reason: str, as_json: bool) -> None:
     """Reject a request awaiting approval."""
     app = current()

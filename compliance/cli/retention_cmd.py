@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from compliance.cli import output
-from compliance.cli.context import App, current
+from compliance.cli.context import App, current, otp_option
 from compliance.models import RetentionRun
 from compliance.operators import Role
 from compliance.retention import runs, sweep
@@ -30,7 +30,7 @@ def retention() -> None:
 PROGRESS_SECONDS = 2.0
 
 
-def context(app: App, *, chunk_seconds: float | None = None) -> SweepContext:
+def context(app: App, *, actor: str, chunk_seconds: float | None = None) -> SweepContext:
     settings = app.settings()
     if chunk_seconds is not None and chunk_seconds < settings.retention_chunk_seconds:
         settings = settings.with_overrides(retention_chunk_seconds=chunk_seconds)
@@ -41,7 +41,7 @@ def context(app: App, *, chunk_seconds: float | None = None) -> SweepContext:
         sources=app.registry().sources,
         requests=app.dispatcher(),
         clock=app.now,
-        actor=app.act(Role.ADMIN, "start retention runs"),
+        actor=actor,
     )
 
 
@@ -50,7 +50,8 @@ def context(app: App, *, chunk_seconds: float | None = None) -> SweepContext:
 @json_option
 def plan(policy: str | None, as_json: bool) -> None:
     """What a sweep would remove now, per policy: cutoff, items due, items held, batches."""
-    ctx = context(current())
+    app = current()
+    ctx = context(app, actor=app.operator())  # a plan changes nothing: no role needed
     found = sweep.plan(ctx, policy)
     rows = [
         {
@@ -80,10 +81,13 @@ def plan(policy: str | None, as_json: bool) -> None:
 @policy_option
 @click.option("--dry-run", is_flag=True, help="Count and record what would go; change nothing.")
 @json_option
+@otp_option
 def run(policy: str | None, dry_run: bool, as_json: bool) -> None:
     """Sweep now, in this process (beat does it nightly on the workers). Progress is a bar
     on a terminal, a line every few seconds otherwise, nothing with --json."""
-    ctx = context(current(), chunk_seconds=None if as_json else PROGRESS_SECONDS)
+    app = current()
+    actor = app.act(Role.ADMIN, "start retention runs")
+    ctx = context(app, actor=actor, chunk_seconds=None if as_json else PROGRESS_SECONDS)
     if dry_run:
         recorded = sweep.dry_run(ctx, policy)
         _show_runs(recorded, as_json)
@@ -197,7 +201,8 @@ def report(as_json: bool) -> None:
     """Per policy: the oldest item still present against its limit, how many are overdue
     and since when. Exit 1 if any is overdue beyond the grace window
     (`retention_report_grace_days`, not counting items a legal hold keeps)."""
-    ctx = context(current())
+    app = current()
+    ctx = context(app, actor=app.operator())  # a report changes nothing: no role needed
     found = build_report(ctx)
     if as_json:
         output.emit_json([r.to_dict() for r in found])

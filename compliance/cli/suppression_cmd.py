@@ -7,7 +7,7 @@ import click
 
 from compliance import suppression as service
 from compliance.cli import output
-from compliance.cli.context import App, current
+from compliance.cli.context import App, current, otp_option
 from compliance.freetext import check_text
 from compliance.operators import Role
 from compliance.requests import MAX_TICKET
@@ -39,6 +39,7 @@ def suppression() -> None:
     help="Suppressed subjects searched for per scan of the sources.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@otp_option
 def reapply(dry_run: bool, ticket: str | None, batch: int, as_json: bool) -> None:
     """Find erased subjects present again in the sources (after a backup restore) and
     queue a pre-approved erasure for each; one already open is not queued twice. Every

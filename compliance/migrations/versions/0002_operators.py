@@ -10,7 +10,8 @@ On PostgreSQL an operator is a database login that is a member of the group role
   choose it), refuse an approval by the submitter (four-eyes), and allow only the
   transitions the operator's roles permit (``operator_role``);
 - refuse an audit event whose actor is not ``session_user``;
-- let only admins change ``operator_role`` and ``legal_hold``.
+- let only admins change ``operator_role`` and ``legal_hold``, and another operator's
+  ``operator_otp`` row.
 
 The audit trail is append-only for every login, the owner included: UPDATE, DELETE and
 TRUNCATE of ``audit_event`` are refused by triggers and revoked from the owner.
@@ -157,6 +158,20 @@ BEGIN
   RETURN NEW;
 END $$;
 
+CREATE OR REPLACE FUNCTION gdpr_otp_own_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  row_name text := CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END;
+BEGIN
+  IF gdpr_is_operator_session() AND row_name <> gdpr_session_operator() THEN
+    PERFORM gdpr_require_role('admin', 'change another operator''s one-time codes');
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  RETURN NEW;
+END $$;
+
 CREATE OR REPLACE FUNCTION gdpr_admin_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -183,6 +198,8 @@ CREATE TRIGGER operator_role_admin_only BEFORE INSERT OR UPDATE OR DELETE ON ope
   FOR EACH ROW EXECUTE FUNCTION gdpr_admin_only();
 CREATE TRIGGER legal_hold_admin_only BEFORE INSERT OR UPDATE OR DELETE ON legal_hold
   FOR EACH ROW EXECUTE FUNCTION gdpr_admin_only();
+CREATE TRIGGER operator_otp_own_row BEFORE INSERT OR UPDATE OR DELETE ON operator_otp
+  FOR EACH ROW EXECUTE FUNCTION gdpr_otp_own_row();
 """
 
 GRANTS = """
@@ -204,7 +221,7 @@ BEGIN
   EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', current_schema(), grp);
   EXECUTE format('GRANT INSERT, UPDATE ON %s TO %I', tables_rw, grp);
   EXECUTE format('GRANT INSERT ON audit_event TO %I', grp);
-  EXECUTE format('GRANT INSERT, UPDATE, DELETE ON operator_role TO %I', grp);
+  EXECUTE format('GRANT INSERT, UPDATE, DELETE ON operator_role, operator_otp TO %I', grp);
   EXECUTE 'REVOKE UPDATE, DELETE, TRUNCATE ON audit_event FROM PUBLIC, CURRENT_USER';
 END $$;
 """
@@ -218,6 +235,17 @@ def upgrade() -> None:
         sa.Column("granted_by", sa.String(length=128), nullable=False),
         sa.Column("granted_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", "role", name=op.f("pk_operator_role")),
+    )
+    op.create_table(
+        "operator_otp",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("secret_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("enrolled_at", compliance.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_step", sa.BigInteger(), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("window_started_at", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("locked_until", compliance.models.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_operator_otp")),
     )
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -235,6 +263,8 @@ def downgrade() -> None:
             ("audit_event_actor", "audit_event"),
             ("operator_role_admin_only", "operator_role"),
             ("legal_hold_admin_only", "legal_hold"),
+            ("operator_otp_own_row", "operator_otp"),
         ):
             op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+    op.drop_table("operator_otp")
     op.drop_table("operator_role")
