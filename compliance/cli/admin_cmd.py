@@ -250,11 +250,15 @@ def maintenance() -> None:
     is_flag=True,
     help="Machine-readable result: the ids released and re-dispatched.",
 )
+@otp_option
 def maintenance_sweep(as_json: bool) -> None:
-    """Release stale claims and re-dispatch requests stuck in the queue."""
+    """Release stale claims and re-dispatch requests stuck in the queue (beat does it every
+    few minutes). With PostgreSQL it makes the workers' transitions: run it as the
+    installation's own login, the one the workers use."""
     from compliance.maintenance import sweep
 
     app = current()
+    app.act(Role.ADMIN, "run the maintenance sweep")
     result = sweep(app.db(), app.settings(), app.dispatcher(), app.now())
     released, redispatched = result.released, result.redispatched
     if as_json:

@@ -10,7 +10,7 @@ import segno
 from compliance import operators, otp
 from compliance.cli import output
 from compliance.cli.context import current, otp_option
-from compliance.operators import Role, authorize
+from compliance.operators import Role
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 roles_argument = click.argument(
@@ -56,8 +56,8 @@ def grant(name: str, roles: tuple[str, ...]) -> None:
     """Give NAME these ROLES (admins only; on PostgreSQL the first admin is granted by the
     installation's own login, the owner of the control database)."""
     app = current()
+    app.act(Role.ADMIN, "grant roles")
     by = app.acting()
-    authorize(app.db(), by, Role.ADMIN, "grant roles", app.now())
     added = operators.grant(app.db(), by, name, [Role(r) for r in roles], app.now())
     target = operators.canonical(name)
     held = ", ".join(r.value for r in added) or "nothing new (it held these roles)"
@@ -76,8 +76,8 @@ def grant(name: str, roles: tuple[str, ...]) -> None:
 def revoke(name: str, roles: tuple[str, ...]) -> None:
     """Take ROLES from NAME (admins only; never the last admin)."""
     app = current()
+    app.act(Role.ADMIN, "revoke roles")
     by = app.acting()
-    authorize(app.db(), by, Role.ADMIN, "revoke roles", app.now())
     removed = operators.revoke(app.db(), by, name, [Role(r) for r in roles], app.now())
     target = operators.canonical(name)
     taken = ", ".join(r.value for r in removed) or "nothing (it held none of these)"
