@@ -19,10 +19,18 @@ transition.
 Audit events about a step (`note`: "the link was mailed") ride along the same way: they
 are appended to the chain in the transaction that writes the step they describe, so the
 trail and the steps never disagree, and a rolled-back save forgets both.
+
+A checkpoint may hold the keys of the subject's rows (an e-mail address can be a primary
+key): with a keyring, the log stores it sealed (``{"sealed": "<base64>"}``, bound to the
+request, source and action; `Keyring.seal_local`, so a key rotation never strands a run
+half-way) and opens it when it reads the step back; a checkpoint written plain, before,
+is read as it is.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +50,7 @@ from compliance.models import DsrRequest, DsrStep, RequestStatus, StepStatus
 from compliance.sources.base import DataSource
 
 MAX_ERROR = 2000
+SEALED = "sealed"  # the one key of a sealed checkpoint
 _FIELDS = ("status", "counts", "checkpoint", "attempts", "error", "started_at", "finished_at")
 
 # The step log's statements, built once (a run issues them over and over).
@@ -111,8 +120,10 @@ class StepLog:
         lease_seconds: float,
         actor: str = "worker",
         subject: str | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.db = db
+        self.keyring = keyring
         self.request_id = request_id
         self.claim = claim
         self.clock = clock
@@ -306,7 +317,28 @@ class StepLog:
             step.id = row.id
             for name in _FIELDS:
                 setattr(step, name, _copy(getattr(row, name)))
+            step.checkpoint = self._open(step)
         self._loaded = True
+
+    def _stored(self, step: Step) -> dict[str, Any]:
+        """The step's values as written: its checkpoint sealed when there is a keyring."""
+        values = step.values()
+        if self.keyring is not None and step.checkpoint:
+            plain = json.dumps(step.checkpoint, sort_keys=True).encode()
+            sealed = self.keyring.seal_local(plain, self._aad(step))
+            values["checkpoint"] = {SEALED: base64.b64encode(sealed).decode()}
+        return values
+
+    def _open(self, step: Step) -> dict[str, Any]:
+        stored = step.checkpoint if isinstance(step.checkpoint, dict) else {}
+        sealed = stored.get(SEALED) if len(stored) == 1 else None
+        if sealed is None or self.keyring is None:
+            return stored
+        plain = self.keyring.open_local(base64.b64decode(sealed), self._aad(step))
+        return dict(json.loads(plain))
+
+    def _aad(self, step: Step) -> bytes:
+        return f"dsr_step|{self.request_id}|{step.source}|{step.action}".encode()
 
     def _write(self, session: Session) -> None:
         if not self._dirty:
@@ -314,7 +346,7 @@ class StepLog:
         self._load(session)
         steps = [self._steps[key] for key in sorted(self._dirty)]
         changed = [
-            {"p_id": s.id, **{f"p_{name}": value for name, value in s.values().items()}}
+            {"p_id": s.id, **{f"p_{name}": value for name, value in self._stored(s).items()}}
             for s in steps
             if s.id is not None
         ]
@@ -327,7 +359,7 @@ class StepLog:
                     "request_id": self.request_id,
                     "source": s.source,
                     "action": s.action,
-                    **s.values(),
+                    **self._stored(s),
                 }
                 for s in new
             ]
@@ -400,6 +432,7 @@ class RunContext:
             lease_seconds=self.settings.lease_seconds,
             actor=self.actor,
             subject=self.subject,
+            keyring=self.keyring,
         )
         object.__setattr__(self, "steps", log)
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from compliance.config import Settings
 from compliance.errors import ConfigError, IntegrityError, ValidationError
@@ -74,6 +76,24 @@ class Keyring:
             raise IntegrityError(
                 "sealed value failed authentication; wrong key or tampered"
             ) from exc
+
+    def seal_local(self, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt short-lived state that must outlive a key rotation (a run's checkpoint)
+        under a key derived from the pseudonym key, which is never rotated: nonce|body."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self._local_key()).encrypt(nonce, plaintext, b"local|" + aad)
+
+    def open_local(self, sealed: bytes, aad: bytes) -> bytes:
+        """The plaintext of a `seal_local`ed value."""
+        nonce, body = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
+        try:
+            return AESGCM(self._local_key()).decrypt(nonce, body, b"local|" + aad)
+        except InvalidTag as exc:
+            raise IntegrityError("sealed state failed authentication; tampered") from exc
+
+    def _local_key(self) -> bytes:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"gdpr local")
+        return hkdf.derive(self.pseudonym_key)
 
     def reseal(self, sealed: bytes, aad: bytes = b"") -> bytes:
         """`sealed` sealed again with the newest key (same associated data); a value the

@@ -17,7 +17,7 @@ from compliance.db import Database
 from compliance.dispatch import RecordingDispatcher
 from compliance.erasure import erase_chunk, run_erasure
 from compliance.errors import ResidualDataError, UnsupportedError
-from compliance.execution import RunContext
+from compliance.execution import RunContext, StepLog
 from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
 from compliance.models import AuditEvent, DsrIdentity, DsrStep, RequestKind, Suppression
@@ -241,7 +241,10 @@ def test_erase_chunk_stops_at_its_deadline_and_the_next_chunk_resumes(
     assert {s.status for s in erase_steps} == {"done"}
     shop_step = next(s for s in erase_steps if s.source == "shop")
     assert shop_step.counts["retained"] == 1
-    assert shop_step.checkpoint.get("orphans") is None  # keys dropped when done
+    reread = StepLog(
+        db, ctx.request_id, claim=None, clock=lambda: NOW, lease_seconds=60, keyring=ctx.keyring
+    )
+    assert reread.get("shop", "erase").checkpoint.get("orphans") is None  # keys dropped when done
 
 
 class OneShotSource(FakeSource):

@@ -4,7 +4,9 @@ the database after a rollback; and the bookkeeping of small requests, bounded.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -16,8 +18,8 @@ from sqlalchemy import event, select
 
 from compliance.config import Settings
 from compliance.db import Database
-from compliance.errors import LeaseHeldError
-from compliance.execution import RunContext
+from compliance.errors import IntegrityError, LeaseHeldError
+from compliance.execution import RunContext, StepLog
 from compliance.keyring import load_keyring
 from compliance.lifecycle import Event, transition
 from compliance.models import AuditEvent, DsrStep, RequestKind
@@ -43,6 +45,13 @@ def stored(db: Database, ctx: RunContext) -> dict[tuple[str, str], DsrStep]:
     with db.session() as session:
         rows = session.scalars(select(DsrStep).where(DsrStep.request_id == ctx.request_id))
         return {(row.source, row.action): row for row in rows}
+
+
+def reread(db: Database, ctx: RunContext) -> StepLog:
+    """The steps as a later run of the request reads them."""
+    return StepLog(
+        db, ctx.request_id, claim=None, clock=lambda: NOW, lease_seconds=60, keyring=ctx.keyring
+    )
 
 
 @contextmanager
@@ -85,7 +94,8 @@ def test_a_run_reads_its_steps_once_and_writes_them_only_when_saved(
     assert saving.count("COMMIT") == 2
     rows = stored(db, ctx)
     assert rows[("app", "erase")].counts == {"deleted": 5}
-    assert rows[("app", "erase")].checkpoint == {"after": 7}
+    assert set(rows[("app", "erase")].checkpoint) == {"sealed"}
+    assert reread(db, ctx).get("app", "erase").checkpoint == {"after": 7}
     assert (rows[("app", "erase")].status, rows[("app", "erase")].attempts) == ("done", 1)
     assert rows[("crm", "erase")].status == "done"
 
@@ -249,3 +259,32 @@ def _audits(db: Database, request_id: Any) -> list[str]:
         return list(
             session.scalars(select(AuditEvent.action).where(AuditEvent.request_id == request_id))
         )
+
+
+def test_a_checkpoint_holding_row_keys_is_stored_sealed_and_read_back(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "erase")
+    keys = {"orphans": {"users": [["ada@example.com"]]}, "table": 2}
+    ctx.steps.update(step, checkpoint=keys)
+    ctx.steps.save()
+    row = stored(db, ctx)[("app", "erase")]
+    assert "ada@example.com" not in json.dumps(row.checkpoint)
+    assert reread(db, ctx).get("app", "erase").checkpoint == keys
+    # bound to its step: the same sealed value under another step does not open
+    other = reread(db, dataclasses.replace(ctx, request_id=uuid.uuid4()))
+    moved = DsrStep(source="app", action="erase", checkpoint=row.checkpoint)
+    with pytest.raises(IntegrityError, match="tampered"):
+        other._apply([moved])  # type: ignore[list-item]
+
+
+def test_a_plain_checkpoint_written_before_sealing_is_read_as_it_is(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    plain = StepLog(db, ctx.request_id, claim=None, clock=lambda: NOW, lease_seconds=60)
+    plain.update(plain.start("crm", "erase"), checkpoint={"after": 3})
+    plain.save()
+    assert stored(db, ctx)[("crm", "erase")].checkpoint == {"after": 3}
+    assert reread(db, ctx).get("crm", "erase").checkpoint == {"after": 3}
