@@ -39,7 +39,7 @@ from compliance.models import (
     RequestKind,
     RequestStatus,
 )
-from compliance.operators import same_operator
+from compliance.operators import REFUSED, same_operator
 from compliance.queries import get_request
 from compliance.sealed import sealed_identity, wipe_identities
 from compliance.sources.base import DataSource
@@ -208,21 +208,37 @@ def approve(
     with db.session() as session:
         request = get_request(session, request_id)
         waiting = request.status == RequestStatus.AWAITING_APPROVAL  # else: the state refuses
-        if waiting and settings.four_eyes and same_operator(request.submitted_by, operator):
-            raise PermissionDeniedError(
-                f"{operator} submitted request {request_id} and cannot also approve it;"
-                " ask a second operator (four-eyes)"
-            )
-        request = transition(
-            session,
-            request_id,
-            Event.APPROVE,
-            actor=operator,
-            now=now,
-            values={"approved_by": operator, "approved_at": now},
-        )
+        own = waiting and settings.four_eyes and same_operator(request.submitted_by, operator)
+        if not own:
+            request = _approve(session, request_id, operator, now)
+    if own:
+        _refuse_own_approval(db, request_id, operator, now)
     dispatch_quietly(dispatcher, request_id)
     return request
+
+
+def _refuse_own_approval(db: Database, request_id: uuid.UUID, operator: str, now: datetime) -> None:
+    """Record the refusal (`operator.refused`), then raise it (four-eyes)."""
+    with db.session() as session:
+        details = {"action": "approve erasures", "reason": "four-eyes"}
+        audit.record(
+            session, actor=operator, action=REFUSED, now=now, request_id=request_id, details=details
+        )
+    raise PermissionDeniedError(
+        f"{operator} submitted request {request_id} and cannot also approve it;"
+        " ask a second operator (four-eyes)"
+    )
+
+
+def _approve(session: Session, request_id: uuid.UUID, operator: str, now: datetime) -> DsrRequest:
+    return transition(
+        session,
+        request_id,
+        Event.APPROVE,
+        actor=operator,
+        now=now,
+        values={"approved_by": operator, "approved_at": now},
+    )
 
 
 def reject(

@@ -170,6 +170,8 @@ def test_nobody_approves_their_own_erasure_not_even_with_a_direct_update(
     erasure = submitted_erasure(logins)
     result = logins.cli["alice"]("request", "approve", erasure)
     assert result.exit_code == 4 and "four-eyes" in result.output
+    [event] = events(owner, "operator.refused")
+    assert (event.actor, event.details["reason"]) == (alice, "four-eyes")
     refused(
         logins,
         "alice",
