@@ -78,7 +78,7 @@ def engine_options(url: URL, pool: Pool, tls: Tls, where: str) -> dict[str, Any]
     given = tls.given()
     if given and backend != "postgresql":
         raise ConfigError(
-            f"{where}: {', '.join(given)} apply to PostgreSQL only; remove them for {backend}"
+            f"{where}: TLS ({', '.join(given)}) applies to PostgreSQL only; remove it for {backend}"
         )
     options: dict[str, Any] = {"pool_recycle": pool.recycle_seconds or -1}
     options["pool_pre_ping"] = pool.pre_ping
