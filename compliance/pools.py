@@ -72,8 +72,11 @@ def check_tls(tls: Tls, where: str, how: Mapping[str, str] | None = None) -> Non
         )
 
 
-def engine_options(url: URL, pool: Pool, tls: Tls, where: str) -> dict[str, Any]:
-    """`create_engine` keyword arguments for `url` (without `connect_args` of its own)."""
+def engine_options(
+    url: URL, pool: Pool, tls: Tls, where: str, given_in: str = "the settings"
+) -> dict[str, Any]:
+    """`create_engine` keyword arguments for `url` (without `connect_args` of its own).
+    `where` names the database in errors, `given_in` where `pool` and `tls` came from."""
     backend = url.get_backend_name()
     given = tls.given()
     if given and backend != "postgresql":
@@ -85,11 +88,11 @@ def engine_options(url: URL, pool: Pool, tls: Tls, where: str) -> dict[str, Any]
     if backend != "sqlite":
         options.update(pool_size=pool.size, max_overflow=pool.max_overflow)
     if backend == "postgresql":
-        options["connect_args"] = merge_tls(url, tls, where)
+        options["connect_args"] = merge_tls(url, tls, where, given_in)
     return options
 
 
-def merge_tls(url: URL, tls: Tls, where: str) -> dict[str, str]:
+def merge_tls(url: URL, tls: Tls, where: str, given_in: str = "the settings") -> dict[str, str]:
     """The TLS parameters to pass besides the URL: those the URL does not already say. A
     key the URL gives a different value is a `ConfigError`; the files either names are
     checked (`check_files`)."""
@@ -100,7 +103,7 @@ def merge_tls(url: URL, tls: Tls, where: str) -> dict[str, str]:
             extra[key] = value
         elif in_url[key] != value:
             raise ConfigError(
-                f"{where}: {key} is {value!r} in the settings but {in_url[key]!r} in the URL;"
+                f"{where}: {key} is {value!r} in {given_in} but {in_url[key]!r} in the URL;"
                 " keep one of them"
             )
     merged = Tls(**{**in_url, **extra})

@@ -75,7 +75,7 @@ def make_source_engine(
         if path and path != ":memory:" and not path.startswith("file:"):
             url = f"sqlite:///{base_dir / path}"
     try:
-        options = engine_options(sa_url.make_url(url), pool, tls or Tls(), where)
+        options = engine_options(sa_url.make_url(url), pool, tls or Tls(), where, "the manifest")
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 30}, **options)
             event.listen(engine, "connect", _sqlite_foreign_keys)
