@@ -67,63 +67,84 @@ def tls_postgres(folder: Path, *, client_certs: bool = False) -> Iterator[TlsPos
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(ca_path))
     port = free_port()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    thread = threading.Thread(
-        target=_serve, args=(loop, port, context, started), name="tls-postgres", daemon=True
-    )
+    front = _Front(context)
+    thread = threading.Thread(target=front.serve, args=(port,), name="tls-postgres", daemon=True)
     thread.start()
-    started.wait(10)
+    front.started.wait(10)
     try:
         yield TlsPostgres(port, ca_path, *client)
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        front.stop()
         thread.join(10)
 
 
-def _serve(
-    loop: asyncio.AbstractEventLoop, port: int, context: ssl.SSLContext, started: threading.Event
-) -> None:
-    asyncio.set_event_loop(loop)
+class _Front:
+    """The relay's event loop, on its own thread; `stop` closes every connection it holds."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with suppress(OSError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
-            await _relay(reader, writer, context)
-        writer.close()
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", port))
-    started.set()
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-        for task in asyncio.all_tasks(loop):
+    def serve(self, port: int) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", port))
+        self.started.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+            self.loop.run_until_complete(server.wait_closed())
+            self.loop.close()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close_all(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _close_all(self) -> None:
+        for task in list(self.tasks):
             task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await asyncio.sleep(0)
 
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)  # type: ignore[arg-type]
+        self.writers.add(writer)
+        try:
+            with suppress(OSError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+                await self._relay(reader, writer)
+        finally:
+            writer.transport.abort()
+            self.writers.discard(writer)
+            self.tasks.discard(task)  # type: ignore[arg-type]
 
-async def _relay(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext
-) -> None:
-    first = await reader.readexactly(8)
-    length, code = struct.unpack("!II", first)
-    if length == 8 and code == _GSS_REQUEST:
-        writer.write(b"N")
-        await writer.drain()
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         first = await reader.readexactly(8)
         length, code = struct.unpack("!II", first)
-    if length == 8 and code == _SSL_REQUEST:
-        writer.write(b"S")
-        await writer.drain()
-        await writer.start_tls(context)
-        first = b""
-    up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
-    up_writer.write(first)
-    try:
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-    finally:
-        up_writer.close()
+        if length == 8 and code == _GSS_REQUEST:
+            writer.write(b"N")
+            await writer.drain()
+            first = await reader.readexactly(8)
+            length, code = struct.unpack("!II", first)
+        if length == 8 and code == _SSL_REQUEST:
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self.context)
+            first = b""
+        up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
+        self.writers.add(up_writer)
+        up_writer.write(first)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.transport.abort()
+            self.writers.discard(up_writer)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
