@@ -86,6 +86,7 @@ class Settings:
     redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
     lease_seconds: int = defaults.LEASE_SECONDS
     retention_cron: str = defaults.RETENTION_CRON  # minute hour day-of-month month weekday
+    suppression_cron: str = ""  # when beat runs `suppression reapply`; "": never
     retention_batch_size: int = defaults.RETENTION_BATCH_SIZE
     retention_max_seconds: int = defaults.RETENTION_MAX_SECONDS
     retention_max_items: int = defaults.RETENTION_MAX_ITEMS
@@ -321,7 +322,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("setting 'serve_threads' must be between 1 and 256")
     if settings.retention_chunk_seconds <= 0:
         raise ConfigError("setting 'retention_chunk_seconds' must be more than 0")
-    _validate_cron(settings.retention_cron)
+    _validate_cron("retention_cron", settings.retention_cron)
+    if settings.suppression_cron:
+        _validate_cron("suppression_cron", settings.suppression_cron)
     how = {key: f"setting 'db_{key}'" for key in TLS_KEYS}
     check_tls(settings.control_tls, "control database", how)
     _validate_timezone(settings.timezone)
@@ -344,12 +347,12 @@ def _validate_proxy(address: str) -> None:
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
 
-def _validate_cron(expression: str) -> None:
+def _validate_cron(name: str, expression: str) -> None:
     """Five crontab fields (minute hour day-of-month month day-of-week), numbers only."""
     fields = expression.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
         raise ConfigError(
-            f"setting 'retention_cron' must be five crontab fields like '0 2 * * *'"
+            f"setting '{name}' must be five crontab fields like '0 2 * * *'"
             f" (minute hour day month weekday), not {expression[:40]!r}"
         )
 
