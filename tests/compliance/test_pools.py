@@ -192,7 +192,11 @@ def test_sqlite_ignores_pool_size_and_overflow_and_refuses_tls(tmp_path: Path) -
     finally:
         db.dispose()
     memory = Database.connect(settings.with_overrides(database_url="sqlite:///:memory:"))
-    memory.dispose()
+    try:  # its pool (one connection per thread) takes no overflow: none is given it
+        with memory.session() as session:
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        memory.dispose()
     with pytest.raises(
         ConfigError, match=r"^control database: TLS \(sslmode\) applies to PostgreSQL only"
     ):
