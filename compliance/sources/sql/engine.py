@@ -30,7 +30,6 @@ _IDLE_SINCE = "gdpr_idle_since"
 
 
 DEFAULT_POOL = Pool(defaults.SOURCE_POOL_SIZE, defaults.SOURCE_MAX_OVERFLOW)
-POOL_KEYS = ("pool_size", "max_overflow", "pool_recycle_seconds", "pool_pre_ping")
 
 
 def connection_of(spec: Spec, base_dir: Path) -> tuple[Pool, Tls]:
