@@ -92,6 +92,10 @@ class ObjectStorage(Protocol):
 
     def size(self, key: str) -> int: ...
 
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under `prefix` (a folder, ending in '/'), sorted."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the storage root or confuse a backend."""

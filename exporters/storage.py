@@ -100,6 +100,14 @@ class FileStorage:
         with _os_errors(key):
             return self._path(key).stat().st_size
 
+    def keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix + "x").parent  # the prefix's folder, checked like a key
+        with _os_errors(prefix):
+            if not folder.is_dir():
+                return []
+            names = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return sorted(prefix + name for name in names)
+
 
 def _read_chunks(handle: BinaryIO, key: str) -> Iterator[bytes]:
     with handle, _os_errors(key):

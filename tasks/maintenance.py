@@ -1,5 +1,6 @@
 """Maintenance tasks fired by beat: keep requests moving, abort orphaned uploads, delete
-expired packages, apply the suppression list again (when `suppression_cron` is set)."""
+expired packages, checkpoint the audit chain, apply the suppression list again (when
+`suppression_cron` is set)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ def purge_packages() -> int:
     base = runtime.control()
     storage = open_storage(base.settings)
     return int(purge_expired_packages(base.db, storage, utcnow()))
+
+
+@app.task(name="gdpr.audit.checkpoint", acks_late=True)
+def checkpoint_audit() -> int | None:
+    """Checkpoint the audit chain's head to object storage (`compliance.checkpoints`)."""
+    from compliance import checkpoints
+    from exporters.storage import open_storage
+
+    base = runtime.control()
+    point = checkpoints.write(base.db, open_storage(base.settings), base.keyring, utcnow())
+    if point is not None:
+        log.info("audit.checkpoint", extra={"seq": point.seq, "events": point.events})
+    return None if point is None else point.seq
 
 
 @app.task(name="gdpr.suppression.reapply", acks_late=True)

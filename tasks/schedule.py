@@ -1,6 +1,7 @@
 """Celery beat schedule: maintenance sweeps (every minute by default), package expiry
-hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), and,
-when `suppression_cron` is set, the suppression list applied again."""
+hourly, the audit chain's checkpoint daily, the nightly retention sweep (`retention_cron`,
+in the configured timezone), and, when `suppression_cron` is set, the suppression list
+applied again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from celery.schedules import crontab
 from compliance.config import Settings
 
 PURGE_PACKAGES_EVERY_SECONDS = 3600.0
+AUDIT_CHECKPOINT = "15 0 * * *"  # daily, just after midnight in `timezone`
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -31,6 +33,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": PURGE_PACKAGES_EVERY_SECONDS,
             "options": {"queue": "maintenance", "expires": PURGE_PACKAGES_EVERY_SECONDS},
         },
+        "audit-checkpoint": {
+            "task": "gdpr.audit.checkpoint",
+            "schedule": cron(AUDIT_CHECKPOINT),
+            "options": {"queue": "maintenance", "expires": 3600.0},
+        },
     }
     if settings.suppression_cron:
         # it scans every searching source's identity columns: the retention queue's work
@@ -48,6 +55,7 @@ def describe(settings: Settings) -> list[str]:
     return [
         f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
         f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
+        f"audit chain checkpointed to object storage at '{AUDIT_CHECKPOINT}' ({settings.timezone})",
         f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
         f"suppression list reapplied at '{settings.suppression_cron}' ({settings.timezone})"
         if settings.suppression_cron
