@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -253,4 +253,26 @@ def keyring_warning(settings: Settings, ring: Keyring) -> Finding | None:
         Status.WARN,
         "a development keyring (a file under GDPR_HOME) protects a shared control database:"
         " set GDPR_KEYS and GDPR_PSEUDONYM_KEY (`gdpr keys generate`)",
+    )
+
+
+def operators_warning(db: Database) -> Finding | None:
+    """With PostgreSQL, a warning when no operator holds the admin role yet: nobody could
+    grant roles, place holds or rotate keys but the installation's own login."""
+    if db.engine.dialect.name != "postgresql":
+        return None
+    from compliance.models import OperatorRole
+    from compliance.operators import Role
+
+    with db.session() as session:
+        admin = session.scalar(
+            select(OperatorRole.name).where(OperatorRole.role == Role.ADMIN.value).limit(1)
+        )
+    if admin is not None:
+        return None
+    return Finding(
+        "operators",
+        Status.WARN,
+        "no operator holds the admin role: as the installation's own login run"
+        " `gdpr operator grant NAME admin` (ops/README.md, Operators and the threat model)",
     )

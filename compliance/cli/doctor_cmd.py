@@ -25,6 +25,8 @@ def doctor_(as_json: bool) -> None:
     findings = doctor.run(_checks(app, settings))
     findings += _sources(app, settings)
     findings += _warnings(app, settings, keyring_ok=_ok(findings, "keyring"))
+    if _ok(findings, "control database"):
+        findings += [w for w in [doctor.operators_warning(app.db())] if w is not None]
     if as_json:
         output.emit_json(
             [{"check": f.check, "status": str(f.status), "detail": f.detail} for f in findings]
