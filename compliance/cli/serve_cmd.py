@@ -8,9 +8,10 @@ import click
 
 from compliance.cli.context import current
 from compliance.cli.worker_cmd import insecure_dev_keys_option
-from compliance.errors import ConfigError
+from compliance.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:
+    from compliance.db import Database
     from exporters.web_server import BackgroundServer
 
 
@@ -22,8 +23,20 @@ if TYPE_CHECKING:
     type=click.IntRange(1, 256),
     help="Worker threads (default: settings serve_threads).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics on this port, on metrics_host, never the download port"
+    " (default: setting serve_metrics_port; 0: off).",
+)
 @insecure_dev_keys_option
-def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_keys: bool) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    threads: int | None,
+    metrics_port: int | None,
+    insecure_dev_keys: bool,
+) -> None:
     """Run the download service that the emailed links point to, until Ctrl-C.
 
     Connection limits and timeouts come from the serve_* settings (exporters/README.md);
@@ -34,16 +47,25 @@ def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_
 
     app = current()
     settings = app.settings()
+    port = port or settings.serve_port
+    metrics_port = settings.serve_metrics_port if metrics_port is None else metrics_port
+    if metrics_port == port:
+        raise ValidationError(
+            f"--metrics-port {metrics_port} is the download port; /metrics is never served"
+            " where data subjects download: choose another"
+        )
     keyring = app.service_keyring(insecure_dev_keys)
     web = create_app(settings, app.db(), open_storage(settings), keyring)
     server = _start(
         web,  # carries its connection limits and timeouts (ServerLimits) from the settings
         host or settings.serve_host,
-        port or settings.serve_port,
+        port,
         threads=threads or settings.serve_threads,
         trusted_proxy=settings.trusted_proxy,
     )
     announce(server, settings.download_base_url, configured=bool(settings.base_url))
+    if metrics_port:
+        _serve_metrics(app.db(), settings.metrics_host, metrics_port)
     try:
         while server.thread.is_alive():
             server.thread.join(timeout=1.0)
@@ -52,6 +74,14 @@ def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_
     finally:
         if server.thread.is_alive():
             _stop(server)
+
+
+def _serve_metrics(db: Database, host: str, port: int) -> None:
+    from compliance import metrics
+
+    exposed = metrics.Exposed(metrics.RequestGauges(db))
+    metrics.serve(exposed, host, port, what="--metrics-port", env="GDPR_SERVE_METRICS_PORT")
+    click.echo(f"  metrics (Prometheus) on {_url(host, port)}/metrics")
 
 
 def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> None:
