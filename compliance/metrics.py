@@ -15,6 +15,7 @@ first thing).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -27,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, select
 
 from compliance.db import Database, utcnow
-from compliance.errors import ConfigError
+from compliance.errors import ComplianceError, ConfigError
 from compliance.lifecycle import OPEN
 from compliance.models import DsrRequest, RequestKind, RequestStatus
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger("gdpr.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
 STEP_SECONDS_BUCKETS = (0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600, 3 * 3600, 24 * 3600)
@@ -128,20 +131,26 @@ class RequestGauges:
         self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
-        return list(self._families())
+        return [*self._families(), _database_up(1)]
 
     def collect(self) -> Iterable[Metric]:
+        """The gauges, and `gdpr_control_database_up` (0, and no gauges, when the control
+        database cannot be read: the rest of the scrape still answers)."""
         now = self.clock()
+        try:
+            groups = self._groups(now)
+        except ComplianceError as exc:
+            log.warning("metrics.requests_unread", extra={"error": type(exc).__name__})
+            return [_database_up(0)]
         families = self._families()
         total, overdue, oldest = families
-        groups = self._groups(now)
         for group in groups:
             total.add_metric([group.kind, group.status], group.count)
         for kind in RequestKind:
             late, first = _open_of(groups, kind.value)
             overdue.add_metric([kind.value], late)
             oldest.add_metric([kind.value], 0.0 if first is None else (now - first).total_seconds())
-        return families
+        return [*families, _database_up(1)]
 
     def _families(self) -> tuple[Any, Any, Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -188,6 +197,16 @@ class _Group:
     count: int = 0
     late: int = 0
     first: datetime | None = None
+
+
+def _database_up(value: int) -> Metric:
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(
+        "gdpr_control_database_up",
+        "1 when this scrape read the request gauges from the control database, else 0.",
+        value=value,
+    )
 
 
 def _open_of(groups: Iterable[_Group], kind: str) -> tuple[int, datetime | None]:

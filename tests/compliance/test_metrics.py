@@ -9,10 +9,12 @@ import socket
 import urllib.request
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from compliance import metrics
+from compliance.config import Settings
 from compliance.db import Database
 from compliance.errors import ConfigError
 from compliance.models import DsrRequest
@@ -69,7 +71,22 @@ def test_request_gauges_count_by_kind_and_status_and_see_what_is_overdue(db: Dat
 def test_an_empty_control_database_shows_zeros_for_every_kind(db: Database) -> None:
     found = _samples(metrics.RequestGauges(db, clock=lambda: NOW))
     assert len([key for key in found if key[0] == "gdpr_requests"]) == 18  # 2 kinds x 9 states
+    assert found.pop(("gdpr_control_database_up", ())) == 1
     assert set(found.values()) == {0}
+
+
+def test_a_control_database_that_does_not_answer_shows_as_down_not_as_a_failed_scrape(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        home=tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
+    )
+    unreachable = Database.connect(settings)
+    try:
+        found = _samples(metrics.RequestGauges(unreachable, clock=lambda: NOW))
+    finally:
+        unreachable.dispose()
+    assert found == {("gdpr_control_database_up", ()): 0}
 
 
 def _scrape(port: int) -> str:
