@@ -274,6 +274,11 @@ def serve(exposed: Exposed, host: str, port: int, *, what: str, env: str) -> Met
     return MetricsServer(server, thread)
 
 
+def endpoint(host: str, port: int) -> str:
+    """The URL a scraper is given for /metrics on `host`:`port`."""
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
 def use_multiprocess_dir(folder: Path) -> Path:
     """Empty `folder` (create it) and have this process and its children keep their
     metrics there. Call before anything records a metric."""

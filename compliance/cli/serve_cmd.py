@@ -56,6 +56,7 @@ def serve(
         )
     keyring = app.service_keyring(insecure_dev_keys)
     web = create_app(settings, app.db(), open_storage(settings), keyring)
+    scraped = _serve_metrics(app.db(), settings.metrics_host, metrics_port) if metrics_port else ""
     server = _start(
         web,  # carries its connection limits and timeouts (ServerLimits) from the settings
         host or settings.serve_host,
@@ -63,9 +64,9 @@ def serve(
         threads=threads or settings.serve_threads,
         trusted_proxy=settings.trusted_proxy,
     )
-    announce(server, settings.download_base_url, configured=bool(settings.base_url))
-    if metrics_port:
-        _serve_metrics(app.db(), settings.metrics_host, metrics_port)
+    announce(
+        server, settings.download_base_url, configured=bool(settings.base_url), metrics=scraped
+    )
     try:
         while server.thread.is_alive():
             server.thread.join(timeout=1.0)
@@ -76,16 +77,20 @@ def serve(
             _stop(server)
 
 
-def _serve_metrics(db: Database, host: str, port: int) -> None:
+def _serve_metrics(db: Database, host: str, port: int) -> str:
+    """Start /metrics (on a port of its own); where it answers."""
     from compliance import metrics
 
     exposed = metrics.Exposed(metrics.RequestGauges(db))
     metrics.serve(exposed, host, port, what="--metrics-port", env="GDPR_SERVE_METRICS_PORT")
-    click.echo(f"  metrics (Prometheus) on {_url(host, port)}/metrics")
+    return metrics.endpoint(host, port)
 
 
-def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> None:
-    """Where the service listens, what it serves, where the emailed links point, how to stop."""
+def announce(
+    server: BackgroundServer, base_url: str, *, configured: bool, metrics: str = ""
+) -> None:
+    """Where the service listens, what it serves, where the emailed links point, where its
+    metrics are (if served), how to stop."""
     addresses = listening(server)
     for address in addresses:
         click.echo(f"gdpr download service listening on {address}")
@@ -93,6 +98,8 @@ def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> No
     elsewhere = not configured and base_url not in addresses
     hint = "; not this address: set GDPR_BASE_URL" if elsewhere else " (setting base_url)"
     click.echo(f"  links in emails point at {base_url}{hint}")
+    if metrics:
+        click.echo(f"  metrics (Prometheus) on {metrics}")
     click.echo("  press Ctrl-C to stop")
 
 

@@ -74,10 +74,11 @@ def worker(
         accept_development_keys()
     check_sources(current())
     if port:
+        from compliance.metrics import endpoint
         from tasks.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings, current().db(), port)
-        click.echo(f"metrics: http://{settings.metrics_host}:{port}/metrics")
+        click.echo(f"metrics: {endpoint(settings.metrics_host, port)}")
     app = configure(settings)
     argv = [
         "worker",

@@ -147,7 +147,8 @@ def test_serve_counts_a_refused_token_on_its_own_metrics_port(tmp_path: Path) ->
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
-    assert f"  metrics (Prometheus) on {url}\n" in announced
+    assert announced[3] == f"  metrics (Prometheus) on {url}\n"  # before "Ctrl-C"
+    assert "Ctrl-C" in announced[4]
     found = re.search(r'^gdpr_download_refusals_total\{reason="unknown"\} (\S+)$', scraped, re.M)
     assert found is not None and float(found.group(1)) == 1
     assert 'gdpr_requests{kind="export",status="completed"} 0.0' in scraped
