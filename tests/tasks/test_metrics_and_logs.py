@@ -76,3 +76,31 @@ def test_json_log_lines_parse_and_carry_the_request_they_were_logged_for(tmp_pat
     assert {line["request_id"] for line in ours if line["event"] != "keyring.development"} == {
         erasure["id"]
     }
+
+
+def test_a_worker_whose_metrics_port_is_taken_exits_5_with_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.tasks.workers import GDPR
+
+    env = environment(tmp_path, {})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [GDPR, "worker", "--metrics-port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 5
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use; choose"
+        " another with --metrics-port or GDPR_METRICS_PORT"
+    ]
+    assert "celery@" not in done.stdout + done.stderr  # Celery never started
