@@ -174,10 +174,15 @@ def _our_handler() -> logging.Handler | None:
 
 
 def use_format(name: str) -> None:
-    """Render our handler's lines as `name` (``text`` or ``json``, setting `log_format`)."""
+    """Render our handler's lines as `name` (``text`` or ``json``, setting `log_format`).
+    With ``json``, Python's warnings become log records too (``py.warnings``), so that
+    every line a log shipper reads from stderr parses."""
     handler = _our_handler()
-    if handler is not None and not isinstance(handler.formatter, FORMATTERS[name]):
+    if handler is None:
+        return
+    if not isinstance(handler.formatter, FORMATTERS[name]):
         handler.setFormatter(FORMATTERS[name]())
+    logging.captureWarnings(name == "json")
 
 
 def configure_logging(verbosity: int = 0, log_format: str = "text") -> None:

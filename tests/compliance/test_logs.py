@@ -24,6 +24,7 @@ def output() -> Iterator[io.StringIO]:
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
     yield stream
+    logs.use_format("text")
     logging.getLogger().removeHandler(handler)
 
 
@@ -107,3 +108,15 @@ def test_a_handler_that_is_not_ours_gets_scrubbed_records_too(output: io.StringI
 def test_arguments_that_do_not_fit_the_message_still_make_a_line(output: io.StringIO) -> None:
     logging.getLogger("somelib").warning("two %s %s", "only-one")
     assert "two %s %s (message arguments did not fit)" in output.getvalue()
+
+
+def test_json_mode_turns_python_warnings_into_json_lines(output: io.StringIO) -> None:
+    import warnings
+
+    logs.use_format("json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit(f"deprecated option for {EMAIL}", UserWarning, "lib.py", 7)
+    [line] = _json_lines(output)
+    assert line["logger"] == "py.warnings"
+    assert "deprecated option for <redacted>" in str(line["event"])
