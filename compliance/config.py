@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from compliance import defaults
 from compliance.errors import ConfigError
+from compliance.pools import TLS_KEYS, Pool, Tls, check_tls
 
 ENV_PREFIX = "GDPR_"
 
@@ -33,6 +34,14 @@ class Settings:
 
     home: Path = Path(defaults.HOME)
     database_url: str = ""
+    db_pool_size: int = defaults.DB_POOL_SIZE
+    db_max_overflow: int = defaults.DB_MAX_OVERFLOW
+    db_pool_recycle_seconds: int = 0  # replace connections this old at checkout; 0: never
+    db_pool_pre_ping: bool = False  # a round trip per checkout (ops/README.md)
+    db_sslmode: str = ""  # libpq sslmode, e.g. verify-full; "" leaves it to the URL
+    db_sslrootcert: str = ""  # CA file that signed the server's certificate
+    db_sslcert: str = ""  # client certificate (with db_sslkey), if the server wants one
+    db_sslkey: str = ""
     broker_url: str = ""
     storage_url: str = ""  # file:///path or s3://bucket/prefix
     s3_endpoint_url: str = ""  # any S3-compatible endpoint; empty means AWS
@@ -77,6 +86,7 @@ class Settings:
     redispatch_after_seconds: int = defaults.REDISPATCH_AFTER_SECONDS
     lease_seconds: int = defaults.LEASE_SECONDS
     retention_cron: str = defaults.RETENTION_CRON  # minute hour day-of-month month weekday
+    suppression_cron: str = ""  # when beat runs `suppression reapply`; "": never
     retention_batch_size: int = defaults.RETENTION_BATCH_SIZE
     retention_max_seconds: int = defaults.RETENTION_MAX_SECONDS
     retention_max_items: int = defaults.RETENTION_MAX_ITEMS
@@ -99,6 +109,19 @@ class Settings:
     @property
     def control_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'control.db'}"
+
+    @property
+    def control_pool(self) -> Pool:
+        return Pool(
+            self.db_pool_size,
+            self.db_max_overflow,
+            self.db_pool_recycle_seconds,
+            self.db_pool_pre_ping,
+        )
+
+    @property
+    def control_tls(self) -> Tls:
+        return Tls(self.db_sslmode, self.db_sslrootcert, self.db_sslcert, self.db_sslkey)
 
     @property
     def broker(self) -> str:
@@ -278,6 +301,9 @@ def _validate(settings: Settings) -> None:
         "lease_seconds": 3,
         "redispatch_after_seconds": 0,
         "lock_timeout_ms": 0,
+        "db_pool_size": 1,
+        "db_max_overflow": 0,
+        "db_pool_recycle_seconds": 0,
         "statement_timeout_ms": 0,
         "retention_batch_size": 1,
         "retention_max_seconds": 1,
@@ -301,7 +327,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("setting 'serve_threads' must be between 1 and 256")
     if settings.retention_chunk_seconds <= 0:
         raise ConfigError("setting 'retention_chunk_seconds' must be more than 0")
-    _validate_cron(settings.retention_cron)
+    _validate_cron("retention_cron", settings.retention_cron)
+    if settings.suppression_cron:
+        _validate_cron("suppression_cron", settings.suppression_cron)
+    how = {key: f"setting 'db_{key}'" for key in TLS_KEYS}
+    check_tls(settings.control_tls, "control database", how)
     _validate_timezone(settings.timezone)
     _validate_proxy(settings.trusted_proxy)
 
@@ -344,12 +374,12 @@ def _validate_proxy(address: str) -> None:
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
 
-def _validate_cron(expression: str) -> None:
+def _validate_cron(name: str, expression: str) -> None:
     """Five crontab fields (minute hour day-of-month month day-of-week), numbers only."""
     fields = expression.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
         raise ConfigError(
-            f"setting 'retention_cron' must be five crontab fields like '0 2 * * *'"
+            f"setting '{name}' must be five crontab fields like '0 2 * * *'"
             f" (minute hour day month weekday), not {expression[:40]!r}"
         )
 

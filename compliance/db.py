@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.exc import ProgrammingError as SAProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from compliance import defaults
 from compliance.config import Settings
 from compliance.errors import ConfigError, PermissionDeniedError, SourceUnavailableError
+from compliance.pools import Pool, Tls, connect_reason, engine_options
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PING_IDLE_SECONDS = 10.0  # a pooled connection idle this long is pinged before use
@@ -32,17 +35,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the control database with sensible per-dialect settings."""
+def make_engine(url: str, pool: Pool | None = None, tls: Tls | None = None) -> Engine:
+    """An engine for the control database with sensible per-dialect settings, its pool
+    and TLS as `compliance.pools` says (SQLite ignores the pool's size and overflow)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError("setting 'database_url' is not a database URL; fix it") from exc
+    pool = pool or Pool(defaults.DB_POOL_SIZE, defaults.DB_MAX_OVERFLOW)
+    options = engine_options(parsed, pool, tls or Tls(), "control database")
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    engine = create_engine(url, pool_size=5, max_overflow=5)
+    engine = create_engine(url, **options)
     event.listen(engine, "checkin", _checked_in)
     event.listen(engine, "checkout", _check_alive)
     return engine
@@ -117,7 +127,7 @@ class Database:
 
     @classmethod
     def connect(cls, settings: Settings) -> Database:
-        engine = make_engine(settings.control_url)
+        engine = make_engine(settings.control_url, settings.control_pool, settings.control_tls)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
     @contextmanager
@@ -128,9 +138,7 @@ class Database:
                 with session.begin():
                     yield session
             except SAOperationalError as exc:
-                raise SourceUnavailableError(
-                    f"control database unavailable: {type(exc.orig).__name__}"
-                ) from exc
+                raise unavailable(exc) from exc
             except SAProgrammingError as exc:
                 refusal = refusal_of(exc)
                 if refusal is None:
@@ -142,6 +150,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def unavailable(exc: SAOperationalError) -> SourceUnavailableError:
+    """The control database could not be reached (libpq's reason, e.g. a TLS refusal) or
+    failed a statement (only the error's type: its text may quote values)."""
+    return SourceUnavailableError(f"control database unavailable: {connect_reason(exc.orig)}")
 
 
 def refusal_of(exc: SAProgrammingError) -> PermissionDeniedError | None:

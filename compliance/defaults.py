@@ -22,6 +22,11 @@ ERASE_CHUNK_SECONDS = 20.0  # one erasure task runs this long, then re-enqueues 
 LOCK_TIMEOUT_MS = 5_000
 STATEMENT_TIMEOUT_MS = 60_000
 
+DB_POOL_SIZE = 5  # connections the control database's pool keeps, per process
+DB_MAX_OVERFLOW = 5  # ... and may open beyond that while busy
+SOURCE_POOL_SIZE = 2  # the same for each SQL source (manifest `pool_size`)
+SOURCE_MAX_OVERFLOW = 2  # ... (manifest `max_overflow`)
+
 SWEEP_EVERY_SECONDS = 60  # beat fires the maintenance sweep this often
 REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched again
 LEASE_SECONDS = 30  # a running claim's lease; its heartbeat renews it every third of that

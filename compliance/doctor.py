@@ -5,8 +5,9 @@ never writes (the storage probe asks for an object that does not exist, the mail
 says NOOP and leaves, the database probes only read). Findings are one line each; a
 failure's line says what is wrong and how to fix it, never a password.
 
-Warnings do not fail the run: a PostgreSQL connection to another host that is not
-verified TLS (`sslmode=verify-full`), a development keyring beside a PostgreSQL control
+Warnings do not fail the run: a PostgreSQL connection (the control database's, each SQL
+source's) to another host that is not verified TLS (`sslmode=verify-full`, in the URL or
+in the TLS settings beside it), a development keyring beside a PostgreSQL control
 database.
 """
 
@@ -22,14 +23,15 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from compliance.config import Settings, mask_password
-from compliance.db import Database, alembic_config, current_revision
+from compliance.db import Database, alembic_config, current_revision, unavailable
 from compliance.keyring import Keyring
 from compliance.mail import DEFAULT_PORTS
+from compliance.pools import Tls, effective_tls
 
 TIMEOUT_SECONDS = 10.0
 VERIFIED_TLS = "verify-full"
@@ -93,8 +95,11 @@ def control_database(settings: Settings) -> str:
 
     db = Database.connect(settings)
     try:
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise unavailable(exc) from exc
         have = current_revision(db.engine)
         head = ScriptDirectory.from_config(alembic_config(db.engine)).get_current_head()
     finally:
@@ -166,10 +171,23 @@ def keyring(load: Callable[[], Keyring]) -> str:
 # --- warnings -------------------------------------------------------------------------------
 
 
-def tls_warning(name: str, url: str) -> Finding | None:
-    """A warning when `url` is PostgreSQL on another host without verified TLS."""
+CONTROL_TLS_FIX = (
+    f"set GDPR_DB_SSLMODE={VERIFIED_TLS} and GDPR_DB_SSLROOTCERT=<CA file>"
+    f" (or ?sslmode={VERIFIED_TLS}&sslrootcert=<CA file> in its URL)"
+)
+SOURCE_TLS_FIX = (
+    f'set sslmode = "{VERIFIED_TLS}" and sslrootcert = "<CA file>" in its manifest entry'
+    f" (or ?sslmode={VERIFIED_TLS}&sslrootcert=<CA file> in its URL)"
+)
+
+
+def tls_warning(
+    name: str, url: str | URL, tls: Tls | None = None, fix: str = SOURCE_TLS_FIX
+) -> Finding | None:
+    """A warning when `url` is PostgreSQL on another host without verified TLS, counting
+    the TLS settings `tls` beside the URL (`compliance.pools`: they never disagree)."""
     try:
-        parsed = make_url(url)
+        parsed = url if isinstance(url, URL) else make_url(url)
     except ArgumentError:
         return None
     if not parsed.drivername.startswith("postgresql"):
@@ -177,16 +195,30 @@ def tls_warning(name: str, url: str) -> Finding | None:
     hosts = _hosts(parsed.host, parsed.query)
     if all(_loopback(host) for host in hosts):
         return None
-    mode = _query_value(parsed.query, "sslmode")
+    mode = effective_tls(parsed, tls or Tls()).sslmode
     if mode == VERIFIED_TLS:
         return None
     where = ", ".join(hosts)
     return Finding(
-        name,
-        Status.WARN,
-        f"{where} is not verified TLS (sslmode={mode or 'unset'}): add"
-        f" ?sslmode={VERIFIED_TLS}&sslrootcert=<CA file> to its URL",
+        name, Status.WARN, f"{where} is not verified TLS (sslmode={mode or 'unset'}): {fix}"
     )
+
+
+def control_tls_warning(settings: Settings) -> Finding | None:
+    return tls_warning(
+        "control database", settings.control_url, settings.control_tls, CONTROL_TLS_FIX
+    )
+
+
+def source_tls_warning(source: object) -> Finding | None:
+    """The same warning for a SQL source (any source with an `engine`), by its URL and the
+    TLS keys of its manifest entry."""
+    engine = getattr(source, "engine", None)
+    if not isinstance(engine, Engine):
+        return None
+    tls = getattr(source, "tls", None)
+    name = f"source {getattr(source, 'name', '?')}"
+    return tls_warning(name, engine.url, tls if isinstance(tls, Tls) else None)
 
 
 def _hosts(host: str | None, query: Mapping[str, str | tuple[str, ...]]) -> list[str]:

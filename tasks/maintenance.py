@@ -1,17 +1,22 @@
 """Maintenance tasks fired by beat: keep requests moving, abort orphaned uploads, delete
-expired packages."""
+expired packages, apply the suppression list again (when `suppression_cron` is set)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
-from compliance import maintenance
+from compliance import maintenance, suppression
 from compliance.db import utcnow
+from compliance.errors import StateError
 from compliance.retention import runs
 from compliance.retention import sweep as retention_sweep
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import CeleryDispatcher
+
+log = logging.getLogger("gdpr.maintenance")
+SUPPRESSION_ACTOR = "suppression"  # who the audit trail says queued a scheduled reapply
 
 
 @app.task(name="gdpr.maintenance.sweep", acks_late=True)
@@ -51,3 +56,26 @@ def purge_packages() -> int:
     base = runtime.control()
     storage = open_storage(base.settings)
     return int(purge_expired_packages(base.db, storage, utcnow()))
+
+
+@app.task(name="gdpr.suppression.reapply", acks_late=True)
+def reapply_suppression() -> dict[str, int]:
+    """`gdpr suppression reapply` on beat's schedule: each erased subject found again in
+    the sources gets a pre-approved erasure (and its receipt when it completes); a subject
+    whose data also names someone else is left for a person (logged, and in the audit)."""
+    current = runtime.worker()
+    ctx = suppression.ReapplyContext(
+        settings=current.settings,
+        db=current.db,
+        keyring=current.keyring,
+        sources=current.sources,
+        dispatcher=CeleryDispatcher(app),
+        operator=SUPPRESSION_ACTOR,
+        now=utcnow(),
+    )
+    try:
+        result = suppression.reapply(ctx)
+    except StateError:  # a reapply is running already (an operator's, or a late one)
+        log.info("dsr.suppression.skipped")
+        return {"skipped": 1}
+    return {"checked": result.checked, **{o.value: result.count(o) for o in suppression.Outcome}}

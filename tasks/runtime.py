@@ -105,7 +105,10 @@ def reset() -> None:
     """Forget the runtime (after fork, or when tests reconfigure the app)."""
     with _lock:
         existing = _built.pop("control", None)
-        _built.pop("worker", None)
+        built = _built.pop("worker", None)
+    if built is not None:
+        for source in built.sources:
+            source.close()
     if existing is not None:
         existing.db.dispose()
 

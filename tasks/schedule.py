@@ -1,5 +1,6 @@
 """Celery beat schedule: maintenance sweeps (every minute by default), package expiry
-hourly, and the nightly retention sweep (`retention_cron`, in the configured timezone)."""
+hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), and,
+when `suppression_cron` is set, the suppression list applied again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ PURGE_PACKAGES_EVERY_SECONDS = 3600.0
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     sweep_every = float(settings.sweep_every_seconds)
-    return {
+    entries = {
         "maintenance-sweep": {
             "task": "gdpr.maintenance.sweep",
             "schedule": sweep_every,
@@ -31,6 +32,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": "maintenance", "expires": PURGE_PACKAGES_EVERY_SECONDS},
         },
     }
+    if settings.suppression_cron:
+        # it scans every searching source's identity columns: the retention queue's work
+        entries["suppression-reapply"] = {
+            "task": "gdpr.suppression.reapply",
+            "schedule": cron(settings.suppression_cron),
+            "options": {"queue": "retention", "expires": 3600.0},
+        }
+    return entries
 
 
 def describe(settings: Settings) -> list[str]:
@@ -40,13 +49,20 @@ def describe(settings: Settings) -> list[str]:
         f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
         f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
         f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
+        f"suppression list reapplied at '{settings.suppression_cron}' ({settings.timezone})"
+        if settings.suppression_cron
+        else "suppression list not reapplied by beat (GDPR_SUPPRESSION_CRON unset)",
     ]
 
 
 def retention_schedule(settings: Settings) -> crontab:
-    """`retention_cron` ("minute hour day-of-month month day-of-week") as a crontab;
+    return cron(settings.retention_cron)
+
+
+def cron(expression: str) -> crontab:
+    """A cron setting ("minute hour day-of-month month day-of-week") as a crontab;
     Celery reads it in the app's timezone (`settings.timezone`)."""
-    minute, hour, day_of_month, month_of_year, day_of_week = settings.retention_cron.split()
+    minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
     return crontab(
         minute=minute,
         hour=hour,

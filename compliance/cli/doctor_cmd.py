@@ -12,6 +12,7 @@ from compliance.cli import output
 from compliance.cli.context import App, current
 from compliance.config import Settings, mask_password
 from compliance.doctor import Check, Finding
+from compliance.errors import ComplianceError
 
 
 @click.command(name="doctor")
@@ -67,10 +68,6 @@ def _sources(app: App, settings: Settings) -> list[Finding]:
         try:
             for source in registry.sources:
                 found.append(Finding(f"source {source.name}", doctor.Status.OK, source.kind))
-                url = getattr(getattr(source, "engine", None), "url", None)
-                warning = doctor.tls_warning(f"source {source.name}", str(url)) if url else None
-                if warning is not None:
-                    found.append(warning)
         finally:
             registry.close()
         return f"{len(registry.sources)} loaded from {registry.path or 'entry points'}"
@@ -81,7 +78,25 @@ def _sources(app: App, settings: Settings) -> list[Finding]:
             "none registered: set GDPR_SOURCES to a sources.toml (compliance/sources/README.md)"
         )
         findings = [Finding("sources", doctor.Status.WARN, detail)]
-    return [*findings, *found]
+    return [*findings, *found, *_source_tls(app, settings)]
+
+
+def _source_tls(app: App, settings: Settings) -> list[Finding]:
+    """Every SQL source's TLS, read from the manifest without connecting: a source that
+    cannot be reached (a TLS refusal, say) is checked too."""
+    from compliance.sources.registry import load_registry
+
+    try:
+        registry = load_registry(
+            settings, environ=os.environ, pseudonym_key=app.keyring().pseudonym_key, connect=False
+        )
+    except ComplianceError:
+        return []  # the sources line already says what is wrong
+    try:
+        warnings = [doctor.source_tls_warning(source) for source in registry.sources]
+    finally:
+        registry.close()
+    return [w for w in warnings if w is not None]
 
 
 def _ok(findings: list[Finding], check: str) -> bool:
@@ -89,7 +104,7 @@ def _ok(findings: list[Finding], check: str) -> bool:
 
 
 def _warnings(app: App, settings: Settings, *, keyring_ok: bool) -> list[Finding]:
-    warnings = [doctor.tls_warning("control database", settings.control_url)]
+    warnings = [doctor.control_tls_warning(settings)]
     if keyring_ok:
         warnings.append(doctor.keyring_warning(settings, app.keyring()))
     return [w for w in warnings if w is not None]

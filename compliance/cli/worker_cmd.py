@@ -141,8 +141,9 @@ def check_sources(app: App) -> None:
 @loglevel_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Start Celery beat: maintenance sweeps, package expiry and the nightly retention
-    sweep (`retention_cron`, in `timezone`), on schedule."""
+    """Start Celery beat: maintenance sweeps, package expiry, the nightly retention
+    sweep (`retention_cron`, in `timezone`) and, if `suppression_cron` is set, the
+    suppression list reapplied, on schedule."""
     from tasks.app import configure
 
     settings = current().settings()

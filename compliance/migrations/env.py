@@ -12,7 +12,8 @@ if engine is None:  # pragma: no cover - only when alembic is run by hand
     from compliance.config import load_settings
     from compliance.db import make_engine
 
-    engine = make_engine(load_settings().control_url)
+    settings = load_settings()
+    engine = make_engine(settings.control_url, settings.control_pool, settings.control_tls)
 
 with engine.connect() as connection:
     context.configure(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from compliance import doctor
+from compliance.config import Settings
 from compliance.doctor import Check, Status
+from compliance.pools import Tls
 
 
 @pytest.mark.parametrize(
@@ -50,3 +52,19 @@ def test_a_failing_probe_is_one_line_without_the_password() -> None:
     assert finding.status == Status.FAIL
     assert finding.detail == "cannot reach redis://***@cache.internal:6379/0 now"
     assert doctor.failed([finding])
+
+
+def test_tls_settings_beside_the_url_count_as_the_connections_tls() -> None:
+    url = "postgresql+psycopg://gdpr@db.internal/gdpr"
+    assert doctor.tls_warning("source shop", url, Tls(sslmode="verify-full")) is None
+    warning = doctor.tls_warning("source shop", url, Tls(sslmode="require"))
+    assert warning is not None and "(sslmode=require)" in warning.detail
+
+
+def test_the_control_database_warning_names_its_settings() -> None:
+    settings = Settings(database_url="postgresql+psycopg://gdpr@db.internal/gdpr")
+    warning = doctor.control_tls_warning(settings)
+    assert warning is not None and warning.check == "control database"
+    assert "GDPR_DB_SSLMODE=verify-full and GDPR_DB_SSLROOTCERT=<CA file>" in warning.detail
+    verified = settings.with_overrides(db_sslmode="verify-full", db_sslrootcert="system")
+    assert doctor.control_tls_warning(verified) is None

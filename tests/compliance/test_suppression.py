@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, Table, and_, create_engine, insert, select, tex
 from compliance.cli.context import App
 from compliance.cli.suppression_cmd import suppression
 from compliance.config import Settings
-from compliance.db import Database
+from compliance.db import Database, utcnow
 from compliance.dispatch import RecordingDispatcher
 from compliance.errors import StateError
 from compliance.identities import Identities, parse_identity
@@ -29,7 +29,7 @@ from compliance.keyring import Keyring, load_keyring
 from compliance.models import AuditEvent, DsrIdentity, DsrRequest, RequestKind, Suppression
 from compliance.requests import Submission, approve, submit
 from compliance.sources.registry import Registry, load_registry
-from compliance.suppression import NOTE, Outcome, Reapply, ReapplyContext, origin, reapply
+from compliance.suppression import NOTE, Found, Outcome, Reapply, ReapplyContext, origin, reapply
 from compliance.worker import Outcome as Run
 from compliance.worker import Worker, execute
 from tasks.runtime import run_erasure
@@ -342,3 +342,86 @@ def test_the_command_lists_pseudonyms_and_counts_queues_and_reports(shop: Shop) 
     assert shop.run(uuid.UUID(subject["request_id"])) == Run.COMPLETED
     done = shop.gdpr("reapply")
     assert done.output == "Nothing to do: none of 1 suppressed subject(s) is in shop, crm again.\n"
+
+
+# --- every subject restored, one receipt each; and on beat's schedule -------------------
+
+
+def _receipts(shop: Shop, found: tuple[Found, ...]) -> dict[str, dict[str, Any]]:
+    """Run each re-erasure to its end: subject pseudonym -> its request's receipt."""
+    receipts = {}
+    for again in found:
+        assert again.outcome == Outcome.QUEUED and again.request_id is not None
+        assert shop.run(again.request_id) == Run.COMPLETED
+        with shop.db.session() as session:
+            done = session.get_one(DsrRequest, again.request_id)
+        assert (done.status, done.subject, done.origin) == (
+            "completed",
+            again.subject,
+            origin(again.subject),
+        )
+        assert done.receipt is not None
+        receipts[again.subject] = done.receipt
+    return receipts
+
+
+def test_each_subject_a_restore_brought_back_is_erased_again_with_its_own_receipt(
+    shop: Shop,
+) -> None:
+    backup = shop.backup()
+    firsts = [shop.erase(ADA), shop.erase(CY)]
+    erased = shop.state()
+    subjects = {row.request_id: s for s, row in _suppressed(shop).items()}
+
+    shop.now = LATER
+    shop.restore(backup)
+    assert {"ada@example.com", "cy@example.com"} <= shop.emails()
+
+    result = shop.reapply()
+    assert sorted(f.original_request_id for f in result.found) == sorted(firsts)
+    receipts = _receipts(shop, result.found)
+    assert set(receipts) == {subjects[r] for r in firsts}  # one receipt per subject
+    for receipt in receipts.values():
+        assert receipt["verified"] is True and receipt["deleted"] > 0
+    assert shop.state() == erased  # both gone again; everyone else's rows as before
+    again = {f.subject: f.request_id for f in result.found}
+    assert {s: row.request_id for s, row in _suppressed(shop).items()} == again
+    assert shop.reapply().found == ()
+
+
+def test_beat_reapplies_the_suppression_list_through_the_task(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import app as celery_app
+    from tasks import maintenance, runtime
+
+    backup = shop.backup()
+    first = shop.erase(ADA)
+    shop.restore(backup)
+    shop.settings.home.mkdir(parents=True, exist_ok=True)  # the embedded broker's folder
+    before = dict(celery_app._state)
+    celery_app.configure(shop.settings)
+    runtime.reset()
+    try:
+        counts = maintenance.reapply_suppression()
+    finally:
+        runtime.reset()
+        celery_app._state.clear()
+        celery_app._state.update(before)
+    assert counts == {"checked": 1, "queued": 1, "open": 0, "conflict": 0, "would_queue": 0}
+    queued = shop.requests()[-1]
+    [still] = shop.reapply().found  # the task left no lock behind; its erasure is open
+    assert (still.outcome, still.request_id) == (Outcome.OPEN, queued.id)
+    assert (queued.status, queued.submitted_by) == ("queued", maintenance.SUPPRESSION_ACTOR)
+    shop.now = utcnow()
+    assert shop.run(queued.id) == Run.COMPLETED
+    with shop.db.session() as session:
+        done = session.get_one(DsrRequest, queued.id)
+        reapplied = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "suppression.reapply")
+        ).all()
+    assert done.receipt is not None and done.receipt["verified"] is True
+    assert [(e.actor, e.details["original_request_id"]) for e in reapplied] == [
+        (maintenance.SUPPRESSION_ACTOR, str(first))
+    ]
+    assert "ada@example.com" not in shop.emails()

@@ -75,8 +75,8 @@ def test_a_source_unreachable_while_loading_keeps_the_request_queued_with_why_an
     assert waiting.retry_at is not None
     seen_at = waiting.retry_at - timedelta(seconds=80)
     assert queries.trouble(waiting, seen_at) == (
-        "retrying: source app: database unavailable or timed out (OperationalError)"
-        " (attempt 2, next in 80 s)"
+        "retrying: source app: database unavailable or timed out (connection to server at"
+        ' "127.0.0.1", port 1 failed: Connection refused) (attempt 2, next in 80 s)'
     )
     with db.session() as session:
         deferred = session.scalars(

@@ -2,7 +2,8 @@
 
 `make_source_engine` builds the engine (SQLite paths relative to the manifest, foreign
 keys on; PostgreSQL sessions with lock and statement timeouts; pooled connections
-pinged before use only after they sat idle). `translate_errors` turns
+pinged before use only after they sat idle), its pool and TLS from the source's manifest
+entry (`connection_of`, then `compliance.pools`). `translate_errors` turns
 SQLAlchemy/DBAPI errors into `ComplianceError`s whose messages carry table and
 constraint names at most, never values.
 """
@@ -17,19 +18,55 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import url as sa_url
 
+from compliance import defaults
 from compliance.errors import ConfigError, SourceUnavailableError, TerminalError, UnsupportedError
+from compliance.pools import Pool, Tls, check_tls, connect_reason, engine_options
+from compliance.sources.manifest import Spec
 
 IDLE_PING_SECONDS = 30.0  # a pooled connection idle longer is pinged before it is used
 _IDLE_SINCE = "gdpr_idle_since"
 
 
+DEFAULT_POOL = Pool(defaults.SOURCE_POOL_SIZE, defaults.SOURCE_MAX_OVERFLOW)
+
+
+def connection_of(spec: Spec, base_dir: Path) -> tuple[Pool, Tls]:
+    """The pool and TLS keys of a source's manifest entry; TLS files given relative resolve
+    against `base_dir` (the manifest's folder). A malformed value names entry and key."""
+    pool = Pool(
+        spec.integer("pool_size", DEFAULT_POOL.size, minimum=1),
+        spec.integer("max_overflow", DEFAULT_POOL.max_overflow, minimum=0),
+        spec.integer("pool_recycle_seconds", 0, minimum=0),
+        spec.flag("pool_pre_ping"),
+    )
+    files = {key: _path(spec.string(key), base_dir) for key in ("sslrootcert", "sslcert", "sslkey")}
+    tls = Tls(sslmode=spec.string("sslmode"), **files)
+    check_tls(tls, spec.path, {key: f"'{key}'" for key in ("sslmode", *files)})
+    return pool, tls
+
+
+def _path(value: str, base_dir: Path) -> str:
+    if not value or value == "system" or Path(value).is_absolute():
+        return value
+    return str(base_dir / value)
+
+
 def make_source_engine(
-    url: str, base_dir: Path, lock_timeout_ms: int = 0, statement_timeout_ms: int = 0
+    url: str,
+    base_dir: Path,
+    lock_timeout_ms: int = 0,
+    statement_timeout_ms: int = 0,
+    *,
+    pool: Pool = DEFAULT_POOL,
+    tls: Tls | None = None,
+    where: str = "source",
 ) -> Engine:
     """An engine for an application database. Relative SQLite paths resolve against
     `base_dir` (the manifest's folder) and SQLite enforces foreign keys; PostgreSQL
-    sessions start with `lock_timeout` and `statement_timeout` set (0: none)."""
+    sessions start with `lock_timeout` and `statement_timeout` set (0: none). `where`
+    (the manifest entry) names the source in a pool or TLS error."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -37,17 +74,16 @@ def make_source_engine(
         if path and path != ":memory:" and not path.startswith("file:"):
             url = f"sqlite:///{base_dir / path}"
     try:
+        options = engine_options(sa_url.make_url(url), pool, tls or Tls(), where, "the manifest")
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 30})
+            engine = create_engine(url, connect_args={"timeout": 30}, **options)
             event.listen(engine, "connect", _sqlite_foreign_keys)
             return engine
-        args = {}
         if url.startswith("postgresql"):
-            options = (
+            options["connect_args"]["options"] = (
                 f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
             )
-            args["options"] = options
-        engine = create_engine(url, pool_size=2, max_overflow=2, connect_args=args)
+        engine = create_engine(url, **options)
     except (sa_exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"malformed source database URL ({type(exc).__name__})") from exc
     event.listen(engine, "checkin", _checked_in)
@@ -102,7 +138,7 @@ def translate_errors(source: str) -> Iterator[None]:
         ) from exc
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         raise SourceUnavailableError(
-            f"source {source}: database unavailable or timed out ({type(exc.orig).__name__})"
+            f"source {source}: database unavailable or timed out ({connect_reason(exc.orig)})"
         ) from exc
     except sa_exc.ProgrammingError as exc:
         raise ConfigError(

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, MetaData
 from compliance import defaults
 from compliance.errors import ConfigError
 from compliance.identities import Identities
+from compliance.pools import Tls
 from compliance.retention.policy import (
     Held,
     Limits,
@@ -44,7 +45,7 @@ from compliance.sources.check import Gap
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
 from compliance.sources.sql import coverage, partition_sweep, retention
-from compliance.sources.sql.engine import make_source_engine, translate_errors
+from compliance.sources.sql.engine import connection_of, make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
@@ -60,16 +61,24 @@ _SKIPPED_EXPRESSION_INDEX = "Skipped unsupported reflection of expression-based 
 def from_manifest(name: str, spec: Spec, ctx: LoadContext) -> SqlSource:
     """The registry's factory for ``kind = "sql"``."""
     url = expand_env(spec.string("url", required=True), ctx.environ, f"{spec.path}.url")
+    pool, tls = connection_of(spec, ctx.base_dir)
     manifest = parse_sql_manifest(spec, url)
     source = SqlSource(
         name,
         make_source_engine(
-            url, ctx.base_dir, ctx.settings.lock_timeout_ms, ctx.settings.statement_timeout_ms
+            url,
+            ctx.base_dir,
+            ctx.settings.lock_timeout_ms,
+            ctx.settings.statement_timeout_ms,
+            pool=pool,
+            tls=tls,
+            where=spec.path,
         ),
         manifest,
         pseudonym_key=ctx.pseudonym_key,
         entry=spec.path,
         retention_batch=ctx.settings.retention_batch_size,
+        tls=tls,
     )
     if ctx.connect:
         try:
@@ -94,6 +103,7 @@ class SqlSource:
         pseudonym_key: bytes,
         entry: str = "",
         retention_batch: int = defaults.RETENTION_BATCH_SIZE,
+        tls: Tls | None = None,
     ) -> None:
         self.name = name
         self.engine = engine
@@ -104,6 +114,7 @@ class SqlSource:
         self._eraser: Eraser | None = None
         self._policies: tuple[Policy, ...] | None = None
         self.retention_batch = retention_batch  # keys per batch a retention plan shows
+        self.tls = tls or Tls()  # as the manifest gives it (the URL may say more)
 
     def __repr__(self) -> str:
         return f"SqlSource(name={self.name!r}, dialect={self.engine.dialect.name!r})"

@@ -28,7 +28,7 @@ from compliance.cli.main import cli
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.dispatch import RecordingDispatcher
-from compliance.models import Base
+from compliance.models import AuditEvent, Base
 from tests.compliance.helpers import write_small_manifest
 from tests.conftest import make_test_keys
 
@@ -325,6 +325,11 @@ def row_counts(db: Database) -> dict[str, int]:
         }
 
 
+def last_action(db: Database) -> str | None:
+    with db.engine.connect() as conn:
+        return conn.scalar(select(AuditEvent.action).order_by(AuditEvent.seq.desc()).limit(1))
+
+
 def _fill(args: tuple[str, ...], seeded: dict[str, str]) -> list[str]:
     return [arg.format(**seeded) if "{" in arg else arg for arg in args]
 
@@ -346,7 +351,11 @@ def test_bad_input_is_one_line_on_stderr_with_the_readme_exit_code_and_changes_n
     assert case.code in table
     if case.code in MEANING:
         assert table[case.code].startswith(MEANING[case.code])
-    assert row_counts(db) == before
+    after = row_counts(db)
+    refusals = after["audit_event"] - before["audit_event"]
+    if refusals:  # a refused action is audited (and nothing else changes)
+        assert refusals == 1 and last_action(db) == "operator.refused"
+    assert {**after, "audit_event": before["audit_event"]} == before
     assert gdpr.dispatcher.dispatched == dispatched
     assert not Path(seeded["out"]).exists()
 

@@ -1,0 +1,35 @@
+"""Beat's schedule: what it fires, when, on which queue; the suppression list only when
+`suppression_cron` says so."""
+
+from __future__ import annotations
+
+import pytest
+from celery.schedules import crontab
+
+from compliance.config import Settings, load_settings
+from compliance.errors import ConfigError
+from tasks import maintenance  # noqa: F401  (registers the tasks the schedule names)
+from tasks.app import app
+from tasks.schedule import beat_schedule, describe
+
+
+def test_without_a_suppression_cron_beat_does_not_reapply_and_says_so() -> None:
+    settings = Settings()
+    assert "suppression-reapply" not in beat_schedule(settings)
+    assert describe(settings)[-1] == (
+        "suppression list not reapplied by beat (GDPR_SUPPRESSION_CRON unset)"
+    )
+
+
+def test_a_suppression_cron_schedules_the_reapply_on_the_retention_queue() -> None:
+    settings = Settings(suppression_cron="30 3 * * 0", timezone="Europe/Berlin")
+    entry = beat_schedule(settings)["suppression-reapply"]
+    assert entry["schedule"] == crontab(minute="30", hour="3", day_of_week="0")
+    assert entry["options"]["queue"] == "retention"
+    assert entry["task"] in app.tasks
+    assert describe(settings)[-1] == ("suppression list reapplied at '30 3 * * 0' (Europe/Berlin)")
+
+
+def test_a_malformed_suppression_cron_is_refused_at_startup() -> None:
+    with pytest.raises(ConfigError, match=r"^setting 'suppression_cron' must be five crontab"):
+        load_settings({"GDPR_SUPPRESSION_CRON": "nightly"})
