@@ -99,6 +99,10 @@ class Settings:
     retention_notify: bool = False  # email subjects erased by retention their receipt
     retention_report_grace_days: int = defaults.RETENTION_REPORT_GRACE_DAYS
     timezone: str = defaults.TIMEZONE
+    log_format: str = defaults.LOG_FORMAT  # "text" or "json"
+    metrics_host: str = defaults.METRICS_HOST  # where /metrics listens (worker and serve)
+    metrics_port: int = 0  # `gdpr worker`'s /metrics; 0: off
+    serve_metrics_port: int = 0  # `gdpr serve`'s /metrics, never its public port; 0: off
 
     # --- derived locations of the embedded defaults ---------------------------------
 
@@ -318,6 +322,7 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting '{name}' must be at least {low}")
     if not 1 <= settings.serve_port <= 65535:
         raise ConfigError("setting 'serve_port' must be between 1 and 65535")
+    _validate_metrics(settings)
     if not 1 <= settings.serve_threads <= 256:
         raise ConfigError("setting 'serve_threads' must be between 1 and 256")
     if settings.retention_chunk_seconds <= 0:
@@ -329,6 +334,28 @@ def _validate(settings: Settings) -> None:
     check_tls(settings.control_tls, "control database", how)
     _validate_timezone(settings.timezone)
     _validate_proxy(settings.trusted_proxy)
+
+
+def _validate_metrics(settings: Settings) -> None:
+    if settings.log_format not in defaults.LOG_FORMATS:
+        raise ConfigError(
+            f"setting 'log_format' must be 'text' or 'json', not {settings.log_format[:20]!r}"
+        )
+    for name in ("metrics_port", "serve_metrics_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            raise ConfigError(f"setting '{name}' must be between 0 (off) and 65535")
+    if settings.serve_metrics_port == settings.serve_port:
+        raise ConfigError(
+            "setting 'serve_metrics_port' must differ from 'serve_port': /metrics is never"
+            " served on the public download port"
+        )
+    if settings.metrics_port and settings.metrics_port == settings.serve_metrics_port:
+        raise ConfigError(
+            "settings 'metrics_port' (worker) and 'serve_metrics_port' (download service)"
+            " must differ"
+        )
+    if not settings.metrics_host.strip():
+        raise ConfigError("setting 'metrics_host' must be an interface, e.g. 127.0.0.1")
 
 
 def _validate_proxy(address: str) -> None:

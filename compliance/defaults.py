@@ -56,3 +56,7 @@ SERVE_MAX_HEADER_BYTES = 65_536  # request line + headers (waitress: 256 KiB); 4
 SERVE_MAX_BODY_BYTES = 65_536  # request body (waitress: 1 GiB); 413 beyond
 
 MAIL_FROM = "privacy@localhost"
+
+LOG_FORMAT = "text"  # or "json": one JSON object per line
+LOG_FORMATS = ("text", "json")
+METRICS_HOST = "127.0.0.1"  # /metrics of `gdpr worker` and `gdpr serve`: loopback only

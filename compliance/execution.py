@@ -40,7 +40,7 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
-from compliance import audit
+from compliance import audit, metrics
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import LeaseHeldError
@@ -121,8 +121,10 @@ class StepLog:
         actor: str = "worker",
         subject: str | None = None,
         keyring: Keyring | None = None,
+        kind: str = "",
     ) -> None:
         self.db = db
+        self.kind = kind  # the request's kind, for the step metrics
         self.keyring = keyring
         self.request_id = request_id
         self.claim = claim
@@ -203,8 +205,11 @@ class StepLog:
             step.counts = merged
         if checkpoint is not None:
             step.checkpoint = dict(checkpoint)
-        if done:
+        if done and not step.done:
             step.status = StepStatus.DONE
+            step.finished_at = self.clock()
+            metrics.step_done(self.kind, step.source, step.action, _seconds(step))
+        elif done:
             step.finished_at = self.clock()
         self._dirty.add(step.key)
         return step
@@ -270,6 +275,7 @@ class StepLog:
         step.status = StepStatus.FAILED
         step.error = error[:MAX_ERROR]
         self._dirty.add(step.key)
+        metrics.step_failed(self.kind, step.source, step.action)
         self.save()
 
     def beat(self) -> None:
@@ -394,6 +400,13 @@ def read_steps(session: Session, request_id: uuid.UUID) -> list[Row[Any]]:
     return list(session.execute(_READ_STEPS, {"request_id": request_id}))
 
 
+def _seconds(step: Step) -> float:
+    """From the step's first start to its end (0 when it never started)."""
+    if step.started_at is None or step.finished_at is None:
+        return 0.0
+    return (step.finished_at - step.started_at).total_seconds()
+
+
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
@@ -421,6 +434,7 @@ class RunContext:
     actor: str = "worker"
     claim: int | None = None  # the attempt number this run claimed; heartbeats check it
     notify: bool = True  # email the subject (retention erasures: only if configured)
+    kind: str = ""  # the request's kind (`RequestKind`), for the step metrics
     steps: StepLog = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -433,6 +447,7 @@ class RunContext:
             actor=self.actor,
             subject=self.subject,
             keyring=self.keyring,
+            kind=self.kind,
         )
         object.__setattr__(self, "steps", log)
 

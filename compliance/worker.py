@@ -308,6 +308,7 @@ def _context(
         actor=worker.name,
         claim=request.attempts,
         notify=request.notify,
+        kind=request.kind,
     )
     ctx.steps.load(session, steps)
     return RequestKind(request.kind), ctx

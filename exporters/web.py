@@ -22,6 +22,7 @@ from typing import Any
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from compliance import metrics
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import ComplianceError, RetryableError, TokenError
@@ -93,6 +94,7 @@ def _routes(
         if limiter.allow(client, now):
             return None
         log.warning("download.rate_limited")
+        metrics.download_refused("rate_limited")
         response = _page("error.html", 429, title="Too many attempts", message=_SLOW_DOWN)
         response.headers["Retry-After"] = str(limiter.retry_after(client, now) or 60)
         return response

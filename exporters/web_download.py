@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from compliance import audit
+from compliance import audit, metrics
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.errors import ComplianceError, IntegrityError, TokenError
@@ -62,6 +62,7 @@ class DownloadService:
                 links.record_refusal(session, verdict, now, ACTOR)
         if not verdict.live:
             log.info("download.refused", extra={"reason": str(verdict.state)})
+            metrics.download_refused(str(verdict.state))
         return verdict
 
     def open(self, verdict: Verdict) -> Plaintext:
@@ -92,6 +93,7 @@ class DownloadService:
             with self.db.session() as session:
                 raced = Verdict(LinkState.USED_UP, verdict.token_prefix, verdict.link)
                 links.record_refusal(session, raced, now, ACTOR)
+            metrics.download_refused(str(raced.state))
             raise
         log.info("download.started", extra={"request_id": str(verdict.link.request_id)})
         return left

@@ -8,6 +8,7 @@ import uuid
 from celery import Task
 
 from compliance.errors import RetryableError
+from compliance.logs import bound_request
 from compliance.worker import Outcome
 from tasks import runtime
 from tasks.app import app
@@ -28,8 +29,10 @@ def run_request(self: Task, request_id: str, claim: int | None = None) -> str:  
     A request another run holds a live lease on is tried again when the lease would
     have run out (its worker may be gone: then this message takes it over)."""
     countdown = backoff(self.request.retries)
+    parsed = uuid.UUID(request_id)
     try:
-        outcome = runtime.run(uuid.UUID(request_id), claim, retry_in=countdown)
+        with bound_request(parsed):  # every line logged meanwhile carries the id
+            outcome = runtime.run(parsed, claim, retry_in=countdown)
     except RetryableError as exc:  # released to the queue: the retry claims it afresh
         raise self.retry(args=(request_id,), exc=exc, countdown=countdown) from exc
     if outcome == Outcome.BUSY:

@@ -15,6 +15,7 @@ from compliance.config import Settings, load_settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
 from compliance.keyring import Keyring, load_keyring, refuse_development_keys
+from compliance.logs import use_format
 from compliance.operators import Operator, Role, authorize, identify
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class App:
                 settings = settings.with_overrides(operator=self.operator_override)
             if self.overrides:
                 settings = settings.with_overrides(**self.overrides)
+            use_format(settings.log_format)  # from here on, lines are in the chosen format
             self._cache["settings"] = settings
         return self._cache["settings"]  # type: ignore[no-any-return]
 

@@ -8,9 +8,10 @@ import click
 
 from compliance.cli.context import current
 from compliance.cli.worker_cmd import insecure_dev_keys_option
-from compliance.errors import ConfigError
+from compliance.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:
+    from compliance.db import Database
     from exporters.web_server import BackgroundServer
 
 
@@ -22,8 +23,20 @@ if TYPE_CHECKING:
     type=click.IntRange(1, 256),
     help="Worker threads (default: settings serve_threads).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics on this port, on metrics_host, never the download port"
+    " (default: setting serve_metrics_port; 0: off).",
+)
 @insecure_dev_keys_option
-def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_keys: bool) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    threads: int | None,
+    metrics_port: int | None,
+    insecure_dev_keys: bool,
+) -> None:
     """Run the download service that the emailed links point to, until Ctrl-C.
 
     Connection limits and timeouts come from the serve_* settings (exporters/README.md);
@@ -34,16 +47,26 @@ def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_
 
     app = current()
     settings = app.settings()
+    port = port or settings.serve_port
+    metrics_port = settings.serve_metrics_port if metrics_port is None else metrics_port
+    if metrics_port == port:
+        raise ValidationError(
+            f"--metrics-port {metrics_port} is the download port; /metrics is never served"
+            " where data subjects download: choose another"
+        )
     keyring = app.service_keyring(insecure_dev_keys)
     web = create_app(settings, app.db(), open_storage(settings), keyring)
+    scraped = _serve_metrics(app.db(), settings.metrics_host, metrics_port) if metrics_port else ""
     server = _start(
         web,  # carries its connection limits and timeouts (ServerLimits) from the settings
         host or settings.serve_host,
-        port or settings.serve_port,
+        port,
         threads=threads or settings.serve_threads,
         trusted_proxy=settings.trusted_proxy,
     )
-    announce(server, settings.download_base_url, configured=bool(settings.base_url))
+    announce(
+        server, settings.download_base_url, configured=bool(settings.base_url), metrics=scraped
+    )
     try:
         while server.thread.is_alive():
             server.thread.join(timeout=1.0)
@@ -54,8 +77,20 @@ def serve(host: str | None, port: int | None, threads: int | None, insecure_dev_
             _stop(server)
 
 
-def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> None:
-    """Where the service listens, what it serves, where the emailed links point, how to stop."""
+def _serve_metrics(db: Database, host: str, port: int) -> str:
+    """Start /metrics (on a port of its own); where it answers."""
+    from compliance import metrics
+
+    exposed = metrics.Exposed(metrics.RequestGauges(db))
+    metrics.serve(exposed, host, port, what="--metrics-port", env="GDPR_SERVE_METRICS_PORT")
+    return metrics.endpoint(host, port)
+
+
+def announce(
+    server: BackgroundServer, base_url: str, *, configured: bool, metrics: str = ""
+) -> None:
+    """Where the service listens, what it serves, where the emailed links point, where its
+    metrics are (if served), how to stop."""
     addresses = listening(server)
     for address in addresses:
         click.echo(f"gdpr download service listening on {address}")
@@ -63,6 +98,8 @@ def announce(server: BackgroundServer, base_url: str, *, configured: bool) -> No
     elsewhere = not configured and base_url not in addresses
     hint = "; not this address: set GDPR_BASE_URL" if elsewhere else " (setting base_url)"
     click.echo(f"  links in emails point at {base_url}{hint}")
+    if metrics:
+        click.echo(f"  metrics (Prometheus) on {metrics}")
     click.echo("  press Ctrl-C to stop")
 
 

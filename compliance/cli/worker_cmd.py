@@ -45,6 +45,12 @@ insecure_dev_keys_option = click.option(
     help="Comma-separated queues to consume.",
 )
 @click.option("--beat", "with_beat", is_flag=True, help="Also run the beat scheduler (one host).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics on this port, on metrics_host (default: setting"
+    " metrics_port; 0: off).",
+)
 @insecure_dev_keys_option
 @loglevel_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
@@ -52,6 +58,7 @@ def worker(
     concurrency: int,
     queues: str,
     with_beat: bool,
+    metrics_port: int | None,
     insecure_dev_keys: bool,
     loglevel: str,
     celery_args: tuple[str, ...],
@@ -60,11 +67,19 @@ def worker(
     from tasks.app import configure
     from tasks.runtime import accept_development_keys
 
+    settings = current().settings()
+    port = settings.metrics_port if metrics_port is None else metrics_port
     current().service_keyring(insecure_dev_keys)
     if insecure_dev_keys:
         accept_development_keys()
     check_sources(current())
-    app = configure(current().settings())
+    if port:
+        from compliance.metrics import endpoint
+        from tasks.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings, current().db(), port)
+        click.echo(f"metrics: {endpoint(settings.metrics_host, port)}")
+    app = configure(settings)
     argv = [
         "worker",
         "-Q",

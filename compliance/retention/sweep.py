@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
+from compliance import metrics
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.dispatch import Dispatcher
@@ -245,6 +246,7 @@ def _chunk(
         status = runs.DONE if result.done else runs.RUNNING
         more = not result.done and time.monotonic() < deadline
         _save(ctx, part, cursor, _counts(result), status, keep=more)
+        metrics.rows_purged(run.policy, result.deleted)
         runs.renew_lease(ctx.store, run.policy, run.id, ctx.clock())
         if result.done:
             return PartOutcome.DONE

@@ -122,3 +122,29 @@ def test_trusted_proxy_must_be_an_ip_address() -> None:
     assert load_settings({"GDPR_TRUSTED_PROXY": "10.0.0.5"}).trusted_proxy == "10.0.0.5"
     with pytest.raises(ConfigError, match="trusted_proxy"):
         load_settings({"GDPR_TRUSTED_PROXY": "*"})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"GDPR_LOG_FORMAT": "yaml"}, "setting 'log_format' must be 'text' or 'json', not 'yaml'"),
+        ({"GDPR_METRICS_PORT": "70000"}, "setting 'metrics_port' must be between 0 (off)"),
+        ({"GDPR_SERVE_METRICS_PORT": "8080"}, "must differ from 'serve_port'"),
+        ({"GDPR_METRICS_PORT": "9101", "GDPR_SERVE_METRICS_PORT": "9101"}, "must differ"),
+        ({"GDPR_METRICS_HOST": " "}, "setting 'metrics_host' must be an interface"),
+    ],
+    ids=["log-format", "port-range", "public-port", "same-port", "no-host"],
+)
+def test_log_and_metrics_settings_are_checked_at_startup(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_metrics_are_off_and_logs_are_text_by_default() -> None:
+    settings = load_settings({})
+    assert (settings.metrics_port, settings.serve_metrics_port) == (0, 0)
+    assert (settings.log_format, settings.metrics_host) == ("text", "127.0.0.1")

@@ -288,3 +288,34 @@ def test_a_plain_checkpoint_written_before_sealing_is_read_as_it_is(
     plain.save()
     assert stored(db, ctx)[("crm", "erase")].checkpoint == {"after": 3}
     assert reread(db, ctx).get("crm", "erase").checkpoint == {"after": 3}
+
+
+def _sample(name: str, **labels: str) -> float:
+    from compliance import metrics
+
+    for family in metrics.Exposed().collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_a_step_that_ends_is_timed_once_and_one_that_fails_is_counted(
+    db: Database, settings: Settings
+) -> None:
+    now = [NOW]
+    ctx = dataclasses.replace(run_context(db, settings, clock=lambda: now[0]), kind="erasure")
+    labels = {"kind": "erasure", "source": "crm", "action": "erase"}
+    timed = _sample("gdpr_step_duration_seconds_count", **labels)
+    seconds = _sample("gdpr_step_duration_seconds_sum", **labels)
+    failed = _sample("gdpr_step_failures_total", **labels)
+    step = ctx.steps.start("crm", "erase")
+    now[0] = NOW + timedelta(seconds=90)
+    ctx.steps.update(step, done=True)
+    ctx.steps.update(step, done=True)  # already done: not timed again
+    verify = ctx.steps.start("crm", "verify")
+    ctx.steps.fail(verify, "2 item(s) left")
+    assert _sample("gdpr_step_duration_seconds_count", **labels) - timed == 1
+    assert _sample("gdpr_step_duration_seconds_sum", **labels) - seconds == pytest.approx(90)
+    assert _sample("gdpr_step_failures_total", **labels) == failed  # the erase step did not fail
+    assert _sample("gdpr_step_failures_total", **{**labels, "action": "verify"}) >= 1

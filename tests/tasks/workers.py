@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,13 @@ def gdpr(cwd: Path, env: Mapping[str, str], *args: str, check: bool = True) -> A
 
 @contextmanager
 def running_worker(
-    cwd: Path, env: Mapping[str, str], log: Path, *extra: str
+    cwd: Path, env: Mapping[str, str], log: Path, *extra: str, options: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker process; stopped (or killed) when the block ends."""
+    """A real Celery worker process (`gdpr [options] worker ... [extra]`); stopped (or
+    killed) when the block ends."""
     handle = log.open("ab")
     process = subprocess.Popen(
-        [GDPR, "worker", "-c", "1", "-l", "INFO", *extra],
+        [GDPR, *options, "worker", "-c", "1", "-l", "INFO", *extra],
         cwd=cwd,
         env=dict(env),
         stdout=handle,

@@ -113,3 +113,60 @@ def test_serve_says_where_the_emailed_links_point(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"gdpr download service listening on {server.url}"
     assert lines[2].strip() == "links in emails point at " + expected.format(here=server.url)
+
+
+@pytest.mark.slow
+def test_serve_counts_a_refused_token_on_its_own_metrics_port(tmp_path: Path) -> None:
+    import re
+    import secrets
+    import urllib.error
+
+    port, metrics_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [GDPR, "serve", "--port", str(port), "--metrics-port", str(metrics_port)],
+        env=serve_env(tmp_path / ".gdpr"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        announced = [server.stdout.readline() for _ in range(5)]
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/d/{secrets.token_urlsafe(32)}")
+        gone.value.close()
+        assert gone.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as public:  # never on the download port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics")
+        public.value.close()
+        assert public.value.code == 404
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            scraped = answer.read().decode()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert announced[3] == f"  metrics (Prometheus) on {url}\n"  # before "Ctrl-C"
+    assert "Ctrl-C" in announced[4]
+    found = re.search(r'^gdpr_download_refusals_total\{reason="unknown"\} (\S+)$', scraped, re.M)
+    assert found is not None and float(found.group(1)) == 1
+    assert 'gdpr_requests{kind="export",status="completed"} 0.0' in scraped
+
+
+def test_serve_refuses_metrics_on_the_download_port_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [GDPR, "serve", "--port", "8181", "--metrics-port", "8181"],
+        env=serve_env(tmp_path / ".gdpr"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: --metrics-port 8181 is the download port; /metrics is never served where data"
+        " subjects download: choose another"
+    ]
