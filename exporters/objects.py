@@ -92,6 +92,11 @@ class ObjectStorage(Protocol):
 
     def size(self, key: str) -> int: ...
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        """The keys that start with `prefix` (a folder such as ``audit-checkpoints/``), in
+        no particular order, read page by page."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the storage root or confuse a backend."""

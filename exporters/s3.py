@@ -250,6 +250,16 @@ class S3Storage:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         return int(head["ContentLength"])
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root + prefix
+        )
+        with translated(prefix):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield str(item["Key"]).removeprefix(root)
+
 
 def s3_client(settings: Settings) -> Any:
     import boto3

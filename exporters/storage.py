@@ -100,6 +100,17 @@ class FileStorage:
         with _os_errors(key):
             return self._path(key).stat().st_size
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        folder = prefix.rpartition("/")[0]
+        base = self._path(folder) if folder else self.root
+        if not base.is_dir():
+            return
+        with _os_errors(prefix):
+            for path in base.rglob("*"):
+                key = path.relative_to(self.root).as_posix()
+                if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
+                    yield key
+
 
 def _read_chunks(handle: BinaryIO, key: str) -> Iterator[bytes]:
     with handle, _os_errors(key):
