@@ -19,7 +19,7 @@ from sqlalchemy import Select, String, cast, or_, select
 from sqlalchemy.orm import Session
 
 from compliance.errors import ValidationError
-from compliance.identities import parse_identity, pseudonym
+from compliance.identities import Identity, parse_identity, pseudonym
 from compliance.models import AuditEvent, DsrIdentity, DsrRequest
 
 PAGE = 500
@@ -40,10 +40,15 @@ class AuditFilter:
     limit: int | None = None
 
 
-def subject_of_email(pseudonym_key: bytes, raw: str) -> str:
-    """The pseudonym of an email address (normalised as requests store it); a malformed
-    address is a `ValidationError` that does not repeat it."""
-    return pseudonym(pseudonym_key, parse_identity("email", raw))
+def email_identity(raw: str) -> Identity:
+    """An email address, checked and normalised as requests store it; a malformed one is a
+    `ValidationError` that does not repeat it."""
+    return parse_identity("email", raw)
+
+
+def subject_of(pseudonym_key: bytes, identity: Identity) -> str:
+    """The pseudonym the trail and the requests know `identity` by."""
+    return pseudonym(pseudonym_key, identity)
 
 
 def parse_when(text: str, now: datetime, *, option: str) -> datetime:

@@ -1,4 +1,4 @@
-"""`gdpr db ...`, `gdpr audit ...`, `gdpr keys ...`: administration."""
+"""`gdpr db ...`, `gdpr keys ...`, `gdpr maintenance ...`: administration."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import click
 
-from compliance import audit as audit_log
 from compliance import rotation
 from compliance.cli import output
 from compliance.cli.context import App, current, otp_option
@@ -35,39 +34,6 @@ def db_upgrade() -> None:
 def db_current() -> None:
     """Print the schema revision of the control database."""
     click.echo(current_revision(current().db().engine) or "empty (run `gdpr db upgrade`)")
-
-
-@click.group()
-def audit() -> None:
-    """The hash-chained audit trail."""
-
-
-@audit.command(name="verify")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Machine-readable result: ok, checked, broken_at, reason (exit code as without).",
-)
-def audit_verify(as_json: bool) -> None:
-    """Check every link of the audit chain; exit 1 at the first broken one."""
-    with current().db().session() as session:
-        report = audit_log.verify_chain(session)
-    if as_json:
-        output.emit_json(
-            {
-                "ok": report.ok,
-                "checked": report.checked,
-                "broken_at": report.broken_at,
-                "reason": report.reason,
-            }
-        )
-    elif report.ok:
-        click.echo(f"audit chain intact: {report.checked} events")
-    else:
-        click.echo(f"audit chain BROKEN at event {report.broken_at}: {report.reason}", err=True)
-    if not report.ok:
-        click.get_current_context().exit(1)
 
 
 @click.group()
