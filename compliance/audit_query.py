@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, String, cast, or_, select
@@ -66,8 +66,6 @@ def parse_when(text: str, now: datetime, *, option: str) -> datetime:
             f"{option} is malformed; use an ISO date or datetime (2026-12-01,"
             " 2026-12-01T08:00:00Z) or a span back from now (30m, 24h, 7d, 2w)"
         ) from None
-    if len(value) == 10:  # a date alone
-        when = datetime.combine(date.fromisoformat(value), datetime.min.time())
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 

@@ -209,6 +209,10 @@ def decode(key: str, body: bytes, keyring: Keyring) -> Checkpoint:
     expected = _mac(checkpoint, signing_key(keyring, checkpoint.key_id))
     if not hmac.compare_digest(expected, checkpoint.signature):
         raise IntegrityError(f"audit checkpoint '{key}' is tampered: its signature does not verify")
+    if checkpoint.key != key:
+        raise IntegrityError(
+            f"audit checkpoint '{key}' is misplaced: its content is that of '{checkpoint.key}'"
+        )
     return checkpoint
 
 

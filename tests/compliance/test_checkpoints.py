@@ -175,6 +175,18 @@ def test_a_forged_checkpoint_file_is_reported_as_tampered(
     assert verdict.newest == written.checkpoint.seq  # the good one still counts
 
 
+def test_a_good_checkpoint_copied_under_another_name_is_reported(
+    db: Database, storage: ObjectStorage, keyring: Keyring
+) -> None:
+    _record(db, 2)
+    written = _checkpoint(db, storage, keyring)
+    assert written is not None
+    copy = f"{checkpoints.PREFIX}2099-01-01T0000Z-{written.checkpoint.seq:012d}.json"
+    storage.upload(copy, storage.download(written.checkpoint.key))
+    (problem,) = _verify(db, storage, keyring).problems
+    assert (problem.key, problem.seq) == (copy, None) and "misplaced" in problem.reason
+
+
 def test_a_checkpoint_signed_with_another_installations_key_does_not_verify(
     db: Database, storage: ObjectStorage, keyring: Keyring
 ) -> None:
