@@ -201,6 +201,7 @@ def decode(key: str, body: bytes, keyring: Keyring) -> Checkpoint:
         data = json.loads(body)
         data.pop("format")
         checkpoint = Checkpoint(**data)
+        named = checkpoint.key  # its time must parse, too
         valid = isinstance(checkpoint.seq, int) and isinstance(checkpoint.signature, str)
     except (ValueError, TypeError, KeyError, AttributeError):
         raise IntegrityError(f"audit checkpoint '{key}' is malformed") from None
@@ -209,9 +210,9 @@ def decode(key: str, body: bytes, keyring: Keyring) -> Checkpoint:
     expected = _mac(checkpoint, signing_key(keyring, checkpoint.key_id))
     if not hmac.compare_digest(expected, checkpoint.signature):
         raise IntegrityError(f"audit checkpoint '{key}' is tampered: its signature does not verify")
-    if checkpoint.key != key:
+    if named != key:
         raise IntegrityError(
-            f"audit checkpoint '{key}' is misplaced: its content is that of '{checkpoint.key}'"
+            f"audit checkpoint '{key}' is misplaced: its content is that of '{named}'"
         )
     return checkpoint
 
@@ -243,19 +244,22 @@ def _read(storage: CheckpointStorage, key: str) -> bytes:
 
 def verify(session: Session, storage: CheckpointStorage, keyring: Keyring) -> Verdict:
     """Walk the chain once: its links (as `audit.verify_chain`) and every checkpoint."""
-    good, problems = load(storage, keyring)
-    walk = _Walk({c.seq: c for c in good})
+    good, unreadable = load(storage, keyring)
+    pending: dict[int, list[Checkpoint]] = {}
+    for checkpoint in good:
+        pending.setdefault(checkpoint.seq, []).append(checkpoint)
+    walk = _Walk(pending)
     for event in audit.iter_events(session):
         walk.step(event)
-    problems += walk.unmet()
     newest = max((c.seq for c in good), default=None)
-    return Verdict(walk.report(), len(good) + len(problems), newest, tuple(problems))
+    problems = (*unreadable, *walk.unmet())
+    return Verdict(walk.report(), len(good) + len(unreadable), newest, problems)
 
 
 class _Walk:
     """The state of one pass along the chain."""
 
-    def __init__(self, pending: dict[int, Checkpoint]) -> None:
+    def __init__(self, pending: dict[int, list[Checkpoint]]) -> None:
         self.pending = pending
         self.found: list[Problem] = []
         self.prev = audit.GENESIS
@@ -269,8 +273,7 @@ class _Walk:
             self.broken = audit.ChainReport(self.count, event.seq, problem)
         self.prev, self.last = event.hash, event.seq
         self.count += 1
-        checkpoint = self.pending.pop(event.seq, None)
-        if checkpoint is not None:
+        for checkpoint in self.pending.pop(event.seq, []):
             self.found += _against(checkpoint, event, self.count)
 
     def report(self) -> audit.ChainReport:
@@ -278,7 +281,8 @@ class _Walk:
 
     def unmet(self) -> list[Problem]:
         """Checkpointed events the walk never met: deleted, or cut from the chain's end."""
-        return self.found + [_missing(c, self.last) for c in _by_seq(self.pending.values())]
+        unmet = [c for same in self.pending.values() for c in same]
+        return self.found + [_missing(c, self.last) for c in _by_seq(unmet)]
 
 
 def _against(checkpoint: Checkpoint, event: AuditEvent, count: int) -> list[Problem]:

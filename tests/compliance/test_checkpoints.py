@@ -209,3 +209,20 @@ def _rewritten(db: Database, *, actor: str) -> list[dict[str, object]]:
         prev = audit.event_hash(event)
         rows.append({"a": actor, "p": event.prev_hash, "h": prev, "s": event.seq})
     return rows
+
+
+def test_an_event_deleted_before_a_checkpoint_breaks_a_link_and_the_count(
+    db: Database, storage: ObjectStorage, keyring: Keyring
+) -> None:
+    _record(db, 4)
+    written = _checkpoint(db, storage, keyring)
+    assert written is not None
+    head = written.checkpoint.seq
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(_tampering(db))
+        conn.execute(text("DELETE FROM audit_event WHERE seq = :s"), {"s": head - 2})
+    verdict = _verify(db, storage, keyring)
+    assert verdict.chain.broken_at == head - 1 and verdict.first_bad == head - 1
+    (problem,) = verdict.problems
+    assert problem.seq == head and "4 events up to it" in problem.reason
