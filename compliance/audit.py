@@ -158,6 +158,7 @@ def event_hash(event: AuditEvent) -> str:
 
 
 def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
+    """Every event, oldest first, read `batch` at a time."""
     last_seq = 0
     while True:
         rows = session.scalars(
@@ -177,10 +178,18 @@ def verify_chain(session: Session) -> ChainReport:
     prev = GENESIS
     checked = 0
     for event in iter_events(session):
-        if event.prev_hash != prev:
-            return ChainReport(checked, event.seq, "previous-hash link does not match")
-        if event_hash(event) != event.hash:
-            return ChainReport(checked, event.seq, "content does not match its hash")
+        problem = link_problem(event, prev)
+        if problem:
+            return ChainReport(checked, event.seq, problem)
         prev = event.hash
         checked += 1
     return ChainReport(checked, None)
+
+
+def link_problem(event: AuditEvent, prev_hash: str) -> str:
+    """Why `event` does not follow an event whose hash is `prev_hash` ("" when it does)."""
+    if event.prev_hash != prev_hash:
+        return "previous-hash link does not match"
+    if event_hash(event) != event.hash:
+        return "content does not match its hash"
+    return ""

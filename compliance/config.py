@@ -87,6 +87,7 @@ class Settings:
     lease_seconds: int = defaults.LEASE_SECONDS
     retention_cron: str = defaults.RETENTION_CRON  # minute hour day-of-month month weekday
     suppression_cron: str = ""  # when beat runs `suppression reapply`; "": never
+    audit_checkpoint_cron: str = defaults.AUDIT_CHECKPOINT_CRON  # the chain's head to storage
     retention_batch_size: int = defaults.RETENTION_BATCH_SIZE
     retention_max_seconds: int = defaults.RETENTION_MAX_SECONDS
     retention_max_items: int = defaults.RETENTION_MAX_ITEMS
@@ -328,6 +329,7 @@ def _validate(settings: Settings) -> None:
     if settings.retention_chunk_seconds <= 0:
         raise ConfigError("setting 'retention_chunk_seconds' must be more than 0")
     _validate_cron("retention_cron", settings.retention_cron)
+    _validate_cron("audit_checkpoint_cron", settings.audit_checkpoint_cron)
     if settings.suppression_cron:
         _validate_cron("suppression_cron", settings.suppression_cron)
     how = {key: f"setting 'db_{key}'" for key in TLS_KEYS}

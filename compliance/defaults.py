@@ -32,6 +32,7 @@ REDISPATCH_AFTER_SECONDS = 60  # queued requests older than this are dispatched 
 LEASE_SECONDS = 30  # a running claim's lease; its heartbeat renews it every third of that
 
 RETENTION_CRON = "0 2 * * *"  # nightly sweeps at 02:00 in the configured timezone
+AUDIT_CHECKPOINT_CRON = "0 0 * * *"  # the audit chain's head, signed to storage daily
 RETENTION_BATCH_SIZE = 20_000  # keys per batch transaction of a retention sweep
 RETENTION_MAX_SECONDS = 4 * 3600  # one run of one policy stops after this long
 RETENTION_MAX_ITEMS = 0  # ... or after this many items (0: no limit)

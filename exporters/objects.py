@@ -92,8 +92,9 @@ class ObjectStorage(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def keys(self, prefix: str) -> list[str]:
-        """The keys of the objects under `prefix` (a folder, ending in '/'), sorted."""
+    def keys(self, prefix: str) -> Iterator[str]:
+        """The keys that start with `prefix` (a folder such as ``audit-checkpoints/``), in
+        no particular order, read page by page."""
         ...
 
 

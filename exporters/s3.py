@@ -250,16 +250,15 @@ class S3Storage:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         return int(head["ContentLength"])
 
-    def keys(self, prefix: str) -> list[str]:
-        full = self._key(prefix + "x")[:-1]
-        found: list[str] = []
+    def keys(self, prefix: str) -> Iterator[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root + prefix
+        )
         with translated(prefix):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            )
             for page in pages:
-                found += [item["Key"][len(full) :] for item in page.get("Contents", [])]
-        return sorted(prefix + name for name in found if "/" not in name)
+                for item in page.get("Contents", []):
+                    yield str(item["Key"]).removeprefix(root)
 
 
 def s3_client(settings: Settings) -> Any:

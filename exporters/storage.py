@@ -100,13 +100,16 @@ class FileStorage:
         with _os_errors(key):
             return self._path(key).stat().st_size
 
-    def keys(self, prefix: str) -> list[str]:
-        folder = self._path(prefix + "x").parent  # the prefix's folder, checked like a key
+    def keys(self, prefix: str) -> Iterator[str]:
+        folder = prefix.rpartition("/")[0]
+        base = self._path(folder) if folder else self.root
+        if not base.is_dir():
+            return
         with _os_errors(prefix):
-            if not folder.is_dir():
-                return []
-            names = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-        return sorted(prefix + name for name in names)
+            for path in base.rglob("*"):
+                key = path.relative_to(self.root).as_posix()
+                if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
+                    yield key
 
 
 def _read_chunks(handle: BinaryIO, key: str) -> Iterator[bytes]:

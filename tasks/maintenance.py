@@ -1,13 +1,13 @@
 """Maintenance tasks fired by beat: keep requests moving, abort orphaned uploads, delete
-expired packages, checkpoint the audit chain, apply the suppression list again (when
-`suppression_cron` is set)."""
+expired packages, checkpoint the audit chain to storage, apply the suppression list again
+(when `suppression_cron` is set)."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
 
-from compliance import maintenance, suppression
+from compliance import checkpoints, maintenance, suppression
 from compliance.db import utcnow
 from compliance.errors import StateError
 from compliance.retention import runs
@@ -59,17 +59,17 @@ def purge_packages() -> int:
     return int(purge_expired_packages(base.db, storage, utcnow()))
 
 
-@app.task(name="gdpr.audit.checkpoint", acks_late=True)
-def checkpoint_audit() -> int | None:
-    """Checkpoint the audit chain's head to object storage (`compliance.checkpoints`)."""
-    from compliance import checkpoints
+@app.task(name="gdpr.maintenance.audit_checkpoint", acks_late=True)
+def checkpoint_audit() -> dict[str, object]:
+    """The audit chain's head, signed to object storage (nothing new if already there)."""
     from exporters.storage import open_storage
 
     base = runtime.control()
-    point = checkpoints.write(base.db, open_storage(base.settings), base.keyring, utcnow())
-    if point is not None:
-        log.info("audit.checkpoint", extra={"seq": point.seq, "events": point.events})
-    return None if point is None else point.seq
+    with base.db.session() as session:
+        written = checkpoints.write(session, open_storage(base.settings), base.keyring, utcnow())
+    if written is None:
+        return {"written": False}
+    return {"written": written.created, **checkpoints.summary(written.checkpoint)}
 
 
 @app.task(name="gdpr.suppression.reapply", acks_late=True)

@@ -1,7 +1,7 @@
 """Celery beat schedule: maintenance sweeps (every minute by default), package expiry
-hourly, the audit chain's checkpoint daily, the nightly retention sweep (`retention_cron`,
-in the configured timezone), and, when `suppression_cron` is set, the suppression list
-applied again."""
+hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), the
+daily checkpoint of the audit chain (`audit_checkpoint_cron`), and, when `suppression_cron`
+is set, the suppression list applied again."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from celery.schedules import crontab
 from compliance.config import Settings
 
 PURGE_PACKAGES_EVERY_SECONDS = 3600.0
-AUDIT_CHECKPOINT = "15 0 * * *"  # daily, just after midnight in `timezone`
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -34,8 +33,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": "maintenance", "expires": PURGE_PACKAGES_EVERY_SECONDS},
         },
         "audit-checkpoint": {
-            "task": "gdpr.audit.checkpoint",
-            "schedule": cron(AUDIT_CHECKPOINT),
+            "task": "gdpr.maintenance.audit_checkpoint",
+            "schedule": cron(settings.audit_checkpoint_cron),
             "options": {"queue": "maintenance", "expires": 3600.0},
         },
     }
@@ -55,8 +54,8 @@ def describe(settings: Settings) -> list[str]:
     return [
         f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
         f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
-        f"audit chain checkpointed to object storage at '{AUDIT_CHECKPOINT}' ({settings.timezone})",
         f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
+        f"audit chain checkpointed at '{settings.audit_checkpoint_cron}' ({settings.timezone})",
         f"suppression list reapplied at '{settings.suppression_cron}' ({settings.timezone})"
         if settings.suppression_cron
         else "suppression list not reapplied by beat (GDPR_SUPPRESSION_CRON unset)",

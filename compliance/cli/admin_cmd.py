@@ -1,22 +1,19 @@
-"""`gdpr db ...`, `gdpr audit ...`, `gdpr keys ...`: administration."""
+"""`gdpr db ...`, `gdpr keys ...`, `gdpr maintenance ...`: administration."""
 
 from __future__ import annotations
 
 import base64
 import secrets
-import uuid
 from collections.abc import Mapping
 
 import click
 
-from compliance import audit as audit_log
 from compliance import rotation
 from compliance.cli import output
 from compliance.cli.context import App, current, otp_option
 from compliance.db import current_revision, upgrade
 from compliance.keyring import new_key_line
 from compliance.operators import Role
-from exporters.objects import ObjectStorage
 
 
 @click.group()
@@ -37,131 +34,6 @@ def db_upgrade() -> None:
 def db_current() -> None:
     """Print the schema revision of the control database."""
     click.echo(current_revision(current().db().engine) or "empty (run `gdpr db upgrade`)")
-
-
-@click.group()
-def audit() -> None:
-    """The hash-chained audit trail."""
-
-
-@audit.command(name="verify")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Machine-readable: ok, checked, broken_at, reason, checkpoints (exit code as without).",
-)
-def audit_verify(as_json: bool) -> None:
-    """Check every link of the audit chain, and the chain against its checkpoints in
-    object storage (`gdpr audit checkpoint`); exit 1 at the first broken link, missing or
-    rewritten event, or forged checkpoint."""
-    from compliance import checkpoints
-
-    app = current()
-    storage = _storage(app)
-    with app.db().session() as session:
-        report = audit_log.verify_chain(session)
-        findings = list(checkpoints.verify(session, storage, app.keyring()))
-        stored = len(storage.keys(checkpoints.PREFIX))
-    first = findings[0] if findings else None
-    if as_json:
-        output.emit_json(
-            {
-                "ok": report.ok and first is None,
-                "checked": report.checked,
-                "broken_at": report.broken_at if not report.ok else first and first.seq,
-                "reason": report.reason if not report.ok else first.reason if first else "",
-                "checkpoints": stored,
-            }
-        )
-    elif not report.ok:
-        click.echo(f"audit chain BROKEN at event {report.broken_at}: {report.reason}", err=True)
-    elif first is not None:
-        click.echo(f"audit chain does not match its checkpoints: {first.reason}", err=True)
-    else:
-        click.echo(f"audit chain intact: {report.checked} events, {stored} checkpoint(s) agree")
-    if not report.ok or first is not None:
-        click.get_current_context().exit(1)
-
-
-@audit.command(name="checkpoint")
-@otp_option
-def audit_checkpoint() -> None:
-    """Write the chain's head to object storage now, signed (beat does it daily). The same
-    head twice writes nothing new."""
-    from compliance import checkpoints
-
-    app = current()
-    app.act(Role.ADMIN, "checkpoint the audit chain")
-    point = checkpoints.write(app.db(), _storage(app), app.keyring(), app.now())
-    click.echo(
-        "the audit chain is empty: nothing to checkpoint" if point is None else point.summary()
-    )
-
-
-@audit.command(name="log")
-@click.option("--request", "for_request", help="Only the events of this request.")
-@click.option("--email", help="Only the events of this subject (looked up by its pseudonym).")
-@click.option("--since", help="From this date or time (UTC), or a span back: 7d, 24h, 30m.")
-@click.option("--until", help="Before this date or time (UTC), or a span back.")
-@click.option("--action", help="Only this action, e.g. request.approved or operator.refused.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many events.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable: a list of events.")
-def audit_log_cmd(
-    for_request: str | None,
-    email: str | None,
-    since: str | None,
-    until: str | None,
-    action: str | None,
-    limit: int | None,
-    as_json: bool,
-) -> None:
-    """The audit trail, oldest first: who did what, when, to which request."""
-    from compliance import audit_query
-    from compliance.identities import parse_identity, pseudonym
-
-    app = current()
-    now = app.now()
-    where = audit_query.Filter(
-        request_id=_known_request(app, for_request) if for_request else None,
-        subject=pseudonym(app.keyring().pseudonym_key, parse_identity("email", email))
-        if email
-        else None,
-        since=audit_query.parse_when(since, now, "--since") if since else None,
-        until=audit_query.parse_when(until, now, "--until") if until else None,
-        action=action,
-        limit=limit,
-    )
-    found = audit_query.events(app.db(), where)
-    if as_json:
-        output.emit_json(list(found))
-        return
-    shown = 0
-    for event in found:
-        shown += 1
-        request = event["request_id"] or "-"
-        details = " ".join(f"{k}={v}" for k, v in sorted(event["details"].items()))
-        head = f"{event['at'][:19]}Z #{event['seq']} {event['actor']} {event['action']}"
-        click.echo(f"{head} {request} {details}".rstrip())
-    if not shown:
-        click.echo("No events match.", err=True)
-
-
-def _known_request(app: App, text: str) -> uuid.UUID:
-    """The id of a request that exists (`NotFoundError` otherwise)."""
-    from compliance.queries import get_request
-    from compliance.requests import parse_request_id
-
-    request_id = parse_request_id(text)
-    with app.db().session() as session:
-        get_request(session, request_id)
-    return request_id
-
-
-def _storage(app: App) -> ObjectStorage:
-    from exporters.storage import open_storage
-
-    return open_storage(app.settings())
 
 
 @click.group()

@@ -40,7 +40,7 @@ EXIT_CODES: list[tuple[type[errors.ComplianceError], int]] = [
 COMMANDS = [
     ("compliance.cli.request_cmd", "request"),
     ("compliance.cli.admin_cmd", "db"),
-    ("compliance.cli.admin_cmd", "audit"),
+    ("compliance.cli.audit_cmd", "audit"),
     ("compliance.cli.admin_cmd", "keys"),
     ("compliance.cli.admin_cmd", "maintenance"),
     ("compliance.cli.worker_cmd", "worker"),

@@ -78,6 +78,16 @@ def test_keys_that_could_escape_the_root_are_refused(storage: ObjectStorage, key
         storage.upload(key, [b"x"])
 
 
+def test_keys_lists_what_is_under_a_prefix_and_nothing_else(storage: ObjectStorage) -> None:
+    assert list(storage.keys("audit-checkpoints/")) == []
+    for key in ("audit-checkpoints/a.json", "audit-checkpoints/b.json", "exports/x.enc"):
+        storage.upload(key, [b"{}"])
+    storage.upload("audit-checkpoints-old/c.json", [b"{}"])
+    listed = sorted(storage.keys("audit-checkpoints/"))
+    assert listed == ["audit-checkpoints/a.json", "audit-checkpoints/b.json"]
+    assert list(storage.keys("exports/")) == ["exports/x.enc"]
+
+
 def test_a_failed_upload_leaves_neither_object_nor_temp_file(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     storage = open_storage(Settings(storage_url=root.as_uri()))

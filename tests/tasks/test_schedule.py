@@ -33,3 +33,20 @@ def test_a_suppression_cron_schedules_the_reapply_on_the_retention_queue() -> No
 def test_a_malformed_suppression_cron_is_refused_at_startup() -> None:
     with pytest.raises(ConfigError, match=r"^setting 'suppression_cron' must be five crontab"):
         load_settings({"GDPR_SUPPRESSION_CRON": "nightly"})
+
+
+def test_beat_checkpoints_the_audit_chain_daily_on_the_maintenance_queue() -> None:
+    settings = Settings(audit_checkpoint_cron="15 0 * * *")
+    entry = beat_schedule(settings)["audit-checkpoint"]
+    assert entry["schedule"] == crontab(minute="15", hour="0")
+    assert entry["options"]["queue"] == "maintenance"
+    assert entry["task"] in app.tasks
+    assert beat_schedule(Settings())["audit-checkpoint"]["schedule"] == crontab(
+        minute="0", hour="0"
+    )
+    assert "audit chain checkpointed at '15 0 * * *' (UTC)" in describe(settings)
+
+
+def test_a_malformed_audit_checkpoint_cron_is_refused_at_startup() -> None:
+    with pytest.raises(ConfigError, match=r"^setting 'audit_checkpoint_cron' must be five"):
+        load_settings({"GDPR_AUDIT_CHECKPOINT_CRON": "daily"})
