@@ -56,3 +56,13 @@ SERVE_MAX_HEADER_BYTES = 65_536  # request line + headers (waitress: 256 KiB); 4
 SERVE_MAX_BODY_BYTES = 65_536  # request body (waitress: 1 GiB); 413 beyond
 
 MAIL_FROM = "privacy@localhost"
+
+ALERT_EVERY_SECONDS = 300  # beat evaluates the alert conditions this often
+ALERT_REFUSALS_PER_HOUR = 5  # refused operator actions or wrong one-time codes in an hour
+ALERT_FAILED_STEPS_PER_HOUR = 10  # request steps that failed in an hour
+ALERT_DUE_SOON_DAYS = 5  # an open request due within this many days
+ALERT_TOKEN_REFUSALS = 100  # refused download tokens from one client ...
+ALERT_TOKEN_WINDOW_MINUTES = 15  # ... within this many minutes
+ALERT_DIGEST_HOUR = 8  # the daily digest goes out at the first check from this hour on
+ALERT_WEBHOOK_TIMEOUT_SECONDS = 10.0  # connect and read, per alert
+ALERT_GIVE_UP_HOURS = 24  # a notice no channel took within this long is dropped
