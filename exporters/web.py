@@ -22,6 +22,7 @@ from typing import Any
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from compliance.alerts.refusals import client_pseudonym
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import ComplianceError, RetryableError, TokenError
@@ -71,7 +72,7 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=4096, TEMPLATES_AUTO_RELOAD=False)
     service = DownloadService(settings, db, storage, wrapper_for(settings, keyring), clock)
     limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, 60.0)
-    _routes(app, service, limiter, clock)
+    _routes(app, service, limiter, clock, keyring.pseudonym_key)
     _error_pages(app)
     app.after_request(_secure_headers)
     app.server_limits = ServerLimits.from_settings(settings)
@@ -83,7 +84,11 @@ def _routes(
     service: DownloadService,
     limiter: SlidingWindowLimiter,
     clock: Callable[[], datetime],
+    pseudonym_key: bytes,
 ) -> None:
+    def client() -> str:  # who a refusal counts against: a pseudonym, never the address
+        return client_pseudonym(pseudonym_key, client_key(request.remote_addr))
+
     @app.before_request
     def rate_limit() -> Response | None:
         if not request.path.startswith("/d/"):
@@ -99,14 +104,14 @@ def _routes(
 
     @app.get("/d/<token>")
     def landing(token: str) -> Response:
-        verdict = service.judge(token)
+        verdict = service.judge(token, client())
         if not verdict.live:
             return _gone()
         return _page("landing.html", 200, **_landing_context(verdict))
 
     @app.post("/d/<token>")
     def download(token: str) -> Response:
-        verdict = service.judge(token)
+        verdict = service.judge(token, client())
         if not verdict.live or verdict.package is None:
             return _gone()
         body = service.open(verdict)

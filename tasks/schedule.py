@@ -1,6 +1,7 @@
 """Celery beat schedule: maintenance sweeps (every minute by default), package expiry
-hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), and,
-when `suppression_cron` is set, the suppression list applied again."""
+hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), the
+alerts check every `alert_every_seconds`, and, when `suppression_cron` is set, the
+suppression list applied again."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": PURGE_PACKAGES_EVERY_SECONDS,
             "options": {"queue": "maintenance", "expires": PURGE_PACKAGES_EVERY_SECONDS},
         },
+        "alerts-check": {
+            "task": "gdpr.alerts.check",
+            "schedule": float(settings.alert_every_seconds),
+            "options": {"queue": "maintenance", "expires": float(settings.alert_every_seconds)},
+        },
     }
     if settings.suppression_cron:
         # it scans every searching source's identity columns: the retention queue's work
@@ -48,6 +54,7 @@ def describe(settings: Settings) -> list[str]:
     return [
         f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
         f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
+        f"alerts checked every {settings.alert_every_seconds:g} s",
         f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
         f"suppression list reapplied at '{settings.suppression_cron}' ({settings.timezone})"
         if settings.suppression_cron
