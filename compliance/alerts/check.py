@@ -73,8 +73,9 @@ class CheckResult:
 
 def check(ctx: AlertContext, *, dry_run: bool = False) -> CheckResult:
     result = CheckResult(channels=[c.name for c in ctx.channels], dry_run=dry_run)
+    retention = conditions.read_retention(ctx.retention)  # its own sessions: read it first
     with ctx.db.session() as session:
-        found = conditions.evaluate(session, ctx.settings, ctx.now, ctx.retention)
+        found = conditions.evaluate(session, ctx.settings, ctx.now, retention)
         result.problems = list(found.problems)
         _transitions(session, ctx, found, result, write=not dry_run)
         result.open = _open_titles(session, found, result, dry_run)

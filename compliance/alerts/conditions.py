@@ -68,10 +68,28 @@ class Deadlines:
     due_soon: int
 
 
+@dataclass(frozen=True)
+class RetentionReading:
+    """The retention report, read before the check's transaction (it opens its own), or
+    why it could not be read."""
+
+    reports: Sequence[PolicyReport] | None
+    problem: str | None = None
+
+
+def read_retention(retention: Retention | None) -> RetentionReading:
+    if retention is None:
+        return RetentionReading(None, "retention: not checked (no sources in this process)")
+    try:
+        return RetentionReading(retention())
+    except ComplianceError as exc:
+        return RetentionReading(None, f"retention: cannot read the report: {exc}")
+
+
 def evaluate(
-    session: Session, settings: Settings, now: datetime, retention: Retention | None
+    session: Session, settings: Settings, now: datetime, retention: RetentionReading
 ) -> Evaluation:
-    """Every condition, now. `retention` returns the retention report (None: not checked)."""
+    """Every condition, now; retention's from the report read already."""
     found = [
         *operator_refusals(session, settings, now),
         *failed_steps(session, settings, now),
@@ -80,16 +98,11 @@ def evaluate(
     ]
     checked = {OPERATOR_REFUSALS, FAILED_STEPS, REQUEST_OVERDUE, REQUEST_DUE_SOON}
     checked.add(DOWNLOAD_REFUSALS)
-    problems: list[str] = []
-    if retention is None:
-        problems.append("retention: not checked (no sources in this process)")
-    else:
-        try:
-            found += retention_findings(retention())
-            checked |= {RETENTION_LATE, RETENTION_FAILED}
-        except ComplianceError as exc:
-            problems.append(f"retention: cannot read the report: {exc}")
-    return Evaluation(tuple(found), frozenset(checked), tuple(problems))
+    if retention.reports is not None:
+        found += retention_findings(retention.reports)
+        checked |= {RETENTION_LATE, RETENTION_FAILED}
+    problems = (retention.problem,) if retention.problem else ()
+    return Evaluation(tuple(found), frozenset(checked), problems)
 
 
 def operator_refusals(session: Session, settings: Settings, now: datetime) -> list[Finding]:
