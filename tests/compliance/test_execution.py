@@ -288,3 +288,17 @@ def test_a_plain_checkpoint_written_before_sealing_is_read_as_it_is(
     plain.save()
     assert stored(db, ctx)[("crm", "erase")].checkpoint == {"after": 3}
     assert reread(db, ctx).get("crm", "erase").checkpoint == {"after": 3}
+
+
+def test_a_failed_step_records_when_it_failed_and_a_new_attempt_forgets_it(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "erase")
+    ctx.steps.fail(step, "boom")
+    row = stored(db, ctx)[("app", "erase")]
+    assert row.status == "failed" and row.finished_at is not None  # the alerts count these
+    later = dataclasses.replace(ctx)
+    later.steps.start("app", "erase")
+    later.steps.save()
+    assert stored(db, ctx)[("app", "erase")].finished_at is None

@@ -33,3 +33,11 @@ def test_a_suppression_cron_schedules_the_reapply_on_the_retention_queue() -> No
 def test_a_malformed_suppression_cron_is_refused_at_startup() -> None:
     with pytest.raises(ConfigError, match=r"^setting 'suppression_cron' must be five crontab"):
         load_settings({"GDPR_SUPPRESSION_CRON": "nightly"})
+
+
+def test_beat_checks_the_alerts_every_alert_every_seconds_on_the_maintenance_queue() -> None:
+    settings = Settings(alert_every_seconds=120)
+    entry = beat_schedule(settings)["alerts-check"]
+    assert (entry["schedule"], entry["options"]["queue"]) == (120.0, "maintenance")
+    assert entry["task"] in app.tasks
+    assert "alerts checked every 120 s" in describe(settings)
