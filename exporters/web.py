@@ -5,7 +5,8 @@ so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP 
 Content-Length (known from the stored size before decrypting: browsers show progress, and
 one cut short counts as failed). Every response carries strict security headers and is
 never cached; waitress's own error responses too (`exporters.web_server`). Bad tokens of
-every kind (unknown, expired, revoked, used up, malformed) get one identical page. No
+every kind (unknown, expired, revoked, used up, malformed) get one identical page, and each
+refusal is counted against the client's pseudonym (`compliance.alerts.refusals`). No
 exception detail reaches a client, and no token reaches a log line.
 
 Run it with `gdpr serve` (waitress); see `exporters.web_server`.
