@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from compliance.alerts.channels import EmailChannel, WebhookChannel
-from compliance.alerts.check import CheckResult
-from compliance.models import AlertDelivery
+from compliance.alerts.check import AlertContext, CheckResult, check
+from compliance.db import Database
+from compliance.models import AlertDelivery, TokenRefusal
 from tests.compliance.alerts.conftest import NOW, Alerting
 
 CLIENT = "cl_" + "ab" * 12
@@ -168,3 +170,18 @@ def test_with_no_channel_the_check_still_evaluates_and_remembers(alerting: Alert
     result = alerting.check(chans=[])
     assert result.channels == [] and len(result.raised) == 1 and result.sent == []
     assert alerting.check(chans=[]).raised == []  # raised already: no repeat
+
+
+def test_an_operator_login_may_run_the_check_on_the_alert_tables(
+    alerting: Alerting, as_operator: Callable[[str], Database]
+) -> None:
+    alerting.failed_steps(10)
+    alerting.token_refusals(CLIENT, 100)
+    chans = [WebhookChannel(alerting.hook.url)]
+    days_later = NOW + timedelta(days=2)  # 06:00 again: before the digest hour
+    ctx = AlertContext(alerting.settings, as_operator("alice"), chans, days_later)
+    first = check(AlertContext(alerting.settings, as_operator("alice"), chans, NOW))
+    assert len(first.raised) == 2 and len(alerting.hook.texts) == 2
+    assert len(check(ctx).cleared) == 2
+    with alerting.db.session() as session:  # pruned by alice's check: a day old
+        assert session.scalar(select(func.count(TokenRefusal.id))) == 0
