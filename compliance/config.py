@@ -104,6 +104,15 @@ class Settings:
     metrics_host: str = defaults.METRICS_HOST  # where /metrics listens (worker and serve)
     metrics_port: int = 0  # `gdpr worker`'s /metrics; 0: off
     serve_metrics_port: int = 0  # `gdpr serve`'s /metrics, never its public port; 0: off
+    alert_email_to: str = ""  # comma-separated addresses of the on-call and the DPO
+    alert_webhook_url: str = field(default="", repr=False)  # Slack-style; holds its secret
+    alert_every_seconds: int = defaults.ALERT_EVERY_SECONDS
+    alert_refusals_per_hour: int = defaults.ALERT_REFUSALS_PER_HOUR
+    alert_failed_steps_per_hour: int = defaults.ALERT_FAILED_STEPS_PER_HOUR
+    alert_due_soon_days: int = defaults.ALERT_DUE_SOON_DAYS
+    alert_token_refusals: int = defaults.ALERT_TOKEN_REFUSALS
+    alert_token_window_minutes: int = defaults.ALERT_TOKEN_WINDOW_MINUTES
+    alert_digest_hour: int = defaults.ALERT_DIGEST_HOUR
 
     # --- derived locations of the embedded defaults ---------------------------------
 
@@ -185,6 +194,7 @@ _URL_FIELDS = {
     "s3_endpoint_url": ("http", "https"),
     "kms_endpoint_url": ("http", "https"),
     "base_url": ("http", "https"),
+    "alert_webhook_url": ("http", "https"),
 }
 
 
@@ -315,6 +325,12 @@ def _validate(settings: Settings) -> None:
         "retention_parts": 1,
         "retention_fanout_rows": 1,
         "retention_report_grace_days": 0,
+        "alert_every_seconds": 10,
+        "alert_refusals_per_hour": 1,
+        "alert_failed_steps_per_hour": 1,
+        "alert_due_soon_days": 0,
+        "alert_token_refusals": 1,
+        "alert_token_window_minutes": 1,
     }
     if settings.erase_chunk_seconds <= 0:
         raise ConfigError("setting 'erase_chunk_seconds' must be more than 0")
@@ -324,6 +340,8 @@ def _validate(settings: Settings) -> None:
     if not 1 <= settings.serve_port <= 65535:
         raise ConfigError("setting 'serve_port' must be between 1 and 65535")
     _validate_metrics(settings)
+    if not 0 <= settings.alert_digest_hour <= 23:
+        raise ConfigError("setting 'alert_digest_hour' must be an hour between 0 and 23")
     if not 1 <= settings.serve_threads <= 256:
         raise ConfigError("setting 'serve_threads' must be between 1 and 256")
     if settings.retention_chunk_seconds <= 0:

@@ -126,5 +126,10 @@ class MailUnavailableError(RetryableError):
     """The SMTP server could not be reached or refused temporarily."""
 
 
+class ChannelUnavailableError(RetryableError):
+    """An alert channel (the SMTP server, the webhook) did not take an alert; the alert
+    stays pending and the next check sends it again."""
+
+
 class LeaseHeldError(RetryableError):
     """Another worker holds the lease for this work; try again later."""

@@ -181,6 +181,7 @@ class StepLog:
             step.status = StepStatus.RUNNING
             step.attempts += 1
             step.started_at = step.started_at or self.clock()
+            step.finished_at = None
             step.error = None
             self._dirty.add(step.key)
         return step
@@ -274,6 +275,7 @@ class StepLog:
         its claim (`LeaseHeldError`: the run that took over owns the steps now)."""
         step.status = StepStatus.FAILED
         step.error = error[:MAX_ERROR]
+        step.finished_at = self.clock()  # when it failed: the alerts count recent failures
         self._dirty.add(step.key)
         metrics.step_failed(self.kind, step.source, step.action)
         self.save()

@@ -309,3 +309,57 @@ class OperatorOtp(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime | None]
     locked_until: Mapped[datetime | None]
+
+
+class AlertState(Base):
+    """One alert condition for one subject (``failed_steps:all``, ``retention_late:<policy>``)
+    and whether it is raised: raised once (a conditional update), cleared once."""
+
+    __tablename__ = "alert_state"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    condition: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    title: Mapped[str] = mapped_column(Text)  # PII-free: ids, counts, policy names
+    raised_at: Mapped[datetime]
+    cleared_at: Mapped[datetime | None] = mapped_column(index=True)  # None while raised
+
+
+class AlertDelivery(Base):
+    """One notice (raised, cleared, digest) for one channel: pending until that channel
+    took it; a failed send stays pending for the next run (`compliance.alerts.state`)."""
+
+    __tablename__ = "alert_delivery"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(300))  # the alert's key, or ``digest:<day>``
+    kind: Mapped[str] = mapped_column(String(16))  # raised | cleared | digest
+    channel: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | sent | abandoned
+    created_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]  # a run sending it now
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertDigest(Base):
+    """The daily digest of one day (in the configured timezone): one row, one digest."""
+
+    __tablename__ = "alert_digest"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD
+    created_at: Mapped[datetime]
+
+
+class TokenRefusal(Base):
+    """A download token the download service refused, by the client's pseudonym (an HMAC
+    of its address, never the address) and time; counted by the alerts, pruned by them."""
+
+    __tablename__ = "token_refusal"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    client: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(index=True)

@@ -5,7 +5,8 @@ so a GET never counts as a download); POST /d/<token> streams the decrypted ZIP 
 Content-Length (known from the stored size before decrypting: browsers show progress, and
 one cut short counts as failed). Every response carries strict security headers and is
 never cached; waitress's own error responses too (`exporters.web_server`). Bad tokens of
-every kind (unknown, expired, revoked, used up, malformed) get one identical page. No
+every kind (unknown, expired, revoked, used up, malformed) get one identical page, and each
+refusal is counted against the client's pseudonym (`compliance.alerts.refusals`). No
 exception detail reaches a client, and no token reaches a log line.
 
 Run it with `gdpr serve` (waitress); see `exporters.web_server`.
@@ -23,6 +24,7 @@ from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from compliance import metrics
+from compliance.alerts.refusals import client_pseudonym
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import ComplianceError, RetryableError, TokenError
@@ -72,7 +74,7 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=4096, TEMPLATES_AUTO_RELOAD=False)
     service = DownloadService(settings, db, storage, wrapper_for(settings, keyring), clock)
     limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, 60.0)
-    _routes(app, service, limiter, clock)
+    _routes(app, service, limiter, clock, keyring.pseudonym_key)
     _error_pages(app)
     app.after_request(_secure_headers)
     app.server_limits = ServerLimits.from_settings(settings)
@@ -84,7 +86,11 @@ def _routes(
     service: DownloadService,
     limiter: SlidingWindowLimiter,
     clock: Callable[[], datetime],
+    pseudonym_key: bytes,
 ) -> None:
+    def client() -> str:  # who a refusal counts against: a pseudonym, never the address
+        return client_pseudonym(pseudonym_key, client_key(request.remote_addr))
+
     @app.before_request
     def rate_limit() -> Response | None:
         if not request.path.startswith("/d/"):
@@ -101,14 +107,14 @@ def _routes(
 
     @app.get("/d/<token>")
     def landing(token: str) -> Response:
-        verdict = service.judge(token)
+        verdict = service.judge(token, client())
         if not verdict.live:
             return _gone()
         return _page("landing.html", 200, **_landing_context(verdict))
 
     @app.post("/d/<token>")
     def download(token: str) -> Response:
-        verdict = service.judge(token)
+        verdict = service.judge(token, client())
         if not verdict.live or verdict.package is None:
             return _gone()
         body = service.open(verdict)

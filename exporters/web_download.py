@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from compliance import audit, metrics
+from compliance.alerts import refusals
 from compliance.config import Settings
 from compliance.db import Database
 from compliance.errors import ComplianceError, IntegrityError, TokenError
@@ -53,13 +54,16 @@ class DownloadService:
     unwrapper: KeyWrapper
     clock: Callable[[], datetime]
 
-    def judge(self, token: str) -> Verdict:
-        """The verdict on a presented token; refusals are audited before returning."""
+    def judge(self, token: str, client: str | None = None) -> Verdict:
+        """The verdict on a presented token; refusals are audited before returning, and
+        counted against `client` (a pseudonym, `compliance.alerts.refusals`) if given."""
         now = self.clock()
         with self.db.session() as session:
             verdict = links.inspect(session, token, now)
             if not verdict.live:
                 links.record_refusal(session, verdict, now, ACTOR)
+                if client is not None:
+                    refusals.record(session, client, now)
         if not verdict.live:
             log.info("download.refused", extra={"reason": str(verdict.state)})
             metrics.download_refused(str(verdict.state))

@@ -1,17 +1,22 @@
 """Maintenance tasks fired by beat: keep requests moving, abort orphaned uploads, delete
 expired packages, checkpoint the audit chain to storage, apply the suppression list again
-(when `suppression_cron` is set)."""
+(when `suppression_cron` is set), check the alert conditions."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from compliance import checkpoints, maintenance, suppression
+from compliance.alerts import channels
+from compliance.alerts.check import AlertContext
+from compliance.alerts.check import check as check_now
 from compliance.db import utcnow
 from compliance.errors import StateError
 from compliance.retention import runs
 from compliance.retention import sweep as retention_sweep
+from compliance.retention.report import PolicyReport
 from tasks import runtime
 from tasks.app import app
 from tasks.dispatch import CeleryDispatcher
@@ -93,3 +98,30 @@ def reapply_suppression() -> dict[str, int]:
         log.info("dsr.suppression.skipped")
         return {"skipped": 1}
     return {"checked": result.checked, **{o.value: result.count(o) for o in suppression.Outcome}}
+
+
+@app.task(name="gdpr.alerts.check", acks_late=True)
+def check_alerts() -> dict[str, int]:
+    """`gdpr alerts check` on beat's schedule: raise, clear, digest, deliver."""
+    base = runtime.control()  # the sources are needed for retention only (`_retention`)
+    ctx = AlertContext(
+        settings=base.settings,
+        db=base.db,
+        channels=channels.configured(base.settings),
+        now=utcnow(),
+        retention=_retention,
+    )
+    result = check_now(ctx)
+    return {
+        "raised": len(result.raised),
+        "cleared": len(result.cleared),
+        "open": len(result.open),
+        "sent": len(result.sent),
+        "failed": len(result.failed),
+    }
+
+
+def _retention() -> Sequence[PolicyReport]:
+    from compliance.retention.report import report
+
+    return report(runtime.sweep_context())

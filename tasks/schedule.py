@@ -1,7 +1,8 @@
 """Celery beat schedule: maintenance sweeps (every minute by default), package expiry
 hourly, the nightly retention sweep (`retention_cron`, in the configured timezone), the
-daily checkpoint of the audit chain (`audit_checkpoint_cron`), and, when `suppression_cron`
-is set, the suppression list applied again."""
+daily checkpoint of the audit chain (`audit_checkpoint_cron`), the alerts check every
+`alert_every_seconds`, and, when `suppression_cron` is set, the suppression list applied
+again."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": cron(settings.audit_checkpoint_cron),
             "options": {"queue": "maintenance", "expires": 3600.0},
         },
+        "alerts-check": {
+            "task": "gdpr.alerts.check",
+            "schedule": float(settings.alert_every_seconds),
+            "options": {"queue": "maintenance", "expires": float(settings.alert_every_seconds)},
+        },
     }
     if settings.suppression_cron:
         # it scans every searching source's identity columns: the retention queue's work
@@ -54,6 +60,7 @@ def describe(settings: Settings) -> list[str]:
     return [
         f"maintenance sweep every {every:g} s (leases, queue, holds, uploads)",
         f"expired packages purged every {PURGE_PACKAGES_EVERY_SECONDS:g} s",
+        f"alerts checked every {settings.alert_every_seconds:g} s",
         f"retention sweep at '{settings.retention_cron}' ({settings.timezone})",
         f"audit chain checkpointed at '{settings.audit_checkpoint_cron}' ({settings.timezone})",
         f"suppression list reapplied at '{settings.suppression_cron}' ({settings.timezone})"

@@ -54,6 +54,7 @@ COMMANDS = [
     ("compliance.cli.doctor_cmd", "doctor_"),
     ("compliance.cli.suppression_cmd", "suppression"),
     ("compliance.cli.operator_cmd", "operator"),
+    ("compliance.cli.alerts_cmd", "alerts"),
 ]
 
 

@@ -319,3 +319,17 @@ def test_a_step_that_ends_is_timed_once_and_one_that_fails_is_counted(
     assert _sample("gdpr_step_duration_seconds_sum", **labels) - seconds == pytest.approx(90)
     assert _sample("gdpr_step_failures_total", **labels) == failed  # the erase step did not fail
     assert _sample("gdpr_step_failures_total", **{**labels, "action": "verify"}) >= 1
+
+
+def test_a_failed_step_records_when_it_failed_and_a_new_attempt_forgets_it(
+    db: Database, settings: Settings
+) -> None:
+    ctx = run_context(db, settings)
+    step = ctx.steps.start("app", "erase")
+    ctx.steps.fail(step, "boom")
+    row = stored(db, ctx)[("app", "erase")]
+    assert row.status == "failed" and row.finished_at is not None  # the alerts count these
+    later = dataclasses.replace(ctx)
+    later.steps.start("app", "erase")
+    later.steps.save()
+    assert stored(db, ctx)[("app", "erase")].finished_at is None

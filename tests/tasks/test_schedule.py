@@ -50,3 +50,11 @@ def test_beat_checkpoints_the_audit_chain_daily_on_the_maintenance_queue() -> No
 def test_a_malformed_audit_checkpoint_cron_is_refused_at_startup() -> None:
     with pytest.raises(ConfigError, match=r"^setting 'audit_checkpoint_cron' must be five"):
         load_settings({"GDPR_AUDIT_CHECKPOINT_CRON": "daily"})
+
+
+def test_beat_checks_the_alerts_every_alert_every_seconds_on_the_maintenance_queue() -> None:
+    settings = Settings(alert_every_seconds=120)
+    entry = beat_schedule(settings)["alerts-check"]
+    assert (entry["schedule"], entry["options"]["queue"]) == (120.0, "maintenance")
+    assert entry["task"] in app.tasks
+    assert "alerts checked every 120 s" in describe(settings)
