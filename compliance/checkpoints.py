@@ -31,7 +31,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from compliance import audit
-from compliance.errors import IntegrityError
+from compliance.alerts.channels import Channel
+from compliance.errors import ChannelUnavailableError, IntegrityError
 from compliance.keyring import KEY_BYTES, Keyring
 from compliance.models import AuditEvent
 
@@ -313,3 +314,23 @@ def _missing(checkpoint: Checkpoint, last: int | None) -> Problem:
 
 def _by_seq(checkpoints: Iterable[Checkpoint]) -> Sequence[Checkpoint]:
     return sorted(checkpoints, key=lambda c: c.seq)
+
+
+def announce(checkpoint: Checkpoint, channels: Sequence[Channel], now: datetime) -> list[str]:
+    """Post a new checkpoint's head to the alert channels too: a second copy outside the
+    database and the bucket. Returns the names of the channels that failed (logged; the
+    stored checkpoint stands without them)."""
+    title = f"audit checkpoint: event {checkpoint.seq}"
+    body = (
+        f"The audit chain held {checkpoint.events} events; its head is event {checkpoint.seq}"
+        f" with hash {checkpoint.hash} (key id {checkpoint.key_id}). Keep this message:"
+        " `gdpr audit verify` checks the chain against the stored copy."
+    )
+    failed = []
+    for channel in channels:
+        try:
+            channel.send(title, body, now)
+        except ChannelUnavailableError as exc:
+            log.warning("dsr.audit.checkpoint.not_announced", extra={"reason": str(exc)})
+            failed.append(channel.name)
+    return failed

@@ -66,14 +66,18 @@ def purge_packages() -> int:
 
 @app.task(name="gdpr.maintenance.audit_checkpoint", acks_late=True)
 def checkpoint_audit() -> dict[str, object]:
-    """The audit chain's head, signed to object storage (nothing new if already there)."""
+    """The audit chain's head, signed to object storage (nothing new if already there),
+    and posted to the alert channels when it is new."""
     from exporters.storage import open_storage
 
     base = runtime.control()
+    now = utcnow()
     with base.db.session() as session:
-        written = checkpoints.write(session, open_storage(base.settings), base.keyring, utcnow())
+        written = checkpoints.write(session, open_storage(base.settings), base.keyring, now)
     if written is None:
         return {"written": False}
+    if written.created:  # a second copy, in the alert channels
+        checkpoints.announce(written.checkpoint, channels.configured(base.settings), now)
     return {"written": written.created, **checkpoints.summary(written.checkpoint)}
 
 
