@@ -52,9 +52,12 @@ def sweep(db: Database, settings: Settings, dispatcher: Dispatcher, now: datetim
     return SweepResult(released, sent, resumed, expired)
 
 
-def resume_released(db: Database, dispatcher: Dispatcher, now: datetime) -> list[uuid.UUID]:
+def resume_released(
+    db: Database, dispatcher: Dispatcher, now: datetime, actor: str = ACTOR
+) -> list[uuid.UUID]:
     """Queue again the erasures on hold whose holds have all ended (released or expired);
-    a hold that still applies, or a new one, puts them back on hold when they run."""
+    a hold that still applies, or a new one, puts them back on hold when they run.
+    `actor` is who resumes them: the sweep, or the admin who released the hold."""
     with db.session() as session:
         live = {h.id for h in holds.active(session, now)}
         waiting = session.execute(
@@ -72,7 +75,7 @@ def resume_released(db: Database, dispatcher: Dispatcher, now: datetime) -> list
                     session,
                     request_id,
                     Event.RESUME,
-                    actor=ACTOR,
+                    actor=actor,
                     now=now,
                     values={"last_error": None},
                 )

@@ -140,14 +140,9 @@ def list_holds(everything: bool, as_json: bool) -> None:
 def release(hold_id: int, reason: str, as_json: bool) -> None:
     """End a hold: what it kept is erased (waiting erasures resume) and purged again."""
     app = current()
-    ended = holds.release(
-        app.db(),
-        hold_id,
-        operator=app.act(Role.ADMIN, "release legal holds"),
-        reason=reason,
-        now=app.now(),
-    )
-    resumed = maintenance.resume_released(app.db(), app.dispatcher(), app.now())
+    operator = app.act(Role.ADMIN, "release legal holds")
+    ended = holds.release(app.db(), hold_id, operator=operator, reason=reason, now=app.now())
+    resumed = maintenance.resume_released(app.db(), app.dispatcher(), app.now(), operator)
     if as_json:
         output.emit_json({**holds.describe(ended), "resumed": [str(r) for r in resumed]})
         return

@@ -370,3 +370,47 @@ def test_a_hostile_operator_name_is_one_line_and_never_echoed(
 def test_canonical_folds_case_width_and_space() -> None:
     assert canonical("  \uff21lice.B ") == "alice.b"
     assert canonical("Straße") == "strasse"
+
+
+def test_admins_resume_held_erasures_and_queue_retention_erasures_agents_do_not(
+    owner: Database, logins: Logins
+) -> None:
+    alice, carol = logins.names["alice"], logins.names["carol"]
+    grant(owner, alice, "agent")
+    grant(owner, carol, "admin")
+    held, retained = uuid.uuid4(), uuid.uuid4()
+    with owner.engine.begin() as conn:  # the workers' login put them there
+        for rid, status, origin in (
+            (held, "on_hold", None),
+            (retained, "received", "retention:logs"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO dsr_request (id, kind, status, subject, submitted_by,"
+                    " submitted_at, due_at, extended_months, updated_at, attempts, dry_run,"
+                    " notify, origin) VALUES (:id, 'erasure', :status, 'ps_x', 'retention',"
+                    " now(), now(), 0, now(), 0, false, false, :origin)"
+                ),
+                {"id": rid, "status": status, "origin": origin},
+            )
+    resume = "UPDATE dsr_request SET status = 'queued' WHERE id = :id"
+    refused(logins, "alice", resume, "needs the admin role", id=held)
+    refused(logins, "alice", resume, "needs the admin role", id=retained)
+    logins.sql("carol", resume, id=held)
+    logins.sql("carol", resume, id=retained)
+    assert {request_row(owner, str(r)).status for r in (held, retained)} == {"queued"}
+
+
+def test_an_admin_places_and_releases_a_hold_with_their_own_login(
+    owner: Database, logins: Logins
+) -> None:
+    carol = logins.names["carol"]
+    grant(owner, carol, "admin")
+    placed = logins.cli["carol"](
+        "hold", "add", "--source", "app", "--reason", "M-7", "--basis", "Art. 17(3)(e)", "--json"
+    )
+    assert placed.exit_code == 0, placed.output
+    hold_id = str(json.loads(placed.stdout)["id"])
+    released = logins.cli["carol"]("hold", "release", hold_id, "--reason", "case closed")
+    assert released.exit_code == 0, released.output
+    assert {e.actor for e in events(owner, "hold.release")} == {carol}

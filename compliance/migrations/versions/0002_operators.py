@@ -112,11 +112,13 @@ BEGIN
     PERFORM gdpr_require_role('agent', 'submit requests');
   ELSIF OLD.status = 'received' AND NEW.status = 'queued' THEN
     IF NEW.kind = 'erasure' AND NOT NEW.dry_run THEN
-      IF coalesce(NEW.origin, '') NOT LIKE 'suppression:%' THEN
+      -- pre-approved only when the suppression list or a retention policy asks for it
+      IF coalesce(NEW.origin, '') NOT LIKE 'suppression:%'
+         AND coalesce(NEW.origin, '') NOT LIKE 'retention:%' THEN
         RAISE EXCEPTION 'gdpr: an erasure needs a second operator''s approval'
           USING ERRCODE = 'insufficient_privilege';
       END IF;
-      PERFORM gdpr_require_role('admin', 'reapply the suppression list');
+      PERFORM gdpr_require_role('admin', 'queue erasures for the suppression list or retention');
     ELSE
       PERFORM gdpr_require_role('agent', 'submit requests');
     END IF;
@@ -134,6 +136,8 @@ BEGIN
     PERFORM gdpr_require_role('agent', 'cancel requests');
   ELSIF OLD.status = 'failed' AND NEW.status = 'queued' THEN
     PERFORM gdpr_require_role('agent', 'retry requests');
+  ELSIF OLD.status = 'on_hold' AND NEW.status = 'queued' THEN
+    PERFORM gdpr_require_role('admin', 'resume erasures whose legal hold ended');
   ELSE
     RAISE EXCEPTION 'gdpr: operator % may not move a request from % to %',
       me, OLD.status, NEW.status USING ERRCODE = 'insufficient_privilege';
