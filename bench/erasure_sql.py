@@ -252,6 +252,7 @@ def main() -> None:
         engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{name[:53]}_operators"'))  # 0002's
         admin.dispose()
 
     t_anchor, t_mine = statistics.median(anchor), statistics.median(mine)

@@ -418,6 +418,7 @@ def scratch_control_database(server: Any) -> Iterator[Any]:
             yield server.set(database=name)
         finally:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP ROLE IF EXISTS "{name[:53]}_operators"')  # migration 0002's
 
 
 MANIFEST = """\

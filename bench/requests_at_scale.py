@@ -130,6 +130,7 @@ def scratch_databases(server: URL) -> Iterator[tuple[URL, URL]]:
         finally:
             for name in created:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'DROP ROLE IF EXISTS "{name[:53]}_operators"')  # migration 0002's
 
 
 @contextmanager
