@@ -33,13 +33,22 @@ DISCOVER_SOURCE = "*"  # the discover step spans every source
 
 
 def resolve(sources: Iterable[DataSource], identities: Identities) -> Identities:
-    """The subject's identities across all sources, to a fixpoint."""
+    """The subject's identities across all sources, to a fixpoint.
+
+    A source's answer is its own fixpoint (it links until nothing new turns up), so a
+    source is asked again only when other sources added identities to what it last
+    returned: with one source, or when no source adds to another's, one round is all.
+    """
     sources = list(sources)
+    answered: dict[int, Identities] = {}  # source position -> what it last returned
     current = identities
     for _ in range(MAX_ROUNDS):
         found = current
-        for source in sources:
-            found = found.union(source.resolve(found))
+        for at, source in enumerate(sources):
+            if answered.get(at) == found:
+                continue  # nothing new to it since it answered
+            answered[at] = source.resolve(found)
+            found = found.union(answered[at])
         if found == current:
             return current
         current = found

@@ -144,7 +144,9 @@ class DataSource(Protocol):
         ...
 
     def resolve(self, identities: Identities) -> Identities:
-        """Return `identities` plus any this source links to them (email -> user_id)."""
+        """Return `identities` plus any this source links to them (email -> user_id), to
+        this source's own fixpoint: resolving the answer again adds nothing (the cascade
+        asks a source again only when other sources added to its answer)."""
         ...
 
     def plan(self, identities: Identities, action: Action) -> SourcePlan:

@@ -91,3 +91,38 @@ def test_a_dry_runs_discover_step_is_done_and_each_attempt_resolves_again(
         step = session.scalars(select(DsrStep).where(DsrStep.request_id == created.id)).one()
     assert (step.action, step.status, step.attempts) == ("discover", "done", 1)
     assert len(sealed(db, created.id)) == 2  # the given identities only
+
+
+class Linker:
+    """A source that links `links` (identity -> identity it leads to), counting asks."""
+
+    def __init__(self, links: dict[tuple[str, str], tuple[str, str]]) -> None:
+        self.links = links
+        self.asked: list[Identities] = []
+
+    def resolve(self, identities: Identities) -> Identities:
+        self.asked.append(identities)
+        found = identities
+        while True:  # its own fixpoint, as every source's answer is
+            more = [self.links[(i.type, i.value)] for i in found if (i.type, i.value) in self.links]
+            grown = found.union(parse_identity(t, v) for t, v in more)
+            if grown == found:
+                return found
+            found = grown
+
+
+def test_one_source_is_asked_once_and_asked_again_only_when_another_adds_to_its_answer() -> None:
+    from compliance.cascade import resolve
+
+    email = Identities.of([parse_identity("email", "ada@example.com")])
+    alone = Linker({("email", "ada@example.com"): ("customer_id", "C-1")})
+    assert resolve([alone], email).types() == {"email", "customer_id"}
+    assert len(alone.asked) == 1
+
+    crm = Linker({("email", "ada@example.com"): ("customer_id", "C-1")})
+    shop = Linker({("customer_id", "C-1"): ("user_id", "U-9")})
+    found = resolve([crm, shop], email)
+    assert found.types() == {"email", "customer_id", "user_id"}
+    assert len(crm.asked) == 2  # the shop added a user id to what it had answered
+    assert len(shop.asked) == 1  # nothing new to it after its answer
+    assert "user_id" in crm.asked[1].types()
