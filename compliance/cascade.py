@@ -25,7 +25,14 @@ from compliance.lifecycle import FINAL
 from compliance.models import DsrIdentity, DsrRequest, RequestStatus
 from compliance.sealed import load_identities, sealed_identity
 from compliance.sources.art15 import location_facts, with_legal_bases
-from compliance.sources.base import Action, DataSource, Disposition, Residue, SourcePlan
+from compliance.sources.base import (
+    Action,
+    Coalescing,
+    DataSource,
+    Disposition,
+    Residue,
+    SourcePlan,
+)
 from compliance.sources.lookup import require_lookup
 
 MAX_ROUNDS = 10
@@ -58,6 +65,49 @@ def resolve(sources: Iterable[DataSource], identities: Identities) -> Identities
     )
 
 
+def resolve_many(
+    sources: Iterable[DataSource], given: Sequence[Identities]
+) -> list[Identities | None]:
+    """`resolve` for several subjects at once: in each round a source that reads for
+    many (`Coalescing`) is asked once for all the subjects with something new to it.
+    None for a subject that must be resolved alone (a source could not settle it, or
+    it was still growing after `MAX_ROUNDS`: alone, it is refused with the reason)."""
+    sources = list(sources)
+    answered: list[dict[int, Identities]] = [{} for _ in given]
+    current = list(given)
+    settled: list[Identities | None] = [None] * len(given)
+    active = list(range(len(given)))
+    for _ in range(MAX_ROUNDS):
+        found = {i: current[i] for i in active}
+        for at, source in enumerate(sources):
+            asking = [i for i in active if answered[i].get(at) != found[i]]
+            for i, answer in zip(asking, _answers(source, [found[i] for i in asking]), strict=True):
+                if answer is None:
+                    active.remove(i)  # resolved alone
+                    continue
+                answered[i][at] = answer
+                found[i] = found[i].union(answer)
+        still = []
+        for i in active:
+            if found[i] == current[i]:
+                settled[i] = current[i]
+            else:
+                current[i] = found[i]
+                still.append(i)
+        active = still
+        if not active:
+            break
+    return settled
+
+
+def _answers(source: DataSource, given: list[Identities]) -> list[Identities | None]:
+    if not given:
+        return []
+    if isinstance(source, Coalescing):
+        return source.resolve_many(given)
+    return [source.resolve(identities) for identities in given]
+
+
 def discover(ctx: RunContext) -> Identities:
     """Resolve once per request and keep what was found (sealed, with its pseudonym);
     later attempts read it back instead of resolving again. A dry run stores nothing, so
@@ -66,7 +116,7 @@ def discover(ctx: RunContext) -> Identities:
     if step.done and not ctx.dry_run:
         discovered = load_identities(ctx.db, ctx.keyring, ctx.request_id, discovered_only=True)
         return ctx.identities.union(discovered)
-    identities = resolve(ctx.sources, ctx.identities)
+    identities = ctx.prefetched.identities or resolve(ctx.sources, ctx.identities)
     if ctx.dry_run:
         ctx.steps.update(step, counts=_discover_counts(identities, []), done=True)
         ctx.steps.save()

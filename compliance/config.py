@@ -80,6 +80,7 @@ class Settings:
     trusted_proxy: str = ""  # address of the reverse proxy in front of `gdpr serve`, if any
     batch_size: int = defaults.BATCH_SIZE
     erase_chunk_seconds: float = defaults.ERASE_CHUNK_SECONDS
+    export_batch: int = defaults.EXPORT_BATCH
     lock_timeout_ms: int = defaults.LOCK_TIMEOUT_MS
     statement_timeout_ms: int = defaults.STATEMENT_TIMEOUT_MS
     sweep_every_seconds: int = defaults.SWEEP_EVERY_SECONDS
@@ -323,6 +324,7 @@ def _validate(settings: Settings) -> None:
         "retention_lease_seconds": 10,
         "retention_subject_batch": 1,
         "retention_parts": 1,
+        "export_batch": 1,
         "retention_fanout_rows": 1,
         "retention_report_grace_days": 0,
         "alert_every_seconds": 10,

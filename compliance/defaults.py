@@ -18,6 +18,7 @@ LINK_MAX_DOWNLOADS = 3
 PACKAGE_TTL_DAYS = 30
 
 BATCH_SIZE = 1000
+EXPORT_BATCH = 16  # queued exports one worker claims and reads for at once (1: one at a time)
 ERASE_CHUNK_SECONDS = 20.0  # one erasure task runs this long, then re-enqueues the rest
 LOCK_TIMEOUT_MS = 5_000
 STATEMENT_TIMEOUT_MS = 60_000

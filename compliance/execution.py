@@ -417,6 +417,14 @@ def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
 
 
+@dataclass
+class Prefetched:
+    """What a coalesced batch found for a run before the run started
+    (`compliance.coalesce`): the subject's identities, resolved with the batch's."""
+
+    identities: Identities | None = None
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Everything a runner may use; built by the worker, passed down explicitly.
@@ -437,6 +445,7 @@ class RunContext:
     claim: int | None = None  # the attempt number this run claimed; heartbeats check it
     notify: bool = True  # email the subject (retention erasures: only if configured)
     kind: str = ""  # the request's kind (`RequestKind`), for the step metrics
+    prefetched: Prefetched = field(default_factory=Prefetched, repr=False, compare=False)
     steps: StepLog = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, or_
+from sqlalchemy import ColumnElement, Row, and_, or_, select
 from sqlalchemy.orm import Session
 
 from compliance import audit
+from compliance.coalesce import warmed
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.errors import (
@@ -35,7 +36,7 @@ from compliance.execution import RunContext, StepLog, read_steps
 from compliance.identities import Identities
 from compliance.keyring import Keyring
 from compliance.lifecycle import NEXT_ATTEMPT, Event, transition
-from compliance.logs import stack_summary
+from compliance.logs import bound_request, stack_summary
 from compliance.models import DsrRequest, RequestKind, RequestStatus
 from compliance.sealed import identities_in, wipe_identities
 from compliance.sources.base import DataSource
@@ -44,6 +45,7 @@ from compliance.sources.lookup import require_lookup
 log = logging.getLogger("gdpr.worker")
 
 LEASE_FOR_FAILING = 60.0  # a claim made only to record a failure
+BATCH_RETRY_SECONDS = 5.0  # a batch's request released by a transient error: retried then
 
 # A runner returns the receipt, or None when it stopped after a bounded chunk of work
 # and wants to be called again (the worker re-enqueues the request under the same claim).
@@ -83,16 +85,68 @@ def execute(
 ) -> Outcome:
     """Claim and run one request (or, with `claim`, its next chunk under that claim).
     Raises `RetryableError` after releasing it to the queue, to be retried in `retry_in`
-    seconds (the maintenance sweep leaves it alone until then)."""
-    if claim is None:
-        run = _claim(worker, request_id)
-        if run is None and _lease_alive(worker, request_id):
-            return Outcome.BUSY
-    else:
+    seconds (the maintenance sweep leaves it alone until then).
+
+    An export is claimed with up to `export_batch - 1` more queued exports, which run
+    right after it (`compliance.coalesce`); a message whose request another run holds
+    runs such a batch of what is queued instead of waiting idle."""
+    if claim is not None:
         run = _resume(worker, request_id, claim)
-    if run is None:
-        return Outcome.SKIPPED
+        return Outcome.SKIPPED if run is None else _run(worker, run, retry_in)
+    batch = _claim(worker, request_id)
+    if not batch:
+        busy = _lease_alive(worker, request_id)
+        _run_batch(worker, _claim_queued(worker, worker.settings.export_batch))
+        return Outcome.BUSY if busy else Outcome.SKIPPED
+    run = batch[0]
+    if run[0] != RequestKind.EXPORT:
+        return _run(worker, run, retry_in)
+    with warmed(worker.sources, [ctx for _, ctx in batch]):
+        try:
+            return _run(worker, run, retry_in)
+        finally:
+            _run_rest(worker, batch[1:])
+
+
+def _run_batch(worker: Worker, batch: Sequence[_Run]) -> None:
+    """Run claimed exports one after the other, their reads shared."""
+    if batch:
+        with warmed(worker.sources, [ctx for _, ctx in batch]):
+            _run_rest(worker, batch)
+
+
+def _run_rest(worker: Worker, batch: Sequence[_Run]) -> None:
+    """Run the batch's other requests, each on its own: whatever one of them does (fail,
+    be released to retry, lose its claim) stays with it. Those still waiting have their
+    leases renewed before each run, so no sweep takes them away meanwhile."""
+    waiting = list(batch)
+    while waiting:
+        waiting = [run for run in waiting if _renewed(run[1])]
+        if not waiting:
+            return
+        run = waiting.pop(0)
+        with bound_request(run[1].request_id):
+            try:
+                _run(worker, run, BATCH_RETRY_SECONDS)
+            except RetryableError:
+                continue  # released to the queue: the sweep or its own message runs it
+
+
+def _renewed(ctx: RunContext) -> bool:
+    """Renew the lease when a third of it has passed; False when the claim was lost."""
+    try:
+        ctx.steps.beat()
+    except RetryableError:
+        log.warning("dsr.coalesce.lost_claim", extra={"request_id": str(ctx.request_id)})
+        return False
+    return True
+
+
+def _run(worker: Worker, run: _Run, retry_in: float) -> Outcome:
+    """Run a claimed request (one chunk of it, with a continuation) and record how it
+    ended under its claim."""
     kind, ctx = run
+    request_id = ctx.request_id
     log.info("dsr.run.started", extra={"request_id": str(request_id), "kind": kind})
     try:
         # The manifest may have changed since submission: a request no source can look
@@ -186,10 +240,12 @@ def _hand_over(worker: Worker, ctx: RunContext) -> Outcome:
     return Outcome.CONTINUED
 
 
-def _claim(worker: Worker, request_id: uuid.UUID) -> _Run | None:
+def _claim(worker: Worker, request_id: uuid.UUID) -> list[_Run]:
     """Claim a queued request, or take over a running one whose lease expired, with the
     run's context (identities, steps) read in the same transaction: one commit makes the
-    claim durable before the run's first side effect.
+    claim durable before the run's first side effect. An export brings up to
+    `export_batch - 1` more queued exports with it, claimed in the same transaction
+    (`compliance.coalesce`); the request asked for comes first. Empty: not claimable.
 
     The context is read first, so the audit chain's lock (taken by the claim's event) is
     held only until the commit. No step can change between that read and the claim: a
@@ -208,11 +264,48 @@ def _claim(worker: Worker, request_id: uuid.UUID) -> _Run | None:
         if request is None:
             request = _take_over(session, request_id, worker.name, now, lease)
         if request is None:
-            return None
-        run = _context(worker, session, request, identities, steps)
+            return []
+        batch = [_context(worker, session, request, identities, steps)]
+        if request.kind == RequestKind.EXPORT:
+            more = worker.settings.export_batch - 1
+            batch += _claim_queued_in(worker, session, more, now)
     if taken_over:
         log.warning("dsr.claim.taken_over", extra={"request_id": str(request_id)})
-    return run
+    return batch
+
+
+def _claim_queued(worker: Worker, limit: int) -> list[_Run]:
+    """Claim up to `limit` queued exports, oldest first, due now (not waiting out a
+    retry), with their contexts, in one transaction; rows other workers are claiming
+    are skipped, not waited for."""
+    if limit <= 0:
+        return []
+    with worker.db.session() as session:
+        return _claim_queued_in(worker, session, limit, worker.clock())
+
+
+def _claim_queued_in(worker: Worker, session: Session, limit: int, now: datetime) -> list[_Run]:
+    lease = worker.settings.lease_seconds
+    runs = []
+    if limit > 0:
+        ids = session.scalars(
+            select(DsrRequest.id)
+            .where(
+                DsrRequest.status == RequestStatus.QUEUED,
+                DsrRequest.kind == RequestKind.EXPORT,
+                or_(DsrRequest.retry_at.is_(None), DsrRequest.retry_at <= now),
+            )
+            .order_by(DsrRequest.queued_at, DsrRequest.submitted_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for queued in ids:
+            identities = identities_in(session, worker.keyring, queued)
+            steps = read_steps(session, queued)
+            request = _claim_in(session, queued, worker.name, now, lease)
+            if request is not None:
+                runs.append(_context(worker, session, request, identities, steps))
+    return runs
 
 
 def _claim_in(

@@ -7,7 +7,7 @@ idempotent and resumable from the checkpoint it returned last.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -169,4 +169,23 @@ class DataSource(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Coalescing(Protocol):
+    """A source that reads for many subjects at once (`compliance.coalesce`): a batch of
+    exports resolves together, then reads together, then each export runs on its own."""
+
+    def resolve_many(self, given: Sequence[Identities]) -> list[Identities | None]:
+        """`resolve` for each subject; None for one this could not settle (it is then
+        resolved alone, and refused there if it must be)."""
+        ...
+
+    def warm(self, subjects: Sequence[Identities]) -> None:
+        """Read these subjects' export rows together; `export` of one of them uses them."""
+        ...
+
+    def cool(self) -> None:
+        """Forget what `warm` read and no export used."""
         ...

@@ -144,7 +144,7 @@ def test_a_worker_whose_claim_went_stale_cannot_finish_the_new_claim(
     def slow_runner(ctx: RunContext) -> dict[str, Any]:
         # While this run looks dead, the sweep releases it and a second worker claims it.
         assert release_stale_claims(db, settings, later) == [created.id]
-        assert _claim(second, created.id) is not None
+        assert _claim(second, created.id)
         return {"stale": True}
 
     assert execute(make_worker(db, settings, slow_runner), created.id) == Outcome.SKIPPED
@@ -199,7 +199,7 @@ def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
     from compliance.lifecycle import transition
 
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
 
     def heartbeat_then_transition(session: Any, request_id: Any, *args: Any, **kw: Any) -> Any:
@@ -363,7 +363,7 @@ def test_a_broken_manifest_fails_the_running_claim_of_a_continued_chunk(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
     assert fail_unrunnable(db, created.id, "bad", claim=2, now=NOW) == Outcome.SKIPPED
     assert status_of(db, created).status == "running"  # not our claim: left alone
     assert fail_unrunnable(db, created.id, "bad", claim=1, now=NOW) == Outcome.FAILED
@@ -398,7 +398,7 @@ def test_a_message_for_a_request_whose_lease_expired_takes_it_over(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None  # then dies
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)  # then dies
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     seen: list[int | None] = []
 
@@ -416,7 +416,7 @@ def test_a_message_for_a_request_whose_lease_is_alive_is_busy(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id) is not None
+    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
     soon = NOW + timedelta(seconds=settings.lease_seconds - 1)
     assert execute(_at(db, settings, lambda ctx: {}, soon), created.id) == Outcome.BUSY
     assert status_of(db, created).attempts == 1
@@ -429,7 +429,7 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
 
     created = submit_request(db, settings, RequestKind.EXPORT)
     old = _claim(make_worker(db, settings, lambda ctx: {}), created.id)
-    assert old is not None
+    assert old
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     from compliance.worker import _take_over
 
@@ -444,7 +444,7 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
         created.subject,
         requests_identities(),
         clock=lambda: later,
-        claim=old[1].claim,
+        claim=old[0][1].claim,
     )
     with pytest.raises(LeaseHeldError):
         stale.steps.save()

@@ -211,6 +211,28 @@ def _read_full(
     return _sorted(names, width, [r for r, _ in rows.values()], [f for _, f in rows.values()])
 
 
+def found_of(
+    names: Sequence[str],
+    width: int,
+    shown: Sequence[Column[Any]],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    full: bool,
+) -> Found:
+    """`rows` (mappings holding `names` and the `shown` columns) kept as `read_rows` keeps
+    them: the exported rows too when `full` and within `BUFFER_ROWS` / `BUFFER_BYTES`."""
+    kept: dict[Key, tuple[Row, Mapping[str, Any]]] = {}
+    for row in rows:
+        base = tuple(row[n] for n in names)
+        kept.setdefault(base[:width], (base, row))
+    shown_rows: list[Mapping[str, Any]] = [
+        {c.name: row[c.name] for c in shown} for _, row in kept.values()
+    ]
+    if not full or len(kept) > BUFFER_ROWS or sum(map(_size, shown_rows)) > BUFFER_BYTES:
+        return _sorted(names, width, [base for base, _ in kept.values()], None)
+    return _sorted(names, width, [base for base, _ in kept.values()], shown_rows)
+
+
 def _sorted(
     columns: Sequence[str],
     width: int,

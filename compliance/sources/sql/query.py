@@ -61,9 +61,18 @@ def identity_lookups(
 ) -> list[tuple[ColumnElement[Any], list[Any]]]:
     """What `identity_match` compares, per identity column that some identity can
     match: the column (or ``lower(column)``) and the values it must hold one of."""
+    terms = identity_terms(graph, table, identities, resolving=resolving)
+    return [(looked, values) for _, looked, values in terms]
+
+
+def identity_terms(
+    graph: Graph, table: str, identities: Identities, *, resolving: bool = False
+) -> list[tuple[str, ColumnElement[Any], list[Any]]]:
+    """`identity_lookups`, each with a label naming its identity column (the same for
+    every subject: a batch merges the values of one label, `batch.split`)."""
     t = graph.tables[table]
-    found: list[tuple[ColumnElement[Any], list[Any]]] = []
-    for ident in graph.rules[table].identities:
+    found: list[tuple[str, ColumnElement[Any], list[Any]]] = []
+    for n, ident in enumerate(graph.rules[table].identities):
         if resolving and not ident.resolve:
             continue
         column = t.c[ident.column]
@@ -72,9 +81,9 @@ def identity_lookups(
             continue
         if ident.lower:
             lowered = func.lower(column, type_=column.type)
-            found.append((lowered, [str(v).lower() for v in values]))
+            found.append((f"i{n}", lowered, [str(v).lower() for v in values]))
         else:
-            found.append((column, values))
+            found.append((f"i{n}", column, values))
     return found
 
 

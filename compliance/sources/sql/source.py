@@ -11,7 +11,7 @@ its batches in `batches`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -44,14 +44,14 @@ from compliance.sources.base import (
 from compliance.sources.check import Gap
 from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
-from compliance.sources.sql import coverage, partition_sweep, retention
+from compliance.sources.sql import batch, coverage, partition_sweep, retention
 from compliance.sources.sql.engine import connection_of, make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
 from compliance.sources.sql.plan import erase_plan, export_plan, orphans
 from compliance.sources.sql.policies import policy_of
-from compliance.sources.sql.read import residues, resolve, rows_of
+from compliance.sources.sql.read import MAX_RESOLVE_ROUNDS, residues, resolve, rows_of
 from compliance.sources.sql.subject import Subject
 from compliance.sources.templating import expand_env
 
@@ -115,6 +115,7 @@ class SqlSource:
         self._policies: tuple[Policy, ...] | None = None
         self.retention_batch = retention_batch  # keys per batch a retention plan shows
         self.tls = tls or Tls()  # as the manifest gives it (the URL may say more)
+        self._warm: dict[Identities, Subject] = {}  # a batch's exports, read together
 
     def __repr__(self) -> str:
         return f"SqlSource(name={self.name!r}, dialect={self.engine.dialect.name!r})"
@@ -172,6 +173,24 @@ class SqlSource:
         """Identities linked to the given ones through rows they match, to a fixpoint."""
         return resolve(self, identities)
 
+    def resolve_many(self, given: Sequence[Identities]) -> list[Identities | None]:
+        """`resolve` for each of several subjects, one read per table and round for all
+        of them (`batch`); None for a subject that must be resolved alone."""
+        with self.connect() as conn:
+            return batch.resolve_many(conn, self.graph, given, MAX_RESOLVE_ROUNDS)
+
+    def warm(self, subjects: Sequence[Identities]) -> None:
+        """Read the rows of these subjects' exports together (one read per table for all
+        of them, `batch`), for `export` to take; `cool` forgets what was not taken."""
+        found = [Subject(self.graph, identities, full=True) for identities in subjects]
+        with self.connect() as conn:
+            batch.read_own(conn, self.graph, found)
+            batch.read_shared(conn, self.graph, found)
+        self._warm.update((subject.identities, subject) for subject in found)
+
+    def cool(self) -> None:
+        self._warm.clear()
+
     def plan(self, identities: Identities, action: Action) -> SourcePlan:
         """Counts per table of what `action` would touch; writes nothing. The subject's
         rows an erase plan found serve the erasure that starts right after it."""
@@ -189,9 +208,10 @@ class SqlSource:
     def export(self, identities: Identities) -> Iterator[ExportItem]:
         """Per table holding the subject's rows, parents first: a `RowsItem` of the
         subject's rows, and one (``shared``) of rows shared with other people; never a
-        row of another subject. Each table is read once, in one transaction; rows too
-        many to keep from that read are read again by key when the item is consumed."""
-        subject = Subject(self.graph, identities, full=True)
+        row of another subject. Each table is read once, in one transaction (or was,
+        with the rest of a batch, `warm`); rows too many to keep from that read are read
+        again by key when the item is consumed."""
+        subject = self._warm.pop(identities, None) or Subject(self.graph, identities, full=True)
         wanted = []
         with self.connect() as conn:
             for table in reversed(self.graph.order):

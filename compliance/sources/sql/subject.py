@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, Table, and_, not_, union
@@ -50,6 +51,24 @@ from compliance.sources.sql.lists import (
 from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
 from compliance.sources.sql.ownership import KEEPING
 from compliance.sources.sql.query import identity_match
+
+
+@dataclass(frozen=True)
+class Pointing:
+    """Rows of a reference's child pointing at some of its parent's rows, read before
+    (a batch reads them for many subjects, `batch`): each row's columns of the reference
+    and its key, for every row pointing at one of `values`."""
+
+    values: frozenset[Key]
+    rows: Sequence[tuple[Key, Key]]  # (the reference's columns, the child row's key)
+
+    def covers(self, values: Sequence[Key]) -> bool:
+        return self.values.issuperset(values)
+
+    def staying(self, values: Sequence[Key], leaving: frozenset[Key]) -> set[Key]:
+        """The `values` that a row not among `leaving` points at."""
+        wanted = set(values)
+        return {cols for cols, key in self.rows if cols in wanted and key not in leaving}
 
 
 class Subject:
@@ -91,6 +110,7 @@ class Subject:
         self._reached: dict[str, tuple[Found, frozenset[Key]]] = {}
         self._alone: dict[str, Found] = {}
         self._going: dict[str, frozenset[Key] | None] = {}
+        self._pointing: dict[Edge, Pointing] = {}  # rows pointing at shared rows, read before
 
     def with_orphans(self, orphans: Mapping[str, Found]) -> Subject:
         """This subject with `orphans` (just found unused) among its own rows."""
@@ -118,6 +138,27 @@ class Subject:
         if read is None or (since is not None and read[0] < since):
             read = owner._own[table] = (self.clock(), owner.fresh(conn, table, since))
         return read[1]
+
+    def known(self, table: str) -> bool:
+        """Whether the own rows of `table` were read already."""
+        return table in self._owner(table)._own
+
+    def known_own(self, table: str) -> Found:
+        """The own rows of `table` as read already (`known`)."""
+        return self._owner(table)._own[table][1]
+
+    def remember_own(self, table: str, found: Found) -> None:
+        """Take `found`, read for this subject just now (by a batch), as its own rows."""
+        self._owner(table)._own[table] = (self.clock(), found)
+
+    def remember_reached(self, conn: Connection, table: str, found: Found) -> None:
+        """Take `found`, read just now, as the rows of `table` the own rows point at
+        through shared references (`reached`)."""
+        self._reached[table] = (found, self._owned(conn, table, found))
+
+    def remember_pointing(self, e: Edge, pointing: Pointing) -> None:
+        """Take `pointing`, read just now, as the rows of `e`'s child pointing at its values."""
+        self._pointing[e] = pointing
 
     def at_turn(self, conn: Connection, table: str, since: float) -> Found:
         """The own rows of `table` as erasure starts on it: read again if they were read
@@ -392,6 +433,16 @@ class Subject:
         """The `values` that rows which stay point at through `edges` (all to the same
         columns), as one UNION per chunk of values."""
         hits: set[Key] = set()
+        rest = []
+        for e in edges:
+            read = self._pointing.get(e)
+            if read is not None and read.covers(values):
+                hits |= read.staying(values, self._leaving(conn, e, values, visiting))
+            else:
+                rest.append(e)
+        if not rest:
+            return hits
+        edges = rest
         width = len(edges[0].parent_cols)
         for part in chunked(values, chunk_size(self.graph.dialect, width * len(edges))):
             queries = []
@@ -419,12 +470,18 @@ class Subject:
     ) -> tuple[Select[Any], RowFilter]:
         """A query of `columns` of `e`'s child rows pointing at `values` that stay (not
         among the subject's rows erasure deletes), and a filter for what it returns."""
-        going = self.going(conn, e.child, visiting)
-        leaving: list[Key] = []
-        if going:
-            pointing = self.own(conn, e.child).where(e.child_cols, values).key_set
-            leaving = sorted(going & pointing, key=sort_key)
+        leaving = sorted(self._leaving(conn, e, values, visiting), key=sort_key)
         return staying_query(self.graph, self._table(e.child), e, values, columns, leaving)
+
+    def _leaving(
+        self, conn: Connection, e: Edge, values: Sequence[Key], visiting: frozenset[str]
+    ) -> frozenset[Key]:
+        """Keys of the subject's rows of `e`'s child that point at `values` and that
+        erasure deletes (they do not count as rows that stay)."""
+        going = self.going(conn, e.child, visiting)
+        if not going:
+            return frozenset()
+        return going & self.own(conn, e.child).where(e.child_cols, values).key_set
 
     def _table(self, name: str) -> Table:
         if name in self.graph.tables:

@@ -1,0 +1,294 @@
+"""Many subjects in one read per table: the reads of a batch of exports, shared.
+
+A coalesced batch (`compliance.coalesce`) resolves its subjects together and reads their
+rows together: one statement per table (and resolve round) for all of them, with the
+values each subject's own statement would bind merged into one list per column. What
+comes back is split by subject in Python with the same test each subject's statement
+makes in SQL: a row is a subject's when a value it was looked up by is one of that
+subject's values. For an identity column the value compared is the one the database
+computed (``lower(email)`` is selected beside the row), for a reference the columns as
+read; Python's equality is never looser than the database's for values it returned.
+
+A row no subject claims means the two tests disagree (a collation that folds case or
+pads, a type the driver returns differently): the whole read is dropped (`split`
+returns None) and
+each subject reads that table, and what depends on it, on its own, as a request alone
+does. So is a read past its bounds (more rows, or more values in a list, than one
+statement may carry). Batched reads only fill the memo of each subject's `Subject`;
+everything an export decides (which rows are its own, which shared rows only it uses)
+is still decided per subject, from those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Connection, Table, or_, select
+
+from compliance.errors import ValidationError
+from compliance.identities import Identities, Identity, parse_identity
+from compliance.sources.sql.found import Found, base_columns, exported_columns, found_of
+from compliance.sources.sql.graph import Graph
+from compliance.sources.sql.keys import Key, chunk_size, placeholder_key, values_in
+from compliance.sources.sql.manifest import Edge
+from compliance.sources.sql.query import identity_terms
+from compliance.sources.sql.subject import Pointing, Subject
+
+BATCH_ROWS = 20_000  # rows one batched read may return; more: each subject reads alone
+FULL_BYTES = 8 * 1024 * 1024  # exported values one batched read keeps; past that, keys only
+MAX_IDENTITIES = 1000  # a subject linked to more is resolved alone (and refused there)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One way a statement looks rows up: `exprs` (columns, or ``lower(column)``) equal
+    one of `values`; `identity`: an identity column, compared as ``IN`` like
+    `query.identity_match` does."""
+
+    label: str
+    exprs: tuple[ColumnElement[Any], ...]
+    values: frozenset[Key]
+    identity: bool = False
+
+
+Probe = Sequence[Term]  # one subject's terms in one table
+
+
+def split(
+    conn: Connection,
+    graph: Graph,
+    table: Table,
+    columns: Sequence[ColumnElement[Any]],
+    probes: Sequence[Probe],
+) -> list[list[Mapping[str, Any]]] | None:
+    """The rows each probe's own statement would find, read with one statement; None
+    when that cannot be trusted to be the same."""
+    merged: dict[str, tuple[Term, set[Key]]] = {}
+    for probe in probes:
+        for term in probe:
+            merged.setdefault(term.label, (term, set()))[1].update(term.values)
+    if not merged:
+        return [[] for _ in probes]
+    where, tags = [], []
+    for label, (term, values) in merged.items():
+        if len(values) > chunk_size(graph.dialect, len(term.exprs)):
+            return None  # more values than one statement binds
+        where.append(_condition(term, sorted(values, key=repr), graph.dialect))
+        tags += [e.label(_name(label, i)) for i, e in enumerate(term.exprs)]
+    query = select(*columns, *tags).where(or_(*where)).limit(BATCH_ROWS + 1)
+    found: list[list[Mapping[str, Any]]] = [[] for _ in probes]
+    rows = cast(Sequence[Mapping[str, Any]], conn.execute(query).mappings().all())
+    if len(rows) > BATCH_ROWS:
+        return None
+    for row in rows:
+        claimed = False
+        for at, probe in enumerate(probes):
+            if any(_tag(row, t) in t.values for t in probe):
+                found[at].append(row)
+                claimed = True
+        if not claimed:  # no subject's own lookup accounts for it
+            return None
+    return found
+
+
+def _condition(term: Term, values: list[Key], dialect: str) -> ColumnElement[bool]:
+    if term.identity:
+        return term.exprs[0].in_([v[0] for v in values])
+    return values_in(list(term.exprs), values, dialect)
+
+
+def _tag(row: Mapping[str, Any], term: Term) -> Key:
+    return tuple(row[_name(term.label, i)] for i in range(len(term.exprs)))
+
+
+def _name(label: str, i: int) -> str:
+    return f"_gdpr_{label}_{i}"  # beside the table's own columns, never one of them
+
+
+# --- resolving ---------------------------------------------------------------------------
+
+
+def resolve_many(
+    conn: Connection, graph: Graph, given: Sequence[Identities], rounds: int
+) -> list[Identities | None]:
+    """Each subject's identities linked to `given`'s through rows they match, to a
+    fixpoint, as `read.resolve` finds them one subject at a time; None for a subject
+    this could not settle (it resolves alone)."""
+    current, new = list(given), list(given)
+    settled: list[Identities | None] = [None] * len(given)
+    active = list(range(len(given)))
+    for _ in range(rounds):
+        found = {i: set(current[i].items) for i in active}
+        for table in graph.rules:
+            linked = _linked_many(conn, graph, table, {i: new[i] for i in active})
+            if linked is None:
+                return settled  # the unsettled resolve alone
+            for i, more in linked.items():
+                found[i] |= more
+        still = []
+        for i in active:
+            added = found[i] - set(current[i].items)
+            if len(found[i]) > MAX_IDENTITIES:
+                continue  # alone, it is refused with its reason
+            if not added:
+                settled[i] = current[i]
+                continue
+            current[i], new[i] = Identities(frozenset(found[i])), Identities(frozenset(added))
+            still.append(i)
+        active = still
+        if not active:
+            break
+    return settled
+
+
+def _linked_many(
+    conn: Connection, graph: Graph, table: str, subjects: Mapping[int, Identities]
+) -> dict[int, set[Identity]] | None:
+    idents = [i for i in graph.rules[table].identities if i.resolve]
+    at = list(subjects)
+    probes = [identity_terms(graph, table, subjects[i], resolving=True) for i in at]
+    if not any(probes):
+        return {}
+    t = graph.tables[table]
+    rows = split(conn, graph, t, [t.c[i.column] for i in idents], [_terms(p) for p in probes])
+    if rows is None:
+        return None
+    found: dict[int, set[Identity]] = {}
+    for i, matched in zip(at, rows, strict=True):
+        found[i] = {x for row in matched for x in _identities(idents, row)}
+    return found
+
+
+def _terms(lookups: Sequence[tuple[str, ColumnElement[Any], list[Any]]]) -> list[Term]:
+    return [
+        Term(label, (expr,), frozenset((v,) for v in values), identity=True)
+        for label, expr, values in lookups
+    ]
+
+
+def _identities(idents: Sequence[Any], row: Mapping[str, Any]) -> set[Identity]:
+    found = set()
+    for ident in idents:
+        value = row[ident.column]
+        if value is None:
+            continue
+        try:
+            found.add(parse_identity(ident.type, str(value)))
+        except ValidationError:
+            continue  # a malformed value in the data cannot be a subject's identity
+    return found
+
+
+# --- own rows ----------------------------------------------------------------------------
+
+
+def read_own(conn: Connection, graph: Graph, subjects: Sequence[Subject]) -> None:
+    """Fill each subject's own rows, table by table parents first, one read per table
+    for all of them; a table that cannot be read for all (`split`) is left to each
+    subject, as are the tables below it."""
+    for table in reversed(graph.order):
+        ready = [s for s in subjects if _parents_known(graph, s, table)]
+        if not ready:
+            continue
+        rows = _own_rows(conn, graph, table, ready)
+        for subject, found in zip(ready, rows or [], strict=False):
+            subject.remember_own(table, found)
+
+
+def _parents_known(graph: Graph, subject: Subject, table: str) -> bool:
+    return all(subject.known(e.parent) for e in graph.owned_parents(table))
+
+
+def _own_rows(
+    conn: Connection, graph: Graph, table: str, subjects: Sequence[Subject]
+) -> list[Found] | None:
+    t = graph.tables[table]
+    probes = []
+    for subject in subjects:
+        terms = _terms(identity_terms(graph, table, subject.identities))
+        for n, e in enumerate(graph.owned_parents(table)):
+            values = subject.known_own(e.parent).values(e.parent_cols)
+            exprs = tuple(t.c[c] for c in e.child_cols)
+            terms.append(Term(f"p{n}", exprs, frozenset(values)))
+        probes.append([term for term in terms if term.values])
+    rows = _read(conn, graph, table, probes)
+    spare = placeholder_key(graph, table)
+    if rows is not None and spare is not None:  # the placeholder row is nobody's
+        rows = [found.without([spare]) for found in rows]
+    return rows
+
+
+def _read(
+    conn: Connection, graph: Graph, table: str, probes: Sequence[Probe]
+) -> list[Found] | None:
+    """Each probe's rows of `table` as `found.read_rows` keeps them for an export: the
+    exported rows too while the read's values stay within `FULL_BYTES` in all."""
+    t = graph.tables[table]
+    names = base_columns(graph, table)
+    shown = exported_columns(graph, table)
+    wanted = [t.c[n] for n in names] + [c for c in shown if c.name not in names]
+    parts = split(conn, graph, t, wanted, probes)
+    if parts is None:
+        return None
+    keep = sum(_size(row, shown) for part in parts for row in part) <= FULL_BYTES
+    width = len(graph.keys[table])
+    return [found_of(names, width, shown, part, full=keep) for part in parts]
+
+
+def _size(row: Mapping[str, Any], shown: Sequence[Any]) -> int:
+    values = (row[c.name] for c in shown)
+    return sum(len(v) if isinstance(v, str | bytes | bytearray) else 16 for v in values)
+
+
+# --- shared rows -------------------------------------------------------------------------
+
+
+def read_shared(conn: Connection, graph: Graph, subjects: Sequence[Subject]) -> None:
+    """Fill each subject's reached rows of every shared table (one read per table), then
+    the rows pointing at its candidates (one read per reference), for `Subject.alone`."""
+    for table in graph.order:
+        edges = graph.shared_from(table)
+        ready = [s for s in subjects if edges and all(s.known(e.child) for e in edges)]
+        if not ready:
+            continue
+        reached = _reached_rows(conn, graph, table, edges, ready)
+        if reached is None:
+            continue
+        for subject, found in zip(ready, reached, strict=True):
+            subject.remember_reached(conn, table, found)
+        _read_pointing(conn, graph, table, ready)
+
+
+def _reached_rows(
+    conn: Connection, graph: Graph, table: str, edges: Sequence[Edge], subjects: Sequence[Subject]
+) -> list[Found] | None:
+    t = graph.tables[table]
+    probes = []
+    for subject in subjects:
+        terms = []
+        for n, e in enumerate(edges):
+            values = subject.known_own(e.child).values(e.child_cols)
+            terms.append(Term(f"s{n}", tuple(t.c[c] for c in e.parent_cols), frozenset(values)))
+        probes.append([term for term in terms if term.values])
+    return _read(conn, graph, table, probes)
+
+
+def _read_pointing(conn: Connection, graph: Graph, table: str, subjects: Sequence[Subject]) -> None:
+    """Per reference into `table` from a registered table, the rows pointing at any
+    subject's candidates, with their keys: each subject then tells which of them stay."""
+    for e in graph.incoming(table):
+        child = graph.tables[e.child]
+        keys = [child.c[c] for c in graph.keys[e.child]]
+        probes = []
+        for subject in subjects:
+            values = frozenset(subject.candidates(conn, table).values(e.parent_cols))
+            probes.append([Term("r", tuple(child.c[c] for c in e.child_cols), values)])
+        parts = split(conn, graph, child, keys, [[t for t in p if t.values] for p in probes])
+        if parts is None:
+            continue
+        width = len(e.child_cols)
+        for subject, probe, part in zip(subjects, probes, parts, strict=True):
+            rows = [(_tag(row, probe[0])[:width], tuple(row[c.name] for c in keys)) for row in part]
+            subject.remember_pointing(e, Pointing(probe[0].values, rows))
