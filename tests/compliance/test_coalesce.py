@@ -41,7 +41,9 @@ def statuses(db: Database) -> dict[Any, str]:
 
 def claims(db: Database) -> dict[Any, int]:
     with db.session() as session:
-        rows = session.scalars(select(AuditEvent.request_id).where(AuditEvent.action == "request.claim"))
+        rows = session.scalars(
+            select(AuditEvent.request_id).where(AuditEvent.action == "request.claim")
+        )
         found: dict[Any, int] = {}
         for request_id in rows:
             found[request_id] = found.get(request_id, 0) + 1
