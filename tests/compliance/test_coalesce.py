@@ -141,4 +141,6 @@ def test_requests_waiting_in_a_batch_have_their_leases_renewed(
     assert set(statuses(db).values()) == {"completed"}
     # each waiting request's lease reached past the time its run began
     starts = [NOW + timedelta(seconds=settings.lease_seconds * 0.6 * i) for i in range(3)]
-    assert all(lease is not None and lease > start for lease, start in zip(leases, starts))
+    assert all(
+        lease is not None and lease > start for lease, start in zip(leases, starts, strict=True)
+    )
