@@ -20,7 +20,9 @@ bench measures, client-observed through the service layer the CLI calls
   or one hand-written DELETE per table in one transaction (erasure), on a connection
   already open; ratio = our p50 / floor p50;
 - `--burst` exports submitted at once (distinct customers where there are enough):
-  requests/s from the first submit to the last completion;
+  requests/s from the first submit to the last completion; then, as its anchor, as many
+  other customers' exports at once on a second worker whose EXPORT_BATCH is 1 (each
+  export claimed and read alone), and the ratio of the two rates;
 - per request, from the worker's own counters: statements on the shop and on the control
   database, and the worker's time split into shop SQL, control SQL and the rest
   (packaging, encryption, storage, mail, Python);
@@ -83,6 +85,7 @@ GDPR = str(Path(sys.executable).with_name("gdpr"))
 BROKER_URL = os.environ.get("GDPR_BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
 GOAL_EXPORT = 1.5  # our single export / the floor
 GOAL_ERASURE = 2.0
+GOAL_COALESCED = 10.0  # exports at once with the worker's batch / the same with batches of one
 # Ethyca Fides 2.78.2 at 100,003 customers, unindexed (measured in an earlier run, another day)
 PEER = {"export_s": 0.77, "erasure_s": 1.27, "burst_per_s": 1.31}
 POLL_SECONDS = 0.005
@@ -212,7 +215,7 @@ def bench_side(shop_url: URL, control: URL) -> Iterator[Bench]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def worker_environment(bench: Bench) -> dict[str, str]:
+def worker_environment(bench: Bench, batch: int | None = None) -> dict[str, str]:
     settings = bench.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("GDPR_")}
     env.update(
@@ -229,6 +232,8 @@ def worker_environment(bench: Bench) -> dict[str, str]:
     for name, value in (("STORAGE_URL", settings.storage_url), ("MAIL_URL", settings.mail_url)):
         if value:
             env[f"GDPR_{name}"] = value
+    if batch is not None:
+        env["GDPR_EXPORT_BATCH"] = str(batch)
     return env
 
 
@@ -242,7 +247,8 @@ class Worker:
 
 
 @contextmanager
-def celery_worker(bench: Bench, label: str) -> Iterator[Worker]:
+def celery_worker(bench: Bench, label: str, batch: int | None = None) -> Iterator[Worker]:
+    """`batch`: the worker's EXPORT_BATCH (its default when None; 1 runs exports one by one)."""
     stats = bench.folder / f"stats-{label}"
     stats.mkdir()
     log = bench.folder / f"worker-{label}.log"
@@ -250,7 +256,7 @@ def celery_worker(bench: Bench, label: str) -> Iterator[Worker]:
     with log.open("ab") as handle:
         process = subprocess.Popen(
             argv,
-            env=worker_environment(bench),
+            env=worker_environment(bench, batch),
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -465,6 +471,9 @@ def measure(
         anchor = noops(bench, trips=max(20, args.repeat), many=args.noops)
         small = small_overhead(bench, worker, size, args) if with_small else None
         memory = worker_rss_mib(worker.pid)
+    with celery_worker(bench, f"{label}-one-by-one", batch=1) as worker:
+        warm_up(bench, worker)
+        alone = burst(bench, worker, spread(size, args.burst, offset=size // 4))
     return {
         "export": summarise(exports, bench.shop_name),
         "erasure": summarise(erasures, bench.shop_name),
@@ -474,6 +483,13 @@ def measure(
             "per_s": round(many.requests / many.seconds, 2),
             **per_request(many, bench.shop_name),
         },
+        "burst_one_by_one": {
+            "requests": alone.requests,
+            "seconds": round(alone.seconds, 2),
+            "per_s": round(alone.requests / alone.seconds, 2),
+            **per_request(alone, bench.shop_name),
+        },
+        "coalesced_ratio": round(alone.seconds / many.seconds, 2),
         **{k: round(v, 2) for k, v in anchor.items()},
         "worker_rss_mib": {k: round(v, 1) for k, v in memory.items()},
         "small_overhead": small.to_dict() if small else None,
@@ -574,15 +590,19 @@ def one_size(bench: Bench, size: int, args: Any) -> dict[str, Any]:
 def goals(results: list[dict[str, Any]]) -> dict[str, bool]:
     largest = max(results, key=lambda r: r["customers"])
     found = {}
+    size = largest["customers"]
     for state in ("unindexed", "indexed"):
         run = largest[state]
-        size = largest["customers"]
         found[f"export <= {GOAL_EXPORT}x floor at {size} ({state})"] = (
             run["export"]["ratio"] <= GOAL_EXPORT
         )
         found[f"erasure <= {GOAL_ERASURE}x floor at {size} ({state})"] = (
             run["erasure"]["ratio"] <= GOAL_ERASURE
         )
+    unindexed = largest["unindexed"]
+    found[f"exports at once >= {GOAL_COALESCED:g}x one by one at {size} (unindexed)"] = (
+        unindexed["coalesced_ratio"] >= GOAL_COALESCED
+    )
     return found
 
 
@@ -612,6 +632,13 @@ def print_size(result: dict[str, Any], repeat: int) -> None:
             f" in {many['seconds']} s"
             f"{'':14} {many['shop_statements']:>5g} + {many['control_statements']:<6g}"
             f"   {split(many)}"
+        )
+        alone = run["burst_one_by_one"]
+        print(
+            f"{'  the same, one by one':22} {alone['per_s']:>7.2f}/s"
+            f" in {alone['seconds']} s"
+            f"{'':14} {alone['shop_statements']:>5g} + {alone['control_statements']:<6g}"
+            f"   {split(alone)}   coalesced / one by one {run['coalesced_ratio']:.1f}x"
         )
         export_ms = run["export"]["p50_s"] * 1000
         print(
