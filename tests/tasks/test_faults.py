@@ -12,10 +12,12 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -268,3 +270,68 @@ def test_a_worker_killed_mid_export_leaves_one_package_and_one_email(
     home = tmp_path / ".gdpr"
     assert len(list((home / "objects").rglob("*.zip.enc"))) == 1
     assert len(list((home / "outbox").glob("*.eml"))) == 1
+
+
+def test_a_worker_killed_mid_batch_loses_no_export_and_repeats_none(
+    tmp_path: Path, pg_operators: dict[str, str], pg_url: str, broker: OwnRedis
+) -> None:
+    """Three exports claimed as one batch (`EXPORT_BATCH`): the worker dies after the first
+    completed, in the middle of the second, with the third claimed but not started."""
+    app_db, env = _env(tmp_path, pg_url, broker)
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("INSERT INTO users VALUES (3, 'cy@example.com')")
+    emails = ["bob@example.com", "ada@example.com", "cy@example.com"]  # ada has 60k events
+    ids = {e: gdpr(tmp_path, env, "request", "export", "--email", e)["id"] for e in emails}
+    log = tmp_path / "worker.log"
+    first = _worker(tmp_path, env, log, "--beat")
+    control = create_engine(pg_url)
+    try:
+        found = _statuses_when(
+            control, ids, log, lambda s: s["bob@example.com"] in {"completed", "failed"}
+        )
+    finally:
+        stop(first, signal.SIGKILL)
+        control.dispose()
+    assert found == {e: s for e, s in zip(emails, ["completed", "running", "running"], strict=True)}
+    second = _worker(tmp_path, env, log, "--beat")
+    try:
+        wait_for_text(log, "ready.", timeout=60)
+        live = time.monotonic()
+        done = {
+            e: wait_for_status(tmp_path, env, i, {"completed", "failed"}, 2 * RECOVERY_LIMIT)
+            for e, i in ids.items()
+        }
+        took = time.monotonic() - live
+    finally:
+        stop(second)
+    print(f"\nrecovery of a batch of exports after the whole worker was killed: {took:.1f} s")
+    assert {e: d["status"] for e, d in done.items()} == dict.fromkeys(emails, "completed")
+    assert {e: d["attempts"] for e, d in done.items()} == {
+        "bob@example.com": 1,
+        "ada@example.com": 2,
+        "cy@example.com": 2,
+    }
+    assert took < RECOVERY_LIMIT
+    home = tmp_path / ".gdpr"
+    assert len(list((home / "objects").rglob("*.zip.enc"))) == 3
+    sent = [p.read_text() for p in (home / "outbox").glob("*.eml")]
+    assert sorted(e for e in emails for mail in sent if f"To: {e}" in mail) == sorted(emails)
+
+
+def _statuses_when(
+    control: Any, ids: dict[str, str], log: Path, ready: Callable[[dict[str, str]], bool]
+) -> dict[str, str]:
+    """Poll the requests' statuses until `ready` says so; the statuses then."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        with control.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, status FROM dsr_request WHERE id::text = ANY(:ids)"),
+                {"ids": list(ids.values())},
+            ).all()
+        by_id = {str(row.id): str(row.status) for row in rows}
+        statuses = {email: by_id[i] for email, i in ids.items()}
+        if ready(statuses):
+            return statuses
+        time.sleep(0.01)
