@@ -110,14 +110,25 @@ def _name(label: str, i: int) -> str:
 # --- resolving ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """A subject's identities at the fixpoint, and the own rows of the tables the resolve
+    read in full on the way (`identity_only`): every identity at the fixpoint was looked
+    up in some round, so those rows are all the rows an export of it would read there."""
+
+    identities: Identities
+    own: Mapping[str, Found]
+
+
 def resolve_many(
     conn: Connection, graph: Graph, given: Sequence[Identities], rounds: int
-) -> list[Identities | None]:
+) -> list[Resolved | None]:
     """Each subject's identities linked to `given`'s through rows they match, to a
     fixpoint, as `read.resolve` finds them one subject at a time; None for a subject
     this could not settle (it resolves alone)."""
     current, new = list(given), list(given)
-    settled: list[Identities | None] = [None] * len(given)
+    settled: list[Resolved | None] = [None] * len(given)
+    seen: list[dict[str, dict[Key, Mapping[str, Any]]]] = [{} for _ in given]
     active = list(range(len(given)))
     for _ in range(rounds):
         found = {i: set(current[i].items) for i in active}
@@ -125,40 +136,81 @@ def resolve_many(
             linked = _linked_many(conn, graph, table, {i: new[i] for i in active})
             if linked is None:
                 return settled  # the unsettled resolve alone
-            for i, more in linked.items():
-                found[i] |= more
+            for i, rows in linked.items():
+                found[i] |= _identities(graph, table, rows)
+                if identity_only(graph, table):
+                    _keep(graph, table, seen[i].setdefault(table, {}), rows)
         still = []
         for i in active:
             added = found[i] - set(current[i].items)
             if len(found[i]) > MAX_IDENTITIES:
                 continue  # alone, it is refused with its reason
             if not added:
-                settled[i] = current[i]
+                settled[i] = Resolved(current[i], {})
                 continue
             current[i], new[i] = Identities(frozenset(found[i])), Identities(frozenset(added))
             still.append(i)
         active = still
         if not active:
             break
-    return settled
+    return _with_rows(graph, settled, seen)
+
+
+def identity_only(graph: Graph, table: str) -> bool:
+    """Whether `table`'s own rows are exactly the rows its resolving lookups match: every
+    identity column resolves, and no owned reference or placeholder row adds or removes."""
+    rule = graph.rules[table]
+    return (
+        bool(rule.identities)
+        and all(i.resolve for i in rule.identities)
+        and not graph.owned_parents(table)
+        and placeholder_key(graph, table) is None
+    )
+
+
+def _keep(
+    graph: Graph, table: str, into: dict[Key, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    keys = graph.keys[table]
+    for row in rows:
+        into.setdefault(tuple(row[k] for k in keys), row)
+
+
+def _with_rows(
+    graph: Graph,
+    settled: Sequence[Resolved | None],
+    seen: Sequence[Mapping[str, Mapping[Key, Mapping[str, Any]]]],
+) -> list[Resolved | None]:
+    """The settled subjects with their identity tables' rows, kept as `_read` keeps them."""
+    out: list[Resolved | None] = list(settled)
+    for table in graph.rules:
+        if not identity_only(graph, table):
+            continue
+        parts = [list(seen[i].get(table, {}).values()) for i in range(len(out))]
+        kept = _kept(graph, table, parts)
+        for i, done in enumerate(out):
+            if done is not None:
+                out[i] = Resolved(done.identities, {**done.own, table: kept[i]})
+    return out
 
 
 def _linked_many(
     conn: Connection, graph: Graph, table: str, subjects: Mapping[int, Identities]
-) -> dict[int, set[Identity]] | None:
-    idents = [i for i in graph.rules[table].identities if i.resolve]
+) -> dict[int, list[Mapping[str, Any]]] | None:
+    """The rows of `table` each subject's resolving lookups match, with its identity
+    columns (and, for `identity_only` tables, every column an export needs)."""
     at = list(subjects)
     probes = [identity_terms(graph, table, subjects[i], resolving=True) for i in at]
     if not any(probes):
         return {}
     t = graph.tables[table]
-    rows = split(conn, graph, t, [t.c[i.column] for i in idents], [_terms(p) for p in probes])
+    wanted = _wanted(graph, table) if identity_only(graph, table) else []
+    names = {c.name for c in wanted}
+    idents = [t.c[i.column] for i in graph.rules[table].identities if i.column not in names]
+    rows = split(conn, graph, t, [*wanted, *idents], [_terms(p) for p in probes])
     if rows is None:
         return None
-    found: dict[int, set[Identity]] = {}
-    for i, matched in zip(at, rows, strict=True):
-        found[i] = {x for row in matched for x in _identities(idents, row)}
-    return found
+    return dict(zip(at, rows, strict=True))
 
 
 def _terms(lookups: Sequence[tuple[str, ColumnElement[Any], list[Any]]]) -> list[Term]:
@@ -168,16 +220,18 @@ def _terms(lookups: Sequence[tuple[str, ColumnElement[Any], list[Any]]]) -> list
     ]
 
 
-def _identities(idents: Sequence[Any], row: Mapping[str, Any]) -> set[Identity]:
+def _identities(graph: Graph, table: str, rows: Sequence[Mapping[str, Any]]) -> set[Identity]:
     found = set()
-    for ident in idents:
-        value = row[ident.column]
-        if value is None:
-            continue
-        try:
-            found.add(parse_identity(ident.type, str(value)))
-        except ValidationError:
-            continue  # a malformed value in the data cannot be a subject's identity
+    idents = [i for i in graph.rules[table].identities if i.resolve]
+    for row in rows:
+        for ident in idents:
+            value = row[ident.column]
+            if value is None:
+                continue
+            try:
+                found.add(parse_identity(ident.type, str(value)))
+            except ValidationError:
+                continue  # a malformed value in the data cannot be a subject's identity
     return found
 
 
@@ -189,7 +243,7 @@ def read_own(conn: Connection, graph: Graph, subjects: Sequence[Subject]) -> Non
     for all of them; a table that cannot be read for all (`split`) is left to each
     subject, as are the tables below it."""
     for table in reversed(graph.order):
-        ready = [s for s in subjects if _parents_known(graph, s, table)]
+        ready = [s for s in subjects if not s.known(table) and _parents_known(graph, s, table)]
         if not ready:
             continue
         rows = _own_rows(conn, graph, table, ready)
@@ -225,13 +279,21 @@ def _read(
 ) -> list[Found] | None:
     """Each probe's rows of `table` as `found.read_rows` keeps them for an export: the
     exported rows too while the read's values stay within `FULL_BYTES` in all."""
+    parts = split(conn, graph, graph.tables[table], _wanted(graph, table), probes)
+    return None if parts is None else _kept(graph, table, parts)
+
+
+def _wanted(graph: Graph, table: str) -> list[ColumnElement[Any]]:
+    """The columns an export's read of `table` selects: `Found`'s, then the exported."""
     t = graph.tables[table]
     names = base_columns(graph, table)
     shown = exported_columns(graph, table)
-    wanted = [t.c[n] for n in names] + [c for c in shown if c.name not in names]
-    parts = split(conn, graph, t, wanted, probes)
-    if parts is None:
-        return None
+    return [t.c[n] for n in names] + [c for c in shown if c.name not in names]
+
+
+def _kept(graph: Graph, table: str, parts: Sequence[Sequence[Mapping[str, Any]]]) -> list[Found]:
+    names = base_columns(graph, table)
+    shown = exported_columns(graph, table)
     keep = sum(_size(row, shown) for part in parts for row in part) <= FULL_BYTES
     width = len(graph.keys[table])
     return [found_of(names, width, shown, part, full=keep) for part in parts]

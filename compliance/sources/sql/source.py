@@ -47,6 +47,7 @@ from compliance.sources.registry import LoadContext
 from compliance.sources.sql import batch, coverage, partition_sweep, retention
 from compliance.sources.sql.engine import connection_of, make_source_engine, translate_errors
 from compliance.sources.sql.erase import Eraser
+from compliance.sources.sql.found import Found
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
 from compliance.sources.sql.plan import erase_plan, export_plan, orphans
@@ -116,6 +117,7 @@ class SqlSource:
         self.retention_batch = retention_batch  # keys per batch a retention plan shows
         self.tls = tls or Tls()  # as the manifest gives it (the URL may say more)
         self._warm: dict[Identities, Subject] = {}  # a batch's exports, read together
+        self._resolved: dict[Identities, Mapping[str, Found]] = {}  # rows resolve_many read
 
     def __repr__(self) -> str:
         return f"SqlSource(name={self.name!r}, dialect={self.engine.dialect.name!r})"
@@ -175,14 +177,20 @@ class SqlSource:
 
     def resolve_many(self, given: Sequence[Identities]) -> list[Identities | None]:
         """`resolve` for each of several subjects, one read per table and round for all
-        of them (`batch`); None for a subject that must be resolved alone."""
+        of them (`batch`); None for a subject that must be resolved alone. The rows it
+        read in full on the way are kept for `warm`, keyed by the identities found."""
         with self.connect() as conn:
-            return batch.resolve_many(conn, self.graph, given, MAX_RESOLVE_ROUNDS)
+            found = batch.resolve_many(conn, self.graph, given, MAX_RESOLVE_ROUNDS)
+        self._resolved.update((r.identities, r.own) for r in found if r is not None)
+        return [None if r is None else r.identities for r in found]
 
     def warm(self, subjects: Sequence[Identities]) -> None:
         """Read the rows of these subjects' exports together (one read per table for all
         of them, `batch`), for `export` to take; `cool` forgets what was not taken."""
         found = [Subject(self.graph, identities, full=True) for identities in subjects]
+        for subject in found:  # an identity table resolve_many read for the same identities
+            for table, rows in self._resolved.pop(subject.identities, {}).items():
+                subject.remember_own(table, rows)
         with self.connect() as conn:
             batch.read_own(conn, self.graph, found)
             batch.read_shared(conn, self.graph, found)
@@ -190,6 +198,7 @@ class SqlSource:
 
     def cool(self) -> None:
         self._warm.clear()
+        self._resolved.clear()
 
     def plan(self, identities: Identities, action: Action) -> SourcePlan:
         """Counts per table of what `action` would touch; writes nothing. The subject's

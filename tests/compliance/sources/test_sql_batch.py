@@ -18,6 +18,7 @@ from compliance.config import Settings
 from compliance.identities import Identities, parse_identity
 from compliance.sources.base import Coalescing, DataSource, RowsItem
 from compliance.sources.registry import Registry, load_registry
+from compliance.sources.sql import batch
 from compliance.sources.sql.source import SqlSource
 from tests.compliance.sources.sqlsample import PSEUDONYM_KEY, load
 from tests.compliance.sources.test_sql_statements import recorded
@@ -178,3 +179,29 @@ def test_a_row_sql_matches_but_python_would_not_is_read_alone_and_still_exported
     first = expected[0][1]["club"]
     assert len(first["members"]) == 2 and len(first["visits"]) == 2
     assert len(expected[1][1]["club"]["visits"]) == 1
+
+
+def test_an_identity_table_the_resolve_read_is_not_read_again_for_the_export(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    registry = load(sample_dbs, tmp_path)
+    try:
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        graph = shop.graph
+        tables = [t for t in graph.rules if batch.identity_only(graph, t)]
+        assert tables, "the sample shop has tables looked up by identity alone"
+        settled = cascade.resolve_many(registry.sources, SAMPLE_SUBJECTS[:3])
+        with recorded(shop.engine) as seen:
+            shop.warm([s for s in settled if s is not None])
+        try:
+            exports = [exported(shop, s) for s in settled if s is not None]
+        finally:
+            shop.cool()
+        assert exports == [r[1]["shop"] for r in alone(registry, SAMPLE_SUBJECTS[:3])]
+    finally:
+        registry.close()
+    read = [s for s, _ in seen for t in tables if f" FROM {t} " in f"{s} "]
+    # only who else points at a shared row the subjects reach (`batch._read_pointing`)
+    assert all("AS _gdpr_r_0 FROM" in s for s in read), read
+    assert seen, "the other tables are still read, together"
