@@ -11,12 +11,14 @@ Plans and reports here carry counts and location names only, never identity valu
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from compliance.errors import IllegalTransitionError, UnsupportedError
 from compliance.execution import RunContext
@@ -131,18 +133,15 @@ def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
 
     Refused once the request is closed: its identities were wiped, and a stale run
     (released, then finished by another worker) must not seal new ones. The request row
-    is locked, so a concurrent completion wipes after this commit, never before it.
+    is locked first (a claimed run's lease renewal, which also proves the claim is still
+    its own), so a concurrent completion wipes after this commit, never before it.
     """
     key = ctx.keyring.pseudonym_key
     with ctx.db.session() as session:
-        status = session.scalar(
-            select(DsrRequest.status).where(DsrRequest.id == ctx.request_id).with_for_update()
-        )
-        if status is None or RequestStatus(status) in FINAL:
-            raise IllegalTransitionError(
-                f"request {ctx.request_id} is {status or 'gone'}; its identities were wiped"
-                " and are not stored again"
-            )
+        if ctx.steps.claim is not None:
+            ctx.steps.renew(session)  # LeaseHeldError once closed or taken over
+        else:
+            _refuse_closed(session, ctx.request_id)
         known = {
             tuple(row)
             for row in session.execute(
@@ -156,8 +155,20 @@ def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
             session.add(sealed_identity(ctx.keyring, ctx.request_id, identity, discovered=True))
         step = ctx.steps.get(DISCOVER_SOURCE, Action.DISCOVER, session)
         ctx.steps.update(step, counts=_discover_counts(identities, added), done=True)
-        ctx.steps.save(session)
+        ctx.steps.save(session, renew=ctx.steps.claim is None)  # else renewed above
     return added
+
+
+def _refuse_closed(session: Session, request_id: uuid.UUID) -> None:
+    """Lock the request row; refuse when the request is closed (or gone)."""
+    status = session.scalar(
+        select(DsrRequest.status).where(DsrRequest.id == request_id).with_for_update()
+    )
+    if status is None or RequestStatus(status) in FINAL:
+        raise IllegalTransitionError(
+            f"request {request_id} is {status or 'gone'}; its identities were wiped"
+            " and are not stored again"
+        )
 
 
 def _discover_counts(identities: Identities, added: Sequence[Identity]) -> dict[str, Any]:

@@ -127,8 +127,11 @@ def _erase_source(
     """Run `source`'s erase step until done (True) or past the deadline (False).
 
     The plan (what the receipt reports) is saved before the first chunk erases anything;
-    each chunk's checkpoint and counts are saved once the chunk committed at its source,
-    the last one in the same transaction as the source's audit event."""
+    each chunk that changed rows has its checkpoint and counts saved once it committed at
+    its source, the last one in the same transaction as the source's audit event. A chunk
+    that changed nothing (a table found empty, the move to the next table) is saved with
+    the next one: run again from the checkpoint before it, it finds the same nothing. The
+    lease is still renewed in time (`StepLog.beat`)."""
     step = ctx.steps.start(source.name, Action.ERASE)
     if step.done:
         return True
@@ -140,18 +143,23 @@ def _erase_source(
         checkpoint: Mapping[str, Any] = step.checkpoint
         while True:
             result = source.erase(identities, checkpoint, ctx.settings.batch_size)
+            counts = _counts(result)
             ctx.steps.update(
-                step, checkpoint=result.checkpoint, add_counts=_counts(result), done=result.done
+                step, checkpoint=result.checkpoint, add_counts=counts, done=result.done
             )
-            with ctx.db.session() as session:
-                ctx.steps.save(session)
-                if result.done:
-                    _audit_source(session, ctx, step)
             checkpoint = result.checkpoint
+            late = deadline is not None and monotonic() >= deadline
+            if result.done or late or any(counts.values()):
+                with ctx.db.session() as session:
+                    ctx.steps.save(session)
+                    if result.done:
+                        _audit_source(session, ctx, step)
+            else:
+                ctx.steps.beat()
             if result.done:
                 log.info("dsr.erasure.source_erased", extra={"request_id": str(ctx.request_id)})
                 return True
-            if deadline is not None and monotonic() >= deadline:
+            if late:
                 return False
     except ComplianceError as exc:
         ctx.steps.fail(step, str(exc))

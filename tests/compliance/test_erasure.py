@@ -258,3 +258,27 @@ def test_a_finished_source_is_never_erased_again(db: Database, settings: Setting
     first = run_erasure(ctx)
     second = run_erasure(request_ctx(db, settings, [source], request_id=ctx.request_id))
     assert first["deleted"] == second["deleted"] == 3
+
+
+# Ada's erasure saves its steps (each save renews the lease: one UPDATE of the request):
+# discovery; per source its plan, each chunk that changed rows and the last one; the
+# verification. The shop changes rows in 13 tables (statement counts in
+# sources/test_sql_statements.py: 7 + 3 deleted, payments anonymised, the address only
+# she used, her invoice retained), the CRM in 2. Chunks that change nothing (a table
+# found empty, the move to the next) are saved with the next one: 14 more saves else.
+SHOP_CHUNKS, CRM_CHUNKS = 13, 2
+SAVES = 1 + (1 + SHOP_CHUNKS + 1) + (1 + CRM_CHUNKS + 1) + 1
+
+
+def test_an_erasure_saves_its_steps_once_per_chunk_that_changed_rows(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    from tests.compliance.sources.test_sql_statements import recorded
+
+    ctx = request_ctx(db, settings, registry.sources)
+    with recorded(db.engine) as seen:
+        receipt = run_erasure(ctx)
+    saves = [s for s, _ in seen if s.startswith("UPDATE dsr_request SET updated_at")]
+    assert len(saves) == SAVES, "\n".join(s[:100] for s, _ in seen)
+    assert receipt["verified"] is True
+    assert set(snapshot(sample_dbs.shop_url)["users"]) == {(2,), (3,)}
