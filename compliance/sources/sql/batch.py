@@ -21,7 +21,8 @@ is still decided per subject, from those rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -118,6 +119,35 @@ class Resolved:
 
     identities: Identities
     own: Mapping[str, Found]
+
+
+class Kept:
+    """Identity tables' rows a resolve read (`Resolved.own`), kept for the export or
+    erase plan of the same identities that follows; `max_age` seconds at most (older
+    ones are read again), each taken once."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self._kept: dict[Identities, tuple[float, Mapping[str, Found]]] = {}
+
+    def keep(self, found: Sequence[Resolved | None], at: float) -> None:
+        """Keep what a resolve that began at `at` (a clock reading) found."""
+        self._drop_old()
+        self._kept.update((r.identities, (at, r.own)) for r in found if r is not None)
+
+    def take(self, identities: Identities) -> tuple[float, Mapping[str, Found]] | None:
+        """(when read, rows per table) for `identities`, if read within `max_age`."""
+        self._drop_old()
+        return self._kept.pop(identities, None)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    def _drop_old(self) -> None:
+        oldest = self.clock() - self.max_age
+        for identities in [i for i, (at, _) in self._kept.items() if at < oldest]:
+            del self._kept[identities]
 
 
 def resolve_many(

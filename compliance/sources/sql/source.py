@@ -46,8 +46,7 @@ from compliance.sources.manifest import Spec
 from compliance.sources.registry import LoadContext
 from compliance.sources.sql import batch, coverage, partition_sweep, retention
 from compliance.sources.sql.engine import connection_of, make_source_engine, translate_errors
-from compliance.sources.sql.erase import Eraser
-from compliance.sources.sql.found import Found
+from compliance.sources.sql.erase import FRESH_SECONDS, Eraser
 from compliance.sources.sql.graph import Graph, build_graph
 from compliance.sources.sql.manifest import SqlManifest, parse_sql_manifest, qualified
 from compliance.sources.sql.plan import erase_plan, export_plan, orphans
@@ -117,7 +116,7 @@ class SqlSource:
         self.retention_batch = retention_batch  # keys per batch a retention plan shows
         self.tls = tls or Tls()  # as the manifest gives it (the URL may say more)
         self._warm: dict[Identities, Subject] = {}  # a batch's exports, read together
-        self._resolved: dict[Identities, Mapping[str, Found]] = {}  # rows resolve_many read
+        self._resolved = batch.Kept(FRESH_SECONDS)  # identity tables' rows resolve read
 
     def __repr__(self) -> str:
         return f"SqlSource(name={self.name!r}, dialect={self.engine.dialect.name!r})"
@@ -172,25 +171,28 @@ class SqlSource:
         return frozenset(c.type for rule in self.manifest.rules for c in rule.identities)
 
     def resolve(self, identities: Identities) -> Identities:
-        """Identities linked to the given ones through rows they match, to a fixpoint."""
-        return resolve(self, identities)
+        """Identities linked to the given ones through rows they match, to a fixpoint.
+        Read as a batch of one (`resolve_many`), so the rows of tables looked up by
+        identity alone serve the erase plan that follows; alone when that cannot settle."""
+        found = self.resolve_many([identities])[0]
+        return resolve(self, identities) if found is None else found
 
     def resolve_many(self, given: Sequence[Identities]) -> list[Identities | None]:
         """`resolve` for each of several subjects, one read per table and round for all
         of them (`batch`); None for a subject that must be resolved alone. The rows it
         read in full on the way are kept for `warm`, keyed by the identities found."""
+        began = self._resolved.clock()
         with self.connect() as conn:
             found = batch.resolve_many(conn, self.graph, given, MAX_RESOLVE_ROUNDS)
-        self._resolved.update((r.identities, r.own) for r in found if r is not None)
+        self._resolved.keep(found, began)
         return [None if r is None else r.identities for r in found]
 
     def warm(self, subjects: Sequence[Identities]) -> None:
         """Read the rows of these subjects' exports together (one read per table for all
         of them, `batch`), for `export` to take; `cool` forgets what was not taken."""
         found = [Subject(self.graph, identities, full=True) for identities in subjects]
-        for subject in found:  # an identity table resolve_many read for the same identities
-            for table, rows in self._resolved.pop(subject.identities, {}).items():
-                subject.remember_own(table, rows)
+        for subject in found:
+            self._take_resolved(subject)
         with self.connect() as conn:
             batch.read_own(conn, self.graph, found)
             batch.read_shared(conn, self.graph, found)
@@ -200,10 +202,19 @@ class SqlSource:
         self._warm.clear()
         self._resolved.clear()
 
+    def _take_resolved(self, subject: Subject) -> None:
+        """Give `subject` the identity tables' rows a resolve of its identities just read."""
+        kept = self._resolved.take(subject.identities)
+        if kept is not None:
+            at, own = kept
+            for table, rows in own.items():
+                subject.remember_own(table, rows, at=at)
+
     def plan(self, identities: Identities, action: Action) -> SourcePlan:
         """Counts per table of what `action` would touch; writes nothing. The subject's
         rows an erase plan found serve the erasure that starts right after it."""
         plain = Subject(self.graph, identities)
+        self._take_resolved(plain)
         with self.connect() as conn:
             if action == Action.ERASE:
                 subject = plain.with_orphans(orphans(conn, plain))

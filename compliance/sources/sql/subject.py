@@ -147,9 +147,10 @@ class Subject:
         """The own rows of `table` as read already (`known`)."""
         return self._owner(table)._own[table][1]
 
-    def remember_own(self, table: str, found: Found) -> None:
-        """Take `found`, read for this subject just now (by a batch), as its own rows."""
-        self._owner(table)._own[table] = (self.clock(), found)
+    def remember_own(self, table: str, found: Found, at: float | None = None) -> None:
+        """Take `found`, read for this subject (by a batch) just now or at `at` (a clock
+        reading), as its own rows."""
+        self._owner(table)._own[table] = (self.clock() if at is None else at, found)
 
     def remember_reached(self, conn: Connection, table: str, found: Found) -> None:
         """Take `found`, read just now, as the rows of `table` the own rows point at

@@ -205,3 +205,15 @@ def test_an_identity_table_the_resolve_read_is_not_read_again_for_the_export(
     # only who else points at a shared row the subjects reach (`batch._read_pointing`)
     assert all("AS _gdpr_r_0 FROM" in s for s in read), read
     assert seen, "the other tables are still read, together"
+
+
+def test_rows_a_resolve_read_are_taken_once_and_only_while_fresh() -> None:
+    now = [100.0]
+    kept = batch.Kept(max_age=5.0, clock=lambda: now[0])
+    ada, bob = email("ada@example.com"), email("bob@example.com")
+    kept.keep([batch.Resolved(ada, {"users": "ada's"}), None], at=99.0)  # type: ignore[dict-item]
+    kept.keep([batch.Resolved(bob, {"users": "bob's"})], at=100.0)  # type: ignore[dict-item]
+    assert kept.take(ada) == (99.0, {"users": "ada's"})
+    assert kept.take(ada) is None  # taken once
+    now[0] = 105.5  # bob's read is 5.5 s old: read again rather than trusted
+    assert kept.take(bob) is None
