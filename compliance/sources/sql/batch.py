@@ -30,7 +30,13 @@ from sqlalchemy import ColumnElement, Connection, Table, or_, select
 
 from compliance.errors import ValidationError
 from compliance.identities import Identities, Identity, parse_identity
-from compliance.sources.sql.found import Found, base_columns, exported_columns, found_of
+from compliance.sources.sql.found import (
+    BUFFER_ROWS,
+    Found,
+    base_columns,
+    exported_columns,
+    found_of,
+)
 from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.keys import Key, chunk_size, placeholder_key, values_in
 from compliance.sources.sql.manifest import Edge
@@ -63,9 +69,10 @@ def split(
     table: Table,
     columns: Sequence[ColumnElement[Any]],
     probes: Sequence[Probe],
+    limit: int = BATCH_ROWS,
 ) -> list[list[Mapping[str, Any]]] | None:
     """The rows each probe's own statement would find, read with one statement; None
-    when that cannot be trusted to be the same."""
+    when that cannot be trusted to be the same, or when there are more than `limit`."""
     merged: dict[str, tuple[Term, set[Key]]] = {}
     for probe in probes:
         for term in probe:
@@ -78,10 +85,10 @@ def split(
             return None  # more values than one statement binds
         where.append(_condition(term, sorted(values, key=repr), graph.dialect))
         tags += [e.label(_name(label, i)) for i, e in enumerate(term.exprs)]
-    query = select(*columns, *tags).where(or_(*where)).limit(BATCH_ROWS + 1)
+    query = select(*columns, *tags).where(or_(*where)).limit(limit + 1)
     found: list[list[Mapping[str, Any]]] = [[] for _ in probes]
     rows = cast(Sequence[Mapping[str, Any]], conn.execute(query).mappings().all())
-    if len(rows) > BATCH_ROWS:
+    if len(rows) > limit:
         return None
     for row in rows:
         claimed = False
@@ -159,6 +166,7 @@ def resolve_many(
     current, new = list(given), list(given)
     settled: list[Resolved | None] = [None] * len(given)
     seen: list[dict[str, dict[Key, Mapping[str, Any]]]] = [{} for _ in given]
+    partial: set[str] = set()  # identity tables some round read without their rows
     active = list(range(len(given)))
     for _ in range(rounds):
         found = {i: set(current[i].items) for i in active}
@@ -166,9 +174,12 @@ def resolve_many(
             linked = _linked_many(conn, graph, table, {i: new[i] for i in active})
             if linked is None:
                 return settled  # the unsettled resolve alone
-            for i, rows in linked.items():
+            rows_of, full = linked
+            if not full:
+                partial.add(table)
+            for i, rows in rows_of.items():
                 found[i] |= _identities(graph, table, rows)
-                if identity_only(graph, table):
+                if full:
                     _keep(graph, table, seen[i].setdefault(table, {}), rows)
         still = []
         for i in active:
@@ -183,7 +194,7 @@ def resolve_many(
         active = still
         if not active:
             break
-    return _with_rows(graph, settled, seen)
+    return _with_rows(graph, settled, seen, partial)
 
 
 def identity_only(graph: Graph, table: str) -> bool:
@@ -210,11 +221,12 @@ def _with_rows(
     graph: Graph,
     settled: Sequence[Resolved | None],
     seen: Sequence[Mapping[str, Mapping[Key, Mapping[str, Any]]]],
+    partial: set[str],
 ) -> list[Resolved | None]:
     """The settled subjects with their identity tables' rows, kept as `_read` keeps them."""
     out: list[Resolved | None] = list(settled)
     for table in graph.rules:
-        if not identity_only(graph, table):
+        if not identity_only(graph, table) or table in partial:
             continue
         parts = [list(seen[i].get(table, {}).values()) for i in range(len(out))]
         kept = _kept(graph, table, parts)
@@ -226,21 +238,26 @@ def _with_rows(
 
 def _linked_many(
     conn: Connection, graph: Graph, table: str, subjects: Mapping[int, Identities]
-) -> dict[int, list[Mapping[str, Any]]] | None:
+) -> tuple[dict[int, list[Mapping[str, Any]]], bool] | None:
     """The rows of `table` each subject's resolving lookups match, with its identity
-    columns (and, for `identity_only` tables, every column an export needs)."""
+    columns, and whether they hold every column an export needs too: they do for an
+    `identity_only` table while they are few (`BUFFER_ROWS` a subject, as `read_rows`
+    keeps them); else they are read again with the identity columns alone."""
     at = list(subjects)
-    probes = [identity_terms(graph, table, subjects[i], resolving=True) for i in at]
+    probes = [_terms(identity_terms(graph, table, subjects[i], resolving=True)) for i in at]
     if not any(probes):
-        return {}
+        return {}, True  # none of theirs can be there
     t = graph.tables[table]
-    wanted = _wanted(graph, table) if identity_only(graph, table) else []
-    names = {c.name for c in wanted}
-    idents = [t.c[i.column] for i in graph.rules[table].identities if i.column not in names]
-    rows = split(conn, graph, t, [*wanted, *idents], [_terms(p) for p in probes])
-    if rows is None:
-        return None
-    return dict(zip(at, rows, strict=True))
+    idents = [t.c[i.column] for i in graph.rules[table].identities]
+    if identity_only(graph, table):
+        wanted = _wanted(graph, table)
+        names = {c.name for c in wanted}
+        columns = [*wanted, *(c for c in idents if c.name not in names)]
+        rows = split(conn, graph, t, columns, probes, limit=BUFFER_ROWS * len(at))
+        if rows is not None:
+            return dict(zip(at, rows, strict=True)), True
+    rows = split(conn, graph, t, idents, probes)
+    return None if rows is None else (dict(zip(at, rows, strict=True)), False)
 
 
 def _terms(lookups: Sequence[tuple[str, ColumnElement[Any], list[Any]]]) -> list[Term]:
@@ -308,9 +325,17 @@ def _read(
     conn: Connection, graph: Graph, table: str, probes: Sequence[Probe]
 ) -> list[Found] | None:
     """Each probe's rows of `table` as `found.read_rows` keeps them for an export: the
-    exported rows too while the read's values stay within `FULL_BYTES` in all."""
-    parts = split(conn, graph, graph.tables[table], _wanted(graph, table), probes)
-    return None if parts is None else _kept(graph, table, parts)
+    exported rows too while they are few (`BUFFER_ROWS` a probe) and their values stay
+    within `FULL_BYTES` in all; else their keys alone, read again (the export reads the
+    rows by key), so a read never holds more than that many whole rows."""
+    t = graph.tables[table]
+    parts = split(conn, graph, t, _wanted(graph, table), probes, BUFFER_ROWS * len(probes))
+    if parts is not None:
+        return _kept(graph, table, parts)
+    names = base_columns(graph, table)
+    keys = split(conn, graph, t, [t.c[n] for n in names], probes)
+    width = len(graph.keys[table])
+    return None if keys is None else [found_of(names, width, [], p, full=False) for p in keys]
 
 
 def _wanted(graph: Graph, table: str) -> list[ColumnElement[Any]]:

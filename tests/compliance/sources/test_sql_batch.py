@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from compliance import cascade
@@ -217,3 +218,28 @@ def test_rows_a_resolve_read_are_taken_once_and_only_while_fresh() -> None:
     assert kept.take(ada) is None  # taken once
     now[0] = 105.5  # bob's read is 5.5 s old: read again rather than trusted
     assert kept.take(bob) is None
+
+
+def test_past_its_row_bound_a_batched_read_keeps_keys_and_exports_the_same(
+    sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subject with more rows than `BUFFER_ROWS` in a table: the batch holds their keys
+    only (the export reads the rows again by key), never a read's worth of whole rows."""
+    registry = load(sample_dbs, tmp_path)
+    try:
+        expected = alone(registry, SAMPLE_SUBJECTS)
+        monkeypatch.setattr(batch, "BUFFER_ROWS", 0)
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        settled = cascade.resolve_many(registry.sources, SAMPLE_SUBJECTS)
+        shop.warm([s for s in settled if s is not None])
+        try:
+            subject = shop._warm[settled[0]]  # what the batch kept for Ada
+            held = [subject.known_own(t) for t in shop.graph.rules if subject.known(t)]
+            assert any(len(found) for found in held)  # her rows' keys
+            assert not any(found.full for found in held)  # never a whole row
+        finally:
+            shop.cool()
+        assert together(registry, SAMPLE_SUBJECTS) == expected
+    finally:
+        registry.close()
