@@ -27,6 +27,7 @@ from compliance.sources.base import DataSource, EraseResult, Residue
 from compliance.sources.registry import Registry
 from tests.compliance.helpers import NOW, FakeSource
 from tests.compliance.sources.sqlsample import load, snapshot
+from tests.compliance.sources.test_sql_statements import recorded
 from tests.sample_app.fixtures import SampleDatabases
 
 
@@ -273,8 +274,6 @@ SAVES = 1 + (1 + SHOP_CHUNKS + 1) + (1 + CRM_CHUNKS + 1) + 1
 def test_an_erasure_saves_its_steps_once_per_chunk_that_changed_rows(
     db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
 ) -> None:
-    from tests.compliance.sources.test_sql_statements import recorded
-
     ctx = request_ctx(db, settings, registry.sources)
     with recorded(db.engine) as seen:
         receipt = run_erasure(ctx)

@@ -164,7 +164,7 @@ def resolve_many(
     fixpoint, as `read.resolve` finds them one subject at a time; None for a subject
     this could not settle (it resolves alone)."""
     current, new = list(given), list(given)
-    settled: list[Resolved | None] = [None] * len(given)
+    settled: list[Identities | None] = [None] * len(given)
     seen: list[dict[str, dict[Key, Mapping[str, Any]]]] = [{} for _ in given]
     partial: set[str] = set()  # identity tables some round read without their rows
     active = list(range(len(given)))
@@ -173,7 +173,8 @@ def resolve_many(
         for table in graph.rules:
             linked = _linked_many(conn, graph, table, {i: new[i] for i in active})
             if linked is None:
-                return settled  # the unsettled resolve alone
+                # the unsettled resolve alone; no table's rows are kept
+                return _with_rows(graph, settled, seen, partial=set(graph.rules))
             rows_of, full = linked
             if not full:
                 partial.add(table)
@@ -187,7 +188,7 @@ def resolve_many(
             if len(found[i]) > MAX_IDENTITIES:
                 continue  # alone, it is refused with its reason
             if not added:
-                settled[i] = Resolved(current[i], {})
+                settled[i] = current[i]
                 continue
             current[i], new[i] = Identities(frozenset(found[i])), Identities(frozenset(added))
             still.append(i)
@@ -219,21 +220,17 @@ def _keep(
 
 def _with_rows(
     graph: Graph,
-    settled: Sequence[Resolved | None],
+    settled: Sequence[Identities | None],
     seen: Sequence[Mapping[str, Mapping[Key, Mapping[str, Any]]]],
     partial: set[str],
 ) -> list[Resolved | None]:
     """The settled subjects with their identity tables' rows, kept as `_read` keeps them."""
-    out: list[Resolved | None] = list(settled)
-    for table in graph.rules:
-        if not identity_only(graph, table) or table in partial:
-            continue
-        parts = [list(seen[i].get(table, {}).values()) for i in range(len(out))]
-        kept = _kept(graph, table, parts)
-        for i, done in enumerate(out):
-            if done is not None:
-                out[i] = Resolved(done.identities, {**done.own, table: kept[i]})
-    return out
+    tables = [t for t in graph.rules if identity_only(graph, t) and t not in partial]
+    kept = {t: _kept(graph, t, [list(rows.get(t, {}).values()) for rows in seen]) for t in tables}
+    return [
+        None if done is None else Resolved(done, {t: kept[t][i] for t in tables})
+        for i, done in enumerate(settled)
+    ]
 
 
 def _linked_many(
@@ -248,7 +245,7 @@ def _linked_many(
     if not any(probes):
         return {}, True  # none of theirs can be there
     t = graph.tables[table]
-    idents = [t.c[i.column] for i in graph.rules[table].identities]
+    idents = [t.c[i.column] for i in graph.rules[table].identities if i.resolve]
     if identity_only(graph, table):
         wanted = _wanted(graph, table)
         names = {c.name for c in wanted}
