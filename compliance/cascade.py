@@ -110,10 +110,16 @@ def _answers(source: DataSource, given: list[Identities]) -> list[Identities | N
     return [source.resolve(identities) for identities in given]
 
 
-def discover(ctx: RunContext) -> Identities:
+def discover(ctx: RunContext, *, store: bool = True) -> Identities:
     """Resolve once per request and keep what was found (sealed, with its pseudonym);
     later attempts read it back instead of resolving again. A dry run stores nothing, so
-    each of its attempts resolves again (its step is done all the same)."""
+    each of its attempts resolves again (its step is done all the same).
+
+    `store=False` leaves the storing to the caller, who calls `store_discovered` in the
+    transaction that records its result: an export, which changes nothing at its
+    sources and is built again whole on a retry, so a run that dies first loses nothing
+    by resolving again. Its discover step stays running until then, so no save in
+    between can mark it done without the identities it found."""
     step = ctx.steps.start(DISCOVER_SOURCE, Action.DISCOVER)
     if step.done and not ctx.dry_run:
         discovered = load_identities(ctx.db, ctx.keyring, ctx.request_id, discovered_only=True)
@@ -122,41 +128,56 @@ def discover(ctx: RunContext) -> Identities:
     if ctx.dry_run:
         ctx.steps.update(step, counts=_discover_counts(identities, []), done=True)
         ctx.steps.save()
-    else:
-        store_discovered(ctx, identities)
+    elif store:
+        with ctx.db.session() as session:
+            store_discovered(ctx, identities, session)
+            ctx.steps.save(session, renew=False)  # renewed by `store_discovered`
     return identities
 
 
-def store_discovered(ctx: RunContext, identities: Identities) -> list[Identity]:
-    """Seal and store identities the request does not hold yet, and mark the discover step
-    done, in one transaction; returns the identities added.
+def store_discovered(ctx: RunContext, identities: Identities, session: Session) -> list[Identity]:
+    """Seal and store, in `session`, identities the request does not hold yet, and mark
+    the discover step done (saved with the caller's `ctx.steps.save(session,
+    renew=False)`: the lease is renewed here); returns the identities added. Call it
+    first in the transaction.
 
     Refused once the request is closed: its identities were wiped, and a stale run
     (released, then finished by another worker) must not seal new ones. The request row
     is locked first (a claimed run's lease renewal, which also proves the claim is still
     its own), so a concurrent completion wipes after this commit, never before it.
     """
+    if ctx.steps.claim is not None:
+        ctx.steps.renew(session)  # LeaseHeldError once closed or taken over
+    else:
+        _refuse_closed(session, ctx.request_id)
+        ctx.steps.renew(session)
+    step = ctx.steps.get(DISCOVER_SOURCE, Action.DISCOVER, session)
+    if step.done:  # stored by an earlier run, or earlier in this one
+        return []
     key = ctx.keyring.pseudonym_key
-    with ctx.db.session() as session:
-        if ctx.steps.claim is not None:
-            ctx.steps.renew(session)  # LeaseHeldError once closed or taken over
-        else:
-            _refuse_closed(session, ctx.request_id)
-        known = {
-            tuple(row)
-            for row in session.execute(
-                select(DsrIdentity.type, DsrIdentity.value_hmac).where(
-                    DsrIdentity.request_id == ctx.request_id
-                )
-            )
-        }
-        added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
-        for identity in added:
-            session.add(sealed_identity(ctx.keyring, ctx.request_id, identity, discovered=True))
-        step = ctx.steps.get(DISCOVER_SOURCE, Action.DISCOVER, session)
-        ctx.steps.update(step, counts=_discover_counts(identities, added), done=True)
-        ctx.steps.save(session, renew=ctx.steps.claim is None)  # else renewed above
+    known = _known(ctx, session)
+    added = [i for i in identities if (i.type, pseudonym(key, i)) not in known]
+    for identity in added:
+        session.add(sealed_identity(ctx.keyring, ctx.request_id, identity, discovered=True))
+    ctx.steps.update(step, counts=_discover_counts(identities, added), done=True)
     return added
+
+
+def _known(ctx: RunContext, session: Session) -> set[tuple[str, str]]:
+    """The identities the request holds, as (type, pseudonym). A claimed run was given
+    them all with its claim (`RunContext.identities`), and nobody adds to them while it
+    holds the claim: the only writer is this function, in the transaction of a run
+    whose lease renewal proved its claim (a stale one rolls back). Without a claim, they
+    are read."""
+    if ctx.steps.claim is not None:
+        key = ctx.keyring.pseudonym_key
+        return {(i.type, pseudonym(key, i)) for i in ctx.identities}
+    rows = session.execute(
+        select(DsrIdentity.type, DsrIdentity.value_hmac).where(
+            DsrIdentity.request_id == ctx.request_id
+        )
+    )
+    return {(str(kind), str(value)) for kind, value in rows}
 
 
 def _refuse_closed(session: Session, request_id: uuid.UUID) -> None:

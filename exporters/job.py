@@ -29,7 +29,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
-from compliance.cascade import discover
+from compliance.cascade import discover, store_discovered
 from compliance.errors import ComplianceError
 from compliance.execution import RunContext, Step, saved_counts
 from compliance.identities import Identities, IdentityType
@@ -56,7 +56,7 @@ def run_export(ctx: RunContext, on_package: OnPackage | None = None) -> dict[str
     existing = _existing(ctx)
     if existing is not None:
         return _summary(ctx, existing, created=False)
-    identities = discover(ctx)
+    identities = discover(ctx, store=False)  # stored with the package (_record)
     if ctx.dry_run:
         return _plan(ctx, identities)
     now = ctx.clock()
@@ -84,7 +84,7 @@ def run_export(ctx: RunContext, on_package: OnPackage | None = None) -> dict[str
         created_at=now,
         expires_at=now + timedelta(days=ctx.settings.package_ttl_days),
     )
-    return _record(ctx, row, on_package)
+    return _record(ctx, row, identities, on_package)
 
 
 def _existing(ctx: RunContext) -> ExportPackage | None:
@@ -101,18 +101,21 @@ def _package_of(ctx: RunContext) -> ExportPackage | None:
         ).one_or_none()
 
 
-def _record(ctx: RunContext, row: ExportPackage, on_package: OnPackage | None) -> dict[str, Any]:
-    """The package row, the export steps and the audit event (and the caller's
-    `on_package` writes), in one transaction."""
+def _record(
+    ctx: RunContext, row: ExportPackage, identities: Identities, on_package: OnPackage | None
+) -> dict[str, Any]:
+    """The identities discovery found, the package row, the steps and the audit event
+    (and the caller's `on_package` writes), in one transaction."""
     counts = _step_counts(ctx)
     try:
         with ctx.db.session() as session:
+            store_discovered(ctx, identities, session)  # first: it renews the lease
             session.execute(_INSERT_PACKAGE, _columns(row))
             details = {"size": row.size, "key_id": row.key_id, **_totals(counts)}
             ctx.steps.note("export.packaged", details, at=row.created_at, session=session)
             if on_package is not None:
                 on_package(session, row)
-            ctx.steps.save(session)  # steps, lease, then the events: the chain's lock last
+            ctx.steps.save(session, renew=False)  # steps, then the events: the chain's lock last
     except SAIntegrityError:  # a concurrent run recorded it first: report that one
         existing = _package_of(ctx)
         if existing is None:

@@ -44,13 +44,21 @@ def sealed(db: Database, request_id: Any) -> list[bytes | None]:
         )
 
 
+def store(db: Database, ctx: RunContext, found: Identities) -> list[Any]:
+    """`store_discovered` in a transaction of its own, its step saved with it."""
+    with db.session() as session:
+        added = store_discovered(ctx, found, session)
+        ctx.steps.save(session, renew=False)
+    return added
+
+
 def test_discovered_identities_are_stored_sealed_while_the_request_runs(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
     ctx = context(db, settings, created.id, created.subject)
     found = ctx.identities.union([parse_identity("customer_id", "C-77")])
-    assert [i.type for i in store_discovered(ctx, found)] == ["customer_id"]
+    assert [i.type for i in store(db, ctx, found)] == ["customer_id"]
     assert len(sealed(db, created.id)) == 3 and None not in sealed(db, created.id)
 
 
@@ -65,7 +73,7 @@ def test_a_stale_run_cannot_store_identities_after_the_request_was_closed(
         wipe_identities(session, created.id)
     late = Identities.of([parse_identity("customer_id", "C-77")])
     with pytest.raises(IllegalTransitionError, match="completed"):
-        store_discovered(ctx, late)
+        store(db, ctx, late)
     assert sealed(db, created.id) == [None, None]
 
 

@@ -17,9 +17,16 @@ from compliance.config import Settings
 from compliance.db import Database
 from compliance.errors import SourceUnavailableError
 from compliance.execution import RunContext
-from compliance.identities import Identities
+from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
-from compliance.models import AuditEvent, DsrStep, ExportPackage, RequestKind, StepStatus
+from compliance.models import (
+    AuditEvent,
+    DsrIdentity,
+    DsrStep,
+    ExportPackage,
+    RequestKind,
+    StepStatus,
+)
 from compliance.sources.base import (
     Action,
     Art15,
@@ -165,6 +172,41 @@ def test_a_failing_source_fails_its_step_and_leaves_no_package(
         assert step.error is not None and "SourceUnavailableError" in step.error
     source.fail = False
     assert run_export(ctx)["rows"] == 2
+
+
+def test_what_discovery_finds_is_stored_with_the_package_and_not_before(
+    db: Database, settings: Settings
+) -> None:
+    @dataclass
+    class LinkingShop(ShopSource):
+        def resolve(self, identities: Identities) -> Identities:
+            return identities.union([parse_identity("customer_id", "C-77")])
+
+    source = LinkingShop(fail=True)
+    ctx = context(db, settings, source)
+    with pytest.raises(SourceUnavailableError):  # the failed step is saved meanwhile
+        run_export(ctx)
+    assert discovered(db, ctx) == [] and step_status(db, ctx, "discover") == "running"
+    source.fail = False
+    assert run_export(ctx)["rows"] == 2  # resolved again, stored with the package
+    assert discovered(db, ctx) == ["customer_id"]
+    assert step_status(db, ctx, "discover") == "done"
+
+
+def discovered(db: Database, ctx: RunContext) -> list[str]:
+    with db.session() as session:
+        query = select(DsrIdentity.type).where(
+            DsrIdentity.request_id == ctx.request_id, DsrIdentity.discovered.is_(True)
+        )
+        return list(session.scalars(query))
+
+
+def step_status(db: Database, ctx: RunContext, action: str) -> str | None:
+    with db.session() as session:
+        query = select(DsrStep.status).where(
+            DsrStep.request_id == ctx.request_id, DsrStep.action == action
+        )
+        return session.scalar(query)
 
 
 def test_a_dry_run_counts_and_stores_nothing(db: Database, settings: Settings) -> None:
