@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    inspect,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -57,6 +58,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+def column_values(row: Base) -> dict[str, Any]:
+    """The columns set on a new, unsaved `row`, by attribute name: one row of an ORM
+    bulk ``session.execute(insert(Model), [...])``, which skips the unit of work."""
+    names = {attr.key for attr in inspect(type(row)).column_attrs}
+    return {name: value for name, value in vars(row).items() if name in names}
 
 
 class RequestKind(StrEnum):

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from compliance import audit, defaults
@@ -34,10 +34,12 @@ from compliance.keyring import Keyring
 from compliance.lifecycle import FINAL, Event, transition
 from compliance.models import (
     DownloadLink,
+    DsrIdentity,
     DsrRequest,
     DsrStep,
     RequestKind,
     RequestStatus,
+    column_values,
 )
 from compliance.operators import REFUSED, same_operator
 from compliance.queries import get_request
@@ -92,21 +94,19 @@ def submit(
     subject = _subject(keyring.pseudonym_key, submission)
     require_lookup(sources, submission.identities.types())
     request_id = uuid.uuid4()
+    event = _first_event(settings, submission)
+    submitted = audit.Pending(
+        operator, "request.submit", now, request_id, subject, _submit_details(submission)
+    )
     with db.session() as session:
-        session.add(_new_request(request_id, submission, subject, operator, now))
-        session.flush()
+        new = _new_request(request_id, submission, subject, operator, now)
+        session.execute(insert(DsrRequest), [column_values(new)])
         _store_identities(session, keyring, request_id, submission.identities)
-        audit.record(
-            session,
-            actor=operator,
-            action="request.submit",
-            now=now,
-            request_id=request_id,
-            subject=subject,
-            details=_submit_details(submission),
+        # received, then moved on at once: on PostgreSQL the database checks the move
+        # against the operator's roles (migration 0002); both events in one statement
+        request = transition(
+            session, request_id, event, actor=operator, now=now, before=[submitted]
         )
-        event = _first_event(settings, submission)
-        request = transition(session, request_id, event, actor=operator, now=now)
     if request.status == RequestStatus.QUEUED:
         dispatch_quietly(dispatcher, request_id)
     return request
@@ -163,8 +163,12 @@ def _new_request(
 def _store_identities(
     session: Session, keyring: Keyring, request_id: uuid.UUID, identities: Identities
 ) -> None:
-    for identity in identities:
-        session.add(sealed_identity(keyring, request_id, identity, discovered=False))
+    rows = [
+        column_values(sealed_identity(keyring, request_id, identity, discovered=False))
+        for identity in identities
+    ]
+    if rows:
+        session.execute(insert(DsrIdentity), rows)
 
 
 def _types(submission: Submission) -> list[str]:
