@@ -57,6 +57,9 @@ _FIELDS = ("status", "counts", "checkpoint", "attempts", "error", "started_at", 
 _STEPS = cast(Table, DsrStep.__table__)
 _REQUESTS = cast(Table, DsrRequest.__table__)
 _READ_STEPS = select(_STEPS).where(_STEPS.c.request_id == bindparam("request_id"))
+_READ_STEPS_OF = select(_STEPS).where(
+    _STEPS.c.request_id.in_(bindparam("request_ids", expanding=True))
+)
 _INSERT_STEPS = insert(_STEPS).returning(_STEPS.c.id, sort_by_parameter_order=True)
 _UPDATE_STEP = (
     update(_STEPS)
@@ -400,6 +403,17 @@ class StepLog:
 def read_steps(session: Session, request_id: uuid.UUID) -> list[Row[Any]]:
     """The request's `dsr_step` rows (for `StepLog.load`)."""
     return list(session.execute(_READ_STEPS, {"request_id": request_id}))
+
+
+def read_steps_of(
+    session: Session, request_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Row[Any]]]:
+    """`read_steps` of several requests in one statement, by request."""
+    found: dict[uuid.UUID, list[Row[Any]]] = {request_id: [] for request_id in request_ids}
+    if request_ids:
+        for row in session.execute(_READ_STEPS_OF, {"request_ids": list(request_ids)}):
+            found[row.request_id].append(row)
+    return found
 
 
 def _seconds(step: Step) -> float:

@@ -114,24 +114,68 @@ def transition(
     ahead of the transition's own, in the same statement.
     """
     rule = TRANSITIONS[event]
-    changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
-    if rule.target in _TIMESTAMP_ON_ENTRY:
-        changes.setdefault(_TIMESTAMP_ON_ENTRY[rule.target], now)
+    changes = _changes(rule, now, values)
     statement, params = _update(event, request_id, changes, claim, where)
     # one round trip: the changed row comes back with the update
     request: DsrRequest | None = session.scalars(statement, params).one_or_none()
     if request is None:
         raise _refusal(session, request_id, event, rule)
-    own = audit.Pending(
+    own = _note(event, request, actor, now, details)
+    audit.append(session, [*before, own])
+    return request
+
+
+def transition_many(
+    session: Session,
+    request_ids: Sequence[uuid.UUID],
+    event: Event,
+    *,
+    actor: str,
+    now: datetime,
+    values: Mapping[str, Any] | None = None,
+) -> list[DsrRequest]:
+    """`transition` of several requests in one UPDATE and one audit append (an event
+    each, in the order of `request_ids`). Only those in a state `event` allows move;
+    the others are left as they are and not returned, so a caller that needs them all
+    holds their rows locked (``SELECT ... FOR UPDATE``) first."""
+    if not request_ids:
+        return []
+    rule = TRANSITIONS[event]
+    changes = _changes(rule, now, values)
+    statement = _returning(
+        update(DsrRequest)
+        .where(DsrRequest.id.in_(list(request_ids)), *_status_in(rule))
+        .values(**changes)
+    )
+    moved = {request.id: request for request in session.scalars(statement)}
+    requests = [moved[request_id] for request_id in request_ids if request_id in moved]
+    audit.append(session, [_note(event, request, actor, now, None) for request in requests])
+    return requests
+
+
+def _changes(rule: Transition, now: datetime, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {"status": rule.target.value, "updated_at": now, **(values or {})}
+    if rule.target in _TIMESTAMP_ON_ENTRY:
+        changes.setdefault(_TIMESTAMP_ON_ENTRY[rule.target], now)
+    return changes
+
+
+def _note(
+    event: Event,
+    request: DsrRequest,
+    actor: str,
+    now: datetime,
+    details: Mapping[str, Any] | None,
+) -> audit.Pending:
+    """The audit event of `event` moving `request`."""
+    return audit.Pending(
         actor=actor,
         action=f"request.{event.value}",
         at=now,
-        request_id=request_id,
+        request_id=request.id,
         subject=request.subject,
-        details={"to": rule.target.value, **(details or {})},
+        details={"to": TRANSITIONS[event].target.value, **(details or {})},
     )
-    audit.append(session, [*before, own])
-    return request
 
 
 def _update(

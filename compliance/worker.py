@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, or_, select
+from sqlalchemy import ColumnElement, Row, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from compliance import audit
@@ -32,13 +32,13 @@ from compliance.errors import (
     RetryableError,
     TerminalError,
 )
-from compliance.execution import RunContext, StepLog, read_steps
+from compliance.execution import RunContext, StepLog, read_steps, read_steps_of
 from compliance.identities import Identities
 from compliance.keyring import Keyring
-from compliance.lifecycle import NEXT_ATTEMPT, Event, transition
+from compliance.lifecycle import NEXT_ATTEMPT, Event, transition, transition_many
 from compliance.logs import bound_request, stack_summary
 from compliance.models import DsrRequest, RequestKind, RequestStatus
-from compliance.sealed import identities_in, wipe_identities
+from compliance.sealed import identities_in, identities_of, wipe_identities
 from compliance.sources.base import DataSource
 from compliance.sources.lookup import require_lookup
 
@@ -93,10 +93,13 @@ def execute(
     if claim is not None:
         run = _resume(worker, request_id, claim)
         return Outcome.SKIPPED if run is None else _run(worker, run, retry_in)
-    batch = _claim(worker, request_id)
-    if not batch:
-        busy = _lease_alive(worker, request_id)
-        _run_batch(worker, _claim_queued(worker, worker.settings.export_batch))
+    seen, batch = _claim(worker, request_id)
+    if seen is not _Seen.CLAIMED:  # `batch` holds queued exports claimed instead
+        busy = seen is _Seen.BUSY
+        if seen is _Seen.CLAIMABLE:  # at the look, but another run claimed it first
+            busy = _lease_alive(worker, request_id)
+            batch = _claim_queued(worker, worker.settings.export_batch)
+        _run_batch(worker, batch)
         return Outcome.BUSY if busy else Outcome.SKIPPED
     run = batch[0]
     if run[0] != RequestKind.EXPORT:
@@ -240,23 +243,58 @@ def _hand_over(worker: Worker, ctx: RunContext) -> Outcome:
     return Outcome.CONTINUED
 
 
-def _claim(worker: Worker, request_id: uuid.UUID) -> list[_Run]:
+class _Seen(StrEnum):
+    """What a look at a request, without locking it, found."""
+
+    CLAIMED = "claimed"  # by this message, just now
+    CLAIMABLE = "claimable"  # queued, or running under a lease that ran out
+    BUSY = "busy"  # running under another run's live lease
+    CLOSED = "closed"  # anything else: finished, failed, waiting, or gone
+
+
+_LOOK = select(DsrRequest.status, DsrRequest.lease_until, DsrRequest.updated_at).where(
+    DsrRequest.id == bindparam("request_id")
+)
+
+
+def _seen(row: Row[str, datetime | None, datetime] | None, now: datetime, lease: float) -> _Seen:
+    if row is None:
+        return _Seen.CLOSED
+    status, lease_until, updated_at = row
+    if status == RequestStatus.QUEUED:
+        return _Seen.CLAIMABLE
+    if status != RequestStatus.RUNNING:
+        return _Seen.CLOSED
+    alive_until = lease_until or updated_at + timedelta(seconds=lease)
+    return _Seen.BUSY if alive_until >= now else _Seen.CLAIMABLE
+
+
+def _claim(worker: Worker, request_id: uuid.UUID) -> tuple[_Seen, list[_Run]]:
     """Claim a queued request, or take over a running one whose lease expired, with the
     run's context (identities, steps) read in the same transaction: one commit makes the
     claim durable before the run's first side effect. An export brings up to
     `export_batch - 1` more queued exports with it, claimed in the same transaction
-    (`compliance.coalesce`); the request asked for comes first. Empty: not claimable.
+    (`compliance.coalesce`); the request asked for comes first (`CLAIMED`).
 
-    The context is read first, so the audit chain's lock (taken by the claim's event) is
-    held only until the commit. No step can change between that read and the claim: a
-    run writes steps only in a transaction that also updates the request row under its
-    own claim (a renewal, or its final transition). Committed before the claim's update,
-    that leaves the request not claimable (a live lease, or no longer queued/running);
-    committed after, it finds its claim gone and rolls back.
+    The request is looked at first, unlocked. Most messages of a busy queue find theirs
+    already claimed with another's batch (`BUSY`), or done (`CLOSED`): the look then
+    replaces a claim, a take-over and a lease check that would each be refused, and the
+    message claims the queued exports instead. `CLAIMABLE` with nothing: claimable at
+    the look, claimed by another run before this one.
+
+    The context is read before the claim, so the audit chain's lock (taken by the
+    claim's event) is held only until the commit. No step can change between that read
+    and the claim: a run writes steps only in a transaction that also updates the
+    request row under its own claim (a renewal, or its final transition). Committed
+    before the claim's update, that leaves the request not claimable (a live lease, or
+    no longer queued/running); committed after, it finds its claim gone and rolls back.
     """
     lease = worker.settings.lease_seconds
     now = worker.clock()
     with worker.db.session() as session:
+        seen = _seen(session.execute(_LOOK, {"request_id": request_id}).one_or_none(), now, lease)
+        if seen is not _Seen.CLAIMABLE:
+            return seen, _claim_queued_in(worker, session, worker.settings.export_batch, now)
         identities = identities_in(session, worker.keyring, request_id)
         steps = read_steps(session, request_id)
         request = _claim_in(session, request_id, worker.name, now, lease)
@@ -264,14 +302,14 @@ def _claim(worker: Worker, request_id: uuid.UUID) -> list[_Run]:
         if request is None:
             request = _take_over(session, request_id, worker.name, now, lease)
         if request is None:
-            return []
+            return seen, []
         batch = [_context(worker, session, request, identities, steps)]
         if request.kind == RequestKind.EXPORT:
             more = worker.settings.export_batch - 1
             batch += _claim_queued_in(worker, session, more, now)
     if taken_over:
         log.warning("dsr.claim.taken_over", extra={"request_id": str(request_id)})
-    return batch
+    return _Seen.CLAIMED, batch
 
 
 def _claim_queued(worker: Worker, limit: int) -> list[_Run]:
@@ -285,27 +323,42 @@ def _claim_queued(worker: Worker, limit: int) -> list[_Run]:
 
 
 def _claim_queued_in(worker: Worker, session: Session, limit: int, now: datetime) -> list[_Run]:
+    """The claim of `_claim_queued` in `session`: the rows locked, then claimed with one
+    update and one audit append, and their contexts read in two statements."""
+    if limit <= 0:
+        return []
+    ids = session.scalars(
+        select(DsrRequest.id)
+        .where(
+            DsrRequest.status == RequestStatus.QUEUED,
+            DsrRequest.kind == RequestKind.EXPORT,
+            or_(DsrRequest.retry_at.is_(None), DsrRequest.retry_at <= now),
+        )
+        .order_by(DsrRequest.queued_at, DsrRequest.submitted_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not ids:
+        return []
+    identities = identities_of(session, worker.keyring, ids)
+    steps = read_steps_of(session, ids)
     lease = worker.settings.lease_seconds
-    runs = []
-    if limit > 0:
-        ids = session.scalars(
-            select(DsrRequest.id)
-            .where(
-                DsrRequest.status == RequestStatus.QUEUED,
-                DsrRequest.kind == RequestKind.EXPORT,
-                or_(DsrRequest.retry_at.is_(None), DsrRequest.retry_at <= now),
-            )
-            .order_by(DsrRequest.queued_at, DsrRequest.submitted_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
-        for queued in ids:
-            identities = identities_in(session, worker.keyring, queued)
-            steps = read_steps(session, queued)
-            request = _claim_in(session, queued, worker.name, now, lease)
-            if request is not None:
-                runs.append(_context(worker, session, request, identities, steps))
-    return runs
+    claimed = transition_many(
+        session, ids, Event.CLAIM, actor=worker.name, now=now, values=_claim_values(now, lease)
+    )
+    return [
+        _context(worker, session, request, identities[request.id], steps[request.id])
+        for request in claimed
+    ]
+
+
+def _claim_values(now: datetime, lease: float) -> dict[str, Any]:
+    """What a claim sets besides the status: a new lease, one more attempt."""
+    return {
+        "lease_until": now + timedelta(seconds=lease),
+        "retry_at": None,
+        "attempts": NEXT_ATTEMPT,
+    }
 
 
 def _claim_in(
@@ -319,11 +372,7 @@ def _claim_in(
             Event.CLAIM,
             actor=actor,
             now=now,
-            values={
-                "lease_until": now + timedelta(seconds=lease),
-                "retry_at": None,
-                "attempts": NEXT_ATTEMPT,
-            },
+            values=_claim_values(now, lease),
         )
     except IllegalTransitionError:
         log.info("dsr.claim.skipped", extra={"request_id": str(request_id)})

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import event
 
 from compliance.config import Settings
 from compliance.db import Database
@@ -106,3 +109,23 @@ def submit_request(
         now=NOW,
         dispatcher=dispatcher or RecordingDispatcher(),
     )
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """The SQL the control database runs inside the block (and its commits, as COMMIT)."""
+    seen: list[str] = []
+
+    def run(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    def commit(_c: Any) -> None:
+        seen.append("COMMIT")
+
+    event.listen(db.engine, "before_cursor_execute", run)
+    event.listen(db.engine, "commit", commit)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", run)
+        event.remove(db.engine, "commit", commit)

@@ -4,19 +4,17 @@ yet the chain stays one unbroken line, across savepoints and concurrent writers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from itertools import pairwise
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from compliance import audit
 from compliance.config import Settings
 from compliance.db import Database, utcnow
 from compliance.models import AuditEvent
+from tests.compliance.helpers import statements
 
 
 def _chain(db: Database) -> list[AuditEvent]:
@@ -29,20 +27,6 @@ def _verified(db: Database) -> int:
         report = audit.verify_chain(session)
     assert report.ok, report
     return report.checked
-
-
-@contextmanager
-def _statements(db: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def run(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", run)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", run)
 
 
 def test_events_recorded_and_appended_in_one_transaction_form_one_chain(db: Database) -> None:
@@ -88,7 +72,7 @@ def test_the_chain_is_locked_and_its_head_read_once_per_transaction(
     db = Database.connect(pg_settings)
     db.upgrade()
     try:
-        with _statements(db) as seen, db.session() as session:
+        with statements(db) as seen, db.session() as session:
             for number in range(3):
                 audit.record(session, actor="a", action=f"e{number}", now=utcnow())
             audit.append(session, [audit.Pending("a", "e3", utcnow())])

@@ -18,7 +18,7 @@ from compliance.keyring import load_keyring
 from compliance.lifecycle import Event, transition
 from compliance.models import AuditEvent, DsrRequest, RequestKind, RequestStatus
 from compliance.worker import Outcome, Runner, Worker, execute
-from tests.compliance.helpers import NOW, answering, submit_request
+from tests.compliance.helpers import NOW, answering, statements, submit_request
 
 
 def make_worker(
@@ -144,3 +144,30 @@ def test_requests_waiting_in_a_batch_have_their_leases_renewed(
     assert all(
         lease is not None and lease > start for lease, start in zip(leases, starts, strict=True)
     )
+
+
+def test_a_batch_is_claimed_in_one_update_and_a_taken_requests_message_only_looks(
+    db: Database, settings: Settings
+) -> None:
+    created = [submit_request(db, settings, RequestKind.EXPORT) for _ in range(4)]
+    worker = make_worker(db, settings, lambda ctx: {})
+    taken: list[Any] = []
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        if not taken:  # while the batch runs, the message of a request it claimed arrives
+            with statements(db) as seen:
+                taken.append(execute(worker, created[3].id))
+            taken.append(seen)
+        return {}
+
+    worker = make_worker(db, settings, runner)
+    with statements(db) as seen:
+        assert execute(worker, created[0].id) == Outcome.COMPLETED
+    claiming = [s for s in seen if s.lstrip().startswith("UPDATE dsr_request SET status")]
+    assert len(claiming) == 1 + 1 + 4  # its own claim, the other three's, four completions
+    assert set(statuses(db).values()) == {"completed"}
+    assert claims(db) == {request.id: 1 for request in created}
+    outcome, looked = taken
+    assert outcome == Outcome.BUSY  # alive under the batch's lease: tried again after it
+    assert not [s for s in looked if s.lstrip().startswith("UPDATE")]  # nothing refused
+    assert looked.count("COMMIT") == 1
