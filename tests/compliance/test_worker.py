@@ -15,8 +15,14 @@ from compliance.execution import RunContext
 from compliance.keyring import load_keyring
 from compliance.maintenance import redispatch_queued, release_stale_claims
 from compliance.models import DsrIdentity, DsrRequest, RequestKind
-from compliance.worker import Outcome, Runner, Worker, _claim, execute, fail_unrunnable
+from compliance.worker import Outcome, Runner, Worker, _claim, _Seen, execute, fail_unrunnable
 from tests.compliance.helpers import NOW, answering, submit_request
+
+
+def claimed(worker: Worker, request_id: Any) -> bool:
+    """The worker claimed the request (not: claimed queued exports instead)."""
+    seen, batch = _claim(worker, request_id)
+    return seen is _Seen.CLAIMED and batch[0][1].request_id == request_id
 
 
 def make_worker(db: Database, settings: Settings, runner: Runner) -> Worker:
@@ -144,7 +150,7 @@ def test_a_worker_whose_claim_went_stale_cannot_finish_the_new_claim(
     def slow_runner(ctx: RunContext) -> dict[str, Any]:
         # While this run looks dead, the sweep releases it and a second worker claims it.
         assert release_stale_claims(db, settings, later) == [created.id]
-        assert _claim(second, created.id)
+        assert claimed(second, created.id)
         return {"stale": True}
 
     assert execute(make_worker(db, settings, slow_runner), created.id) == Outcome.SKIPPED
@@ -166,7 +172,7 @@ def test_a_stale_worker_failing_late_does_not_fail_the_new_claim(
 
     def failing_runner(ctx: RunContext) -> dict[str, Any]:
         release_stale_claims(db, settings, later)
-        _claim(second, created.id)
+        assert claimed(second, created.id)
         raise SourceUnavailableError("shop database unavailable")
 
     assert execute(make_worker(db, settings, failing_runner), created.id) == Outcome.SKIPPED
@@ -199,7 +205,7 @@ def test_a_claim_that_heartbeats_while_the_sweep_runs_is_not_released(
     from compliance.lifecycle import transition
 
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
+    assert claimed(make_worker(db, settings, lambda ctx: {}), created.id)
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
 
     def heartbeat_then_transition(session: Any, request_id: Any, *args: Any, **kw: Any) -> Any:
@@ -363,7 +369,7 @@ def test_a_broken_manifest_fails_the_running_claim_of_a_continued_chunk(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
+    assert claimed(make_worker(db, settings, lambda ctx: {}), created.id)
     assert fail_unrunnable(db, created.id, "bad", claim=2, now=NOW) == Outcome.SKIPPED
     assert status_of(db, created).status == "running"  # not our claim: left alone
     assert fail_unrunnable(db, created.id, "bad", claim=1, now=NOW) == Outcome.FAILED
@@ -398,7 +404,7 @@ def test_a_message_for_a_request_whose_lease_expired_takes_it_over(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)  # then dies
+    assert claimed(make_worker(db, settings, lambda ctx: {}), created.id)  # then dies
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     seen: list[int | None] = []
 
@@ -416,7 +422,7 @@ def test_a_message_for_a_request_whose_lease_is_alive_is_busy(
     db: Database, settings: Settings
 ) -> None:
     created = submit_request(db, settings, RequestKind.EXPORT)
-    assert _claim(make_worker(db, settings, lambda ctx: {}), created.id)
+    assert claimed(make_worker(db, settings, lambda ctx: {}), created.id)
     soon = NOW + timedelta(seconds=settings.lease_seconds - 1)
     assert execute(_at(db, settings, lambda ctx: {}, soon), created.id) == Outcome.BUSY
     assert status_of(db, created).attempts == 1
@@ -428,7 +434,7 @@ def test_the_old_run_stops_at_its_next_heartbeat_after_a_takeover(
     from compliance.errors import LeaseHeldError
 
     created = submit_request(db, settings, RequestKind.EXPORT)
-    old = _claim(make_worker(db, settings, lambda ctx: {}), created.id)
+    _, old = _claim(make_worker(db, settings, lambda ctx: {}), created.id)
     assert old
     later = NOW + timedelta(seconds=settings.lease_seconds + 1)
     from compliance.worker import _take_over

@@ -313,7 +313,7 @@ def test_a_new_package_gets_its_link_in_the_same_transaction_and_it_is_the_one_m
         run_export(ctx, on_package=delivery.issue)
     finally:
         event.remove(db.engine, "commit", commit)
-    assert len(commits) == 2  # the discovered identities, then package + link
+    assert len(commits) == 1  # the discovered identities, the package and its link
     assert _links(db, ctx) == 1
     assert _actions(db, ctx)[-2:] == ["export.packaged", "link.issued"]
     assert delivery.send()["delivery"] == "mailed"
