@@ -4,7 +4,8 @@ Each event's hash covers its content and the previous event's hash, so editing,
 deleting or reordering any event breaks the chain from that point on; `verify_chain`
 finds the first broken link. Details must hold no personal data: ids, counts, pseudonyms.
 
-Appends are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
+Appends are serialised (PostgreSQL: a transaction-scoped advisory lock, taken with the
+read of the chain's head in one call, `gdpr_audit_head` of migration 0004; SQLite: the
 write lock `BEGIN IMMEDIATE` takes). The lock and the read of the chain's head are paid
 once per transaction: while it holds the lock, nobody else can append, so the head of
 its next event is the hash of its last one. A savepoint that ends (released or rolled
@@ -30,7 +31,9 @@ from compliance.models import AuditEvent
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 0x6764_7072  # "gdpr": PostgreSQL advisory lock serialising appends
 _HEAD = "audit_chain_head"  # session.info: (the transaction holding the lock, its head)
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=_CHAIN_LOCK_KEY)
+# the lock, then the head read under it (a query of its own, so it sees what committed
+# before the lock was granted): one round trip
+_LOCK_AND_READ_HEAD = text("SELECT gdpr_audit_head(:k)").bindparams(k=_CHAIN_LOCK_KEY)
 _EVENTS = cast(Table, AuditEvent.__table__)
 _READ_HEAD = select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
 _INSERT = insert(_EVENTS)
@@ -132,9 +135,9 @@ def _head(session: Session) -> str:
     if held is not None and held[0] is _current(session):
         return str(held[1])
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_LOCK)
-    # SQLite: BEGIN IMMEDIATE (compliance.db) already serialises writers.
-    last = session.execute(_READ_HEAD).scalar_one_or_none()
+        last = session.execute(_LOCK_AND_READ_HEAD).scalar_one_or_none()  # migration 0004
+    else:  # SQLite: BEGIN IMMEDIATE (compliance.db) already serialises writers.
+        last = session.execute(_READ_HEAD).scalar_one_or_none()
     return last or GENESIS
 
 
