@@ -79,29 +79,26 @@ def revoke_subject_exports(
     return counts
 
 
-def subject_pseudonyms(ctx: RunContext) -> set[str]:
-    """Every pseudonym the erasure knows its subject by: its stored identities (given
-    and discovered), the identities it was given, and the subject pseudonym."""
-    key = ctx.keyring.pseudonym_key
-    with ctx.db.session() as session:
-        stored = set(
-            session.scalars(
-                select(DsrIdentity.value_hmac).where(DsrIdentity.request_id == ctx.request_id)
-            )
-        )
-    return stored | {pseudonym(key, i) for i in ctx.identities} | {ctx.subject}
-
-
 def subject_exports(ctx: RunContext) -> list[uuid.UUID]:
-    """The export requests sharing any identity pseudonym with the erasure."""
-    pseudonyms = sorted(subject_pseudonyms(ctx))
-    by_identity = select(DsrIdentity.request_id).where(DsrIdentity.value_hmac.in_(pseudonyms))
+    """The export requests sharing any identity pseudonym with the erasure: those of its
+    stored identities (given and discovered), of the identities it was given, and its
+    subject pseudonym; one statement (the stored ones are read inside it)."""
+    key = ctx.keyring.pseudonym_key
+    known = sorted({pseudonym(key, i) for i in ctx.identities} | {ctx.subject})
+    stored = select(DsrIdentity.value_hmac).where(DsrIdentity.request_id == ctx.request_id)
+    by_identity = select(DsrIdentity.request_id).where(
+        or_(DsrIdentity.value_hmac.in_(known), DsrIdentity.value_hmac.in_(stored))
+    )
     query = (
         select(DsrRequest.id)
         .where(
             DsrRequest.kind == RequestKind.EXPORT,
             DsrRequest.id != ctx.request_id,
-            or_(DsrRequest.subject.in_(pseudonyms), DsrRequest.id.in_(by_identity)),
+            or_(
+                DsrRequest.subject.in_(known),
+                DsrRequest.subject.in_(stored),
+                DsrRequest.id.in_(by_identity),
+            ),
         )
         .order_by(DsrRequest.submitted_at, DsrRequest.id)
     )
