@@ -8,10 +8,10 @@ location's values never reach its siblings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 
-from compliance.sources.base import Art15, DataSource, SourcePlan
+from compliance.sources.base import Art15, DataSource, Describing, SourcePlan
 
 _STAMP_SUFFIXES = ("_timestamp", "_date", "_time", "_at", "_on", "_ts")
 _BARE_STAMPS = frozenset({"at", "on", "date", "time", "ts", "timestamp", "when"})
@@ -58,42 +58,9 @@ def legal_text(days: int) -> str:
 
 def location_facts(source: DataSource) -> Mapping[str, Art15]:
     """The Art. 15 facts the manifest declares for each location a source plans (its
-    tables, prefixes, key patterns, endpoints); empty for a connector it does not know."""
-    reader = _READERS.get(source.kind)
-    return reader(source) if reader else {}
-
-
-def _sql_facts(source: DataSource) -> Mapping[str, Art15]:
-    from compliance.sources.sql.source import SqlSource
-
-    if not isinstance(source, SqlSource):
-        return {}
-    return {rule.name: rule.art15 for rule in source.manifest.rules}
-
-
-def _template_facts(source: DataSource) -> Mapping[str, Art15]:
-    from compliance.sources.objectstore import ObjectStoreSource
-    from compliance.sources.rediskeys import RedisKeysSource
-
-    if not isinstance(source, ObjectStoreSource | RedisKeysSource):
-        return {}
-    return {loc.template.text: loc.meta for loc in source.locations}
-
-
-def _http_facts(source: DataSource) -> Mapping[str, Art15]:
-    from compliance.sources.http import HttpSource
-
-    if not isinstance(source, HttpSource):
-        return {}
-    return {e.label: source.meta for e in source.endpoints.values() if e is not None}
-
-
-_READERS: Mapping[str, Callable[[DataSource], Mapping[str, Art15]]] = {
-    "sql": _sql_facts,
-    "objectstore": _template_facts,
-    "redis": _template_facts,
-    "http": _http_facts,
-}
+    tables, prefixes, key patterns, endpoints): what the connector says (`Describing`);
+    empty for one that says nothing."""
+    return source.location_facts() if isinstance(source, Describing) else {}
 
 
 def with_legal_bases(plan: SourcePlan, facts: Mapping[str, Art15]) -> SourcePlan:

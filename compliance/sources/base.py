@@ -173,6 +173,17 @@ class DataSource(Protocol):
 
 
 @runtime_checkable
+class Describing(Protocol):
+    """A source that says what its manifest declares for each location it plans (tables,
+    prefixes, key patterns, endpoints): the Art. 15 facts `compliance.sources.art15`
+    phrases for receipts and plans."""
+
+    def location_facts(self) -> Mapping[str, Art15]:
+        """Per location name, the facts that apply to it."""
+        ...
+
+
+@runtime_checkable
 class Coalescing(Protocol):
     """A source that reads for many subjects at once (`compliance.coalesce`): a batch of
     exports resolves together, then reads together, then each export runs on its own."""

@@ -193,6 +193,10 @@ class HttpSource:
         count = sum(len(self._fetch(endpoint, v)) for v in self._combos(endpoint, identities))
         return [Residue(f"{self.name}:{endpoint.label}", count)] if endpoint and count else []
 
+    def location_facts(self) -> Mapping[str, Art15]:
+        """Per endpoint, the source's Art. 15 facts (`Describing`)."""
+        return {e.label: self.meta for e in self.endpoints.values() if e is not None}
+
     def close(self) -> None:
         """Nothing to release: each request opens and closes its own connection."""
 

@@ -27,6 +27,7 @@ from compliance.retention.policy import Held, Limits, Policy, PolicyKind, Policy
 from compliance.retention.policy import Status as RetentionStatus
 from compliance.sources.base import (
     Action,
+    Art15,
     Disposition,
     EraseResult,
     FileItem,
@@ -214,6 +215,10 @@ class ObjectStoreSource:
     def retention_status(self, policy: Policy, now: datetime, held: Held) -> RetentionStatus:
         """The oldest version still under the prefix; how many are past the limit."""
         return self.retention.status(policy, now, held)
+
+    def location_facts(self) -> Mapping[str, Art15]:
+        """Per prefix template, the Art. 15 facts the manifest declares (`Describing`)."""
+        return {loc.template.text: loc.meta for loc in self.locations}
 
     def close(self) -> None:
         self.bucket.client.close()

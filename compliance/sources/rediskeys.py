@@ -28,6 +28,7 @@ from compliance.retention.policy import Held, Limits, Policy, PolicyKind, Policy
 from compliance.retention.policy import Status as RetentionStatus
 from compliance.sources.base import (
     Action,
+    Art15,
     Disposition,
     EraseResult,
     LocationPlan,
@@ -197,6 +198,10 @@ class RedisKeysSource:
         """The oldest key (now - the longest idle time: an approximation) and how many
         keys are idle past the limit or have no TTL."""
         return self.retention.status(policy, now, held)
+
+    def location_facts(self) -> Mapping[str, Art15]:
+        """Per key pattern, the Art. 15 facts the manifest declares (`Describing`)."""
+        return {loc.template.text: loc.meta for loc in self.locations}
 
     def close(self) -> None:
         self.client.close()

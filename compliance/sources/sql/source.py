@@ -35,6 +35,7 @@ from compliance.retention.policy import (
 )
 from compliance.sources.base import (
     Action,
+    Art15,
     EraseResult,
     ExportItem,
     Residue,
@@ -158,6 +159,10 @@ class SqlSource:
     def errors(self) -> AbstractContextManager[None]:
         """Translate database errors at the connector's edge (messages carry no values)."""
         return translate_errors(self.name)
+
+    def location_facts(self) -> Mapping[str, Art15]:
+        """Per table, the Art. 15 facts the manifest declares (`Describing`)."""
+        return {rule.name: rule.art15 for rule in self.manifest.rules}
 
     def close(self) -> None:
         if self._eraser is not None:
