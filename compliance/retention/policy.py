@@ -19,9 +19,9 @@ from compliance.identities import Identities
 
 
 class PolicyKind(StrEnum):
-    ROWS = "rows"  # rows of a SQL table older than N days are deleted
+    ROWS = "rows"  # rows of a SQL table older than N days are deleted (a partitioned
+    # table: whole partitions past the cutoff are detached, then dropped after grace_days)
     SUBJECTS = "subjects"  # subjects (accounts) past N days go through the erasure cascade
-    PARTITIONS = "partitions"  # whole partitions past the cutoff are detached, then dropped
     OBJECTS = "objects"  # objects under a prefix older than N days (every version)
     KEYS = "keys"  # Redis keys of a pattern idle longer than N days; keys without TTL get one
 
@@ -50,7 +50,6 @@ class Policy:
         what = {
             PolicyKind.ROWS: f"rows of {self.location}",
             PolicyKind.SUBJECTS: f"subjects of {self.location}",
-            PolicyKind.PARTITIONS: f"partitions of {self.location}",
             PolicyKind.OBJECTS: f"objects under {self.location}",
             PolicyKind.KEYS: f"keys {self.location}",
         }[self.kind]
