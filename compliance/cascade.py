@@ -146,11 +146,9 @@ def store_discovered(ctx: RunContext, identities: Identities, session: Session) 
     is locked first (a claimed run's lease renewal, which also proves the claim is still
     its own), so a concurrent completion wipes after this commit, never before it.
     """
-    if ctx.steps.claim is not None:
-        ctx.steps.renew(session)  # LeaseHeldError once closed or taken over
-    else:
+    if ctx.steps.claim is None:
         _refuse_closed(session, ctx.request_id)
-        ctx.steps.renew(session)
+    ctx.steps.renew(session)  # claimed: LeaseHeldError once closed or taken over
     step = ctx.steps.get(DISCOVER_SOURCE, Action.DISCOVER, session)
     if step.done:  # stored by an earlier run, or earlier in this one
         return []

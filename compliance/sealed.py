@@ -53,9 +53,7 @@ def identities_in(
         query = query.where(DsrIdentity.discovered.is_(True))
     rows = session.execute(query).all()
     return Identities.of(
-        Identity(kind, keyring.unseal(sealed, identity_aad(request_id, kind)).decode())
-        for kind, sealed in rows
-        if sealed is not None
+        _opened(keyring, request_id, kind, sealed) for kind, sealed in rows if sealed is not None
     )
 
 
@@ -70,9 +68,13 @@ def identities_of(
         )
         for request_id, kind, value in session.execute(query):
             if value is not None:
-                plain = keyring.unseal(value, identity_aad(request_id, kind)).decode()
-                sealed[request_id].append(Identity(kind, plain))
+                sealed[request_id].append(_opened(keyring, request_id, kind, value))
     return {request_id: Identities.of(found) for request_id, found in sealed.items()}
+
+
+def _opened(keyring: Keyring, request_id: uuid.UUID, kind: str, sealed: bytes) -> Identity:
+    """A stored identity's value, unsealed under the request it belongs to."""
+    return Identity(kind, keyring.unseal(sealed, identity_aad(request_id, kind)).decode())
 
 
 def wipe_identities(session: Session, request_id: uuid.UUID) -> None:

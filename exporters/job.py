@@ -33,7 +33,7 @@ from compliance.cascade import discover, store_discovered
 from compliance.errors import ComplianceError
 from compliance.execution import RunContext, Step, saved_counts
 from compliance.identities import Identities, IdentityType
-from compliance.models import ExportPackage
+from compliance.models import ExportPackage, column_values
 from compliance.sources.base import Action, DataSource, ExportItem, FileItem, RowsItem
 from exporters.crypto import encrypt_stream, wrapper_for
 from exporters.package import write_package
@@ -110,7 +110,7 @@ def _record(
     try:
         with ctx.db.session() as session:
             store_discovered(ctx, identities, session)  # first: it renews the lease
-            session.execute(_INSERT_PACKAGE, _columns(row))
+            session.execute(_INSERT_PACKAGE, column_values(row))
             details = {"size": row.size, "key_id": row.key_id, **_totals(counts)}
             ctx.steps.note("export.packaged", details, at=row.created_at, session=session)
             if on_package is not None:
@@ -123,11 +123,6 @@ def _record(
         return _summary(ctx, existing, created=False)
     log.info("dsr.export.uploaded", extra={"request_id": str(ctx.request_id), "size": row.size})
     return _summary(ctx, row, created=True)
-
-
-def _columns(row: ExportPackage) -> dict[str, Any]:
-    names = ("request_id", "object_key", "size", "sha256", "key_id", "created_at", "expires_at")
-    return {name: getattr(row, name) for name in names}
 
 
 def _summary(ctx: RunContext, row: ExportPackage, *, created: bool) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from compliance.sources.templating import (
     art15,
     check_keys,
     escape_s3_segment,
+    facts_by_template,
     manifest_factory,
     optional_number,
     parse_locations,
@@ -218,7 +219,7 @@ class ObjectStoreSource:
 
     def location_facts(self) -> Mapping[str, Art15]:
         """Per prefix template, the Art. 15 facts the manifest declares (`Describing`)."""
-        return {loc.template.text: loc.meta for loc in self.locations}
+        return facts_by_template(self.locations)
 
     def close(self) -> None:
         self.bucket.client.close()

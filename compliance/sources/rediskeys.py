@@ -45,6 +45,7 @@ from compliance.sources.templating import (
     art15,
     check_keys,
     escape_glob,
+    facts_by_template,
     is_glob,
     manifest_factory,
     optional_number,
@@ -201,7 +202,7 @@ class RedisKeysSource:
 
     def location_facts(self) -> Mapping[str, Art15]:
         """Per key pattern, the Art. 15 facts the manifest declares (`Describing`)."""
-        return {loc.template.text: loc.meta for loc in self.locations}
+        return facts_by_template(self.locations)
 
     def close(self) -> None:
         self.client.close()

@@ -176,6 +176,11 @@ class Location:
     meta: Art15
 
 
+def facts_by_template(locations: Iterable[Location]) -> dict[str, Art15]:
+    """Per template text, the Art. 15 facts of each location (`sources.base.Describing`)."""
+    return {loc.template.text: loc.meta for loc in locations}
+
+
 def parse_locations(
     spec: Mapping[str, Any], key: str, item_key: str, where: str, base: Art15
 ) -> tuple[Location, ...]:
