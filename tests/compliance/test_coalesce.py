@@ -12,11 +12,14 @@ from sqlalchemy import select
 
 from compliance.config import Settings
 from compliance.db import Database
+from compliance.dispatch import RecordingDispatcher
 from compliance.errors import SourceUnavailableError, ValidationError
 from compliance.execution import RunContext
+from compliance.identities import Identities, parse_identity
 from compliance.keyring import load_keyring
 from compliance.lifecycle import Event, transition
 from compliance.models import AuditEvent, DsrRequest, RequestKind, RequestStatus
+from compliance.requests import Submission, submit
 from compliance.worker import Outcome, Runner, Worker, execute
 from tests.compliance.helpers import NOW, answering, statements, submit_request
 
@@ -171,3 +174,35 @@ def test_a_batch_is_claimed_in_one_update_and_a_taken_requests_message_only_look
     assert outcome == Outcome.BUSY  # alive under the batch's lease: tried again after it
     assert not [s for s in looked if s.lstrip().startswith("UPDATE")]  # nothing refused
     assert looked.count("COMMIT") == 1
+
+
+def test_each_request_of_a_batch_runs_with_its_own_identities_and_nobody_elses(
+    db: Database, settings: Settings
+) -> None:
+    emails = {}
+    for email in ("ada@example.com", "bob@example.com", "cy@example.com"):
+        submission = Submission(
+            kind=RequestKind.EXPORT,
+            identities=Identities.of([parse_identity("email", email)]),
+            ticket="T-1",
+        )
+        request = submit(
+            db,
+            settings,
+            load_keyring(settings),
+            submission,
+            sources=answering(),
+            operator="alice",
+            now=NOW,
+            dispatcher=RecordingDispatcher(),
+        )
+        emails[request.id] = email
+    given: dict[Any, list[str]] = {}
+
+    def runner(ctx: RunContext) -> dict[str, Any]:
+        given[ctx.request_id] = list(ctx.identities.values("email"))
+        return {}
+
+    first = next(iter(emails))
+    assert execute(make_worker(db, settings, runner), first) == Outcome.COMPLETED
+    assert given == {request_id: [email] for request_id, email in emails.items()}
