@@ -130,8 +130,10 @@ def _erase_source(
     each chunk that changed rows has its checkpoint and counts saved once it committed at
     its source, the last one in the same transaction as the source's audit event. A chunk
     that changed nothing (a table found empty, the move to the next table) is saved with
-    the next one: run again from the checkpoint before it, it finds the same nothing. The
-    lease is still renewed in time (`StepLog.beat`)."""
+    the next one: run again from the checkpoint before it, it finds the same nothing;
+    unless its checkpoint holds what later chunks could not find again (`keep`: the SQL
+    cascade's orphaned shared rows, which nothing points at once their users are gone).
+    The lease is still renewed in time (`StepLog.beat`)."""
     step = ctx.steps.start(source.name, Action.ERASE)
     if step.done:
         return True
@@ -149,7 +151,7 @@ def _erase_source(
             )
             checkpoint = result.checkpoint
             late = deadline is not None and monotonic() >= deadline
-            if result.done or late or any(counts.values()):
+            if result.done or late or result.keep or any(counts.values()):
                 with ctx.db.session() as session:
                     ctx.steps.save(session)
                     if result.done:

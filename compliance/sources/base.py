@@ -121,6 +121,9 @@ class EraseResult:
     retained: int = 0
     detached: int = 0  # references in the subject's kept rows set to NULL or repointed
     others: int = 0  # rows of other people whose reference to an erased row changed
+    # the checkpoint holds what the next chunks could not find again (the SQL cascade's
+    # orphaned shared rows): saved before the next chunk runs, even if nothing changed
+    keep: bool = False
 
 
 @dataclass(frozen=True)

@@ -265,10 +265,14 @@ def test_a_finished_source_is_never_erased_again(db: Database, settings: Setting
 # discovery; per source its plan, each chunk that changed rows and the last one; the
 # verification. The shop changes rows in 13 tables (statement counts in
 # sources/test_sql_statements.py: 7 + 3 deleted, payments anonymised, the address only
-# she used, her invoice retained), the CRM in 2. Chunks that change nothing (a table
-# found empty, the move to the next) are saved with the next one: 14 more saves else.
-SHOP_CHUNKS, CRM_CHUNKS = 13, 2
-SAVES = 1 + (1 + SHOP_CHUNKS + 1) + (1 + CRM_CHUNKS + 1) + 1
+# she used, her invoice retained), the CRM in 2; a chunk goes on to the next table while
+# its tables held fewer rows than a batch, so each source's rows are one chunk, the last.
+# The shop's first chunk found the address only she used, whose key must be kept before
+# her rows that lead to it go: saved too. Chunks that change nothing (a table found
+# empty, the move to the next) are saved with the next one. Before the chunks went on
+# from table to table: 21 saves (13 and 2 chunks); before that, 35.
+SHOP_CHUNKS, CRM_CHUNKS = 1, 1
+SAVES = 1 + (1 + 1 + SHOP_CHUNKS) + (1 + CRM_CHUNKS) + 1
 
 
 def test_an_erasure_saves_its_steps_once_per_chunk_that_changed_rows(
@@ -281,3 +285,40 @@ def test_an_erasure_saves_its_steps_once_per_chunk_that_changed_rows(
     assert len(saves) == SAVES, "\n".join(s[:100] for s, _ in seen)
     assert receipt["verified"] is True
     assert set(snapshot(sample_dbs.shop_url)["users"]) == {(2,), (3,)}
+
+
+class _KilledError(Exception):
+    """The worker running the erasure died."""
+
+
+class _StopsAfter:
+    """A source whose erasure is killed after `calls` chunks (its worker died)."""
+
+    def __init__(self, source: DataSource, calls: int) -> None:
+        self._source, self._left = source, calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def erase(self, identities: Identities, checkpoint: Any, batch_size: int) -> EraseResult:
+        if self._left == 0:
+            raise _KilledError
+        self._left -= 1
+        return self._source.erase(identities, checkpoint, batch_size)  # type: ignore[no-any-return]
+
+
+def test_the_shared_rows_only_the_subject_used_are_saved_before_her_rows_that_lead_to_them_go(
+    db: Database, settings: Settings, registry: Registry, sample_dbs: SampleDatabases
+) -> None:
+    """The shop's first chunk finds the address only Ada used and erases nothing; the
+    next would delete her orders and user row, after which nothing leads to that address.
+    A worker killed during that next chunk must find the address's key stored."""
+    shop = next(s for s in registry.sources if s.name == "shop")
+    ctx = request_ctx(db, settings, [_StopsAfter(shop, calls=1)])  # type: ignore[list-item]
+    with pytest.raises(_KilledError):
+        erase_chunk(ctx, discover(ctx), max_seconds=None)
+    stored = StepLog(
+        db, ctx.request_id, claim=None, clock=lambda: NOW, lease_seconds=60, keyring=ctx.keyring
+    ).get("shop", "erase")
+    assert stored.checkpoint["orphans"] == {"addresses": [[11]]}
+    assert stored.checkpoint["table"] == 0  # nothing erased yet

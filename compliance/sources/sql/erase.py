@@ -1,7 +1,11 @@
-"""Erasure in a SQL source: one bounded, idempotent batch per call, children first.
+"""Erasure in a SQL source: one bounded, idempotent chunk per call, children first.
 
 A run goes through the tables of `Graph.order` (children before parents), one batch of
-rows per call, each batch in its own transaction:
+rows per call, each batch in its own transaction. A call that erased a table to its end
+goes on with the next table, while the tables of the call held fewer rows than a batch
+between them: a subject with a few rows in many tables is erased in a few calls (each
+saved by the runner), not one call per table; no transaction holds more than a batch,
+and a call less than two. Each batch is one of:
 
 - ``delete``: keep the rows that rows which stay still point at (anonymised or retained),
   detach or repoint the references to the others (``on_parent_erase``), then delete them;
@@ -13,7 +17,8 @@ rows per call, each batch in its own transaction:
 
 The first call records which shared rows (addresses...) the subject's rows point at and
 nothing else uses: once those rows are deleted, nothing would lead to them any more.
-They are deleted in their table's turn, and only if still unused then.
+They are deleted in their table's turn, and only if still unused then. That call erases
+nothing else, and asks for its checkpoint to be saved before the next (`keep`).
 
 The subject's rows are found once per table (`subject.Subject`) and kept in memory for
 the next calls in the same process: a plan made just before (`Eraser.remember`) is the
@@ -117,8 +122,17 @@ class Eraser:
     def step(
         self, identities: Identities, checkpoint: Mapping[str, Any], batch_size: int
     ) -> EraseResult:
+        """One chunk: a batch of the current table, and then, while the tables it went
+        through held fewer rows than `batch_size` between them, the next table too (see
+        the module docstring)."""
         try:
-            return self._step(identities, checkpoint, batch_size)
+            result = self._step(identities, checkpoint, batch_size)
+            steps = 1
+            while self._goes_on(checkpoint, result, steps, batch_size):
+                checkpoint = result.checkpoint
+                result = _plus(result, self._step(identities, checkpoint, batch_size))
+                steps += 1
+            return result
         except BaseException:
             self._pending = None  # what was handed out may not have been erased
             self._direct = None
@@ -165,6 +179,17 @@ class Eraser:
         changed = anonymize_batch(self.source, table, rows.rows)
         pending.after = after
         return self._progress(checkpoint, BatchCounts(anonymized=changed), after=after)
+
+    def _goes_on(
+        self, before: Mapping[str, Any], result: EraseResult, steps: int, batch_size: int
+    ) -> bool:
+        """Whether the call goes on after `steps` batches that led from checkpoint `before`
+        to `result`: not after the first call (its orphans are saved first), nor once the
+        call handled a batch of rows (a table with more keeps its own calls); a call makes
+        at most two steps per table (a batch and the move on)."""
+        if result.done or "table" not in before or steps >= 2 * len(self.graph.order) + 2:
+            return False
+        return result.deleted + result.anonymized + result.retained < batch_size
 
     def _direct_run(
         self, subject: Subject, table: str, after: Any, batch_size: int
@@ -265,7 +290,7 @@ class Eraser:
         self._found = _Found(_fingerprint(identities, encoded), subject, self.clock())
         self._whole = self._table_at(0)
         state = {"table": 0, "orphans": encoded}
-        return EraseResult(done=False, checkpoint=state, deleted=early)
+        return EraseResult(done=False, checkpoint=state, deleted=early, keep=any(encoded.values()))
 
     # --- phases ---------------------------------------------------------------------
 
@@ -313,6 +338,19 @@ class Eraser:
         if value is None:
             return None
         return key_from_json(key_columns(self.graph, table), value)
+
+
+def _plus(first: EraseResult, then: EraseResult) -> EraseResult:
+    """Two chunks run one after the other, as one."""
+    return EraseResult(
+        done=then.done,
+        checkpoint=then.checkpoint,
+        deleted=first.deleted + then.deleted,
+        anonymized=first.anonymized + then.anonymized,
+        retained=first.retained + then.retained,
+        detached=first.detached + then.detached,
+        others=first.others + then.others,
+    )
 
 
 def _fingerprint(identities: Identities, orphaned: Any) -> str:

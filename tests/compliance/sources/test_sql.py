@@ -317,6 +317,33 @@ def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
     assert (11,) in keys(sample_dbs.shop_url, "addresses")
 
 
+def test_a_chunk_goes_on_from_table_to_table_while_they_hold_fewer_rows_than_a_batch(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Ada's 16 rows in the shop: after the first chunk (which only finds the address she
+    alone used), one chunk at the default batch."""
+    wide = load(sample_dbs, tmp_path)
+    try:
+        chunks = erase_chunks(wide.get("shop"), ada_resolved(), 1000)
+    finally:
+        wide.close()
+    assert chunks == [0, 16]
+
+
+def test_a_chunk_of_small_batches_stays_under_two_batches(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """With batches of 3 rows: more chunks, none holding two batches, the same rows."""
+    narrow = load(sample_dbs, tmp_path)
+    try:
+        chunks = erase_chunks(narrow.get("shop"), ada_resolved(), 3)
+    finally:
+        narrow.close()
+    assert sum(chunks) == 16
+    assert len(chunks) > 6
+    assert max(chunks) <= 2 * 3 - 1
+
+
 def test_anonymize_with_redact_writes_the_marker(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
