@@ -36,8 +36,9 @@ def export_plan(conn: Connection, subject: Subject) -> list[LocationPlan]:
 
 
 def orphans(conn: Connection, subject: Subject) -> dict[str, Found]:
-    """Shared rows the subject's rows point at and nothing else uses, per table."""
-    found = {t: subject.alone(conn, t) for t in subject.graph.order}
+    """Shared rows the subject's rows point at and nothing else uses, per table; the
+    rows pointing at them are kept for `erase_plan`'s references (`Subject.referencing`)."""
+    found = {t: subject.alone(conn, t, remember=True) for t in subject.graph.order}
     return {t: rows for t, rows in found.items() if rows}
 
 

@@ -11,7 +11,11 @@ the keys it needs.
 Rows of a shared table (an address) are reached from the own rows pointing at them
 (`reached`); whether rows that stay still use some of them is one statement per table
 and reference column set for all of them (`used`): the rows of each referencing table
-that point at them, less the subject's rows that erasure deletes (`going`). During an
+that point at them, less the subject's rows that erasure deletes (`going`). The erase
+plan asks that as one read per reference instead, keeping the rows it finds with their
+keys (`Pointing`, at most `POINTING_ROWS`): they also say which references the deletion
+of those shared rows clears (`referencing`), so the plan reads each such table once. At a
+table's turn the erasure forgets them and asks again. During an
 erasure the shared rows only the subject used (`orphans`, kept in the checkpoint) are
 the subject's own too, once checked unused again. `bounded` reads a table only while its
 rows are few (an erasure finds the rest on the server, `direct`). OWNERSHIP.md explains
@@ -26,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, Table, and_, not_, union
+from sqlalchemy import ColumnElement, Connection, Select, Table, and_, not_, select, union
 
 from compliance.identities import Identities
 from compliance.sources.sql.found import Found, empty, read_at_most, read_rows
@@ -39,6 +43,7 @@ from compliance.sources.sql.keys import (
     key_in,
     placeholder_key,
     sort_key,
+    values_in,
 )
 from compliance.sources.sql.lists import (
     RowFilter,
@@ -51,6 +56,8 @@ from compliance.sources.sql.lists import (
 from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
 from compliance.sources.sql.ownership import KEEPING
 from compliance.sources.sql.query import identity_match
+
+POINTING_ROWS = 1000  # rows pointing at shared rows an erase plan keeps for two questions
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class Subject:
         self._alone: dict[str, Found] = {}
         self._going: dict[str, frozenset[Key] | None] = {}
         self._pointing: dict[Edge, Pointing] = {}  # rows pointing at shared rows, read before
+        self._unpointed: set[Edge] = set()  # references with too many such rows to keep
 
     def with_orphans(self, orphans: Mapping[str, Found]) -> Subject:
         """This subject with `orphans` (just found unused) among its own rows."""
@@ -165,6 +173,7 @@ class Subject:
         """The own rows of `table` as erasure starts on it: read again if they were read
         before `since` (a clock reading), and the orphans among them found unused now."""
         owner = self._owner(table)
+        self.forget_pointing(table)
         read = owner._own.get(table)
         if read is None or read[0] < since:
             owner._checked.pop(table, None)  # found unused earlier: look again
@@ -294,11 +303,13 @@ class Subject:
         found, owned = self.reached(conn, table)
         return found.without(owned)
 
-    def alone(self, conn: Connection, table: str) -> Found:
-        """Candidates only the subject's rows use: theirs in an export, orphans in an erasure."""
+    def alone(self, conn: Connection, table: str, *, remember: bool = False) -> Found:
+        """Candidates only the subject's rows use: theirs in an export, orphans in an
+        erasure (`remember`: keep the rows pointing at them for the erase plan, `unused`)."""
         if table not in self._alone:
             candidates = self.candidates(conn, table)
-            self._alone[table] = candidates.only(self.plain.unused(conn, table, candidates))
+            unused = self.plain.unused(conn, table, candidates, remember=remember)
+            self._alone[table] = candidates.only(unused)
         return self._alone[table]
 
     def mine(self, conn: Connection, table: str) -> Found:
@@ -383,12 +394,15 @@ class Subject:
         tombstones = rows.only(self.kept(conn, table, rows, (ParentErase.ANONYMIZE,)))
         return retained, tombstones.without(retained.key_set)
 
-    def unused(self, conn: Connection, table: str, rows: Found) -> frozenset[Key]:
+    def unused(
+        self, conn: Connection, table: str, rows: Found, *, remember: bool = False
+    ) -> frozenset[Key]:
         """Keys of `rows` that nothing points at once the subject's deleted rows are gone
-        (owned children that go with a row do not count)."""
+        (owned children that go with a row do not count). `remember`: keep the rows
+        pointing at them, with their keys (`Pointing`), for `referencing` to take."""
         guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
         guards += [f for f in self.graph.foreign if f.parent == table]
-        return rows.key_set - self.used(conn, table, rows, guards)
+        return rows.key_set - self.used(conn, table, rows, guards, remember=remember)
 
     def used(
         self,
@@ -397,9 +411,12 @@ class Subject:
         rows: Found,
         edges: Sequence[Edge],
         visiting: frozenset[str] = frozenset(),
+        *,
+        remember: bool = False,
     ) -> frozenset[Key]:
         """Keys of `rows` (of `table`) that a row that stays points at through one of
-        `edges`: one statement per set of referenced columns (and chunk of values)."""
+        `edges`: one statement per set of referenced columns (and chunk of values), or
+        with `remember` one per reference (`_pointing_at`)."""
         if not rows or not edges:
             return frozenset()
         groups: dict[tuple[str, ...], list[Edge]] = {}
@@ -407,7 +424,7 @@ class Subject:
             groups.setdefault(e.parent_cols, []).append(e)
         used: set[Key] = set()
         for cols, group in groups.items():
-            hits = self._referenced(conn, group, rows.values(cols), visiting)
+            hits = self._referenced(conn, group, rows.values(cols), visiting, remember)
             used |= rows.where(cols, hits).key_set
         return frozenset(used)
 
@@ -419,6 +436,11 @@ class Subject:
         visiting: frozenset[str] = frozenset(),
     ) -> list[Key]:
         """Keys of the rows of `e`'s child that point at `values` through `e` and stay."""
+        read = self.plain._pointing.get(e) or self._pointing.get(e)
+        if read is not None and read.covers(values):
+            leaving = self._leaving(conn, e, values, visiting)
+            wanted = set(values)
+            return [key for cols, key in read.rows if cols in wanted and key not in leaving]
         found: list[Key] = []
         for part in chunked(values, chunk_size(self.graph.dialect, len(e.parent_cols))):
             child = self.graph.tables[e.child]
@@ -429,14 +451,22 @@ class Subject:
         return found
 
     def _referenced(
-        self, conn: Connection, edges: list[Edge], values: Sequence[Key], visiting: frozenset[str]
+        self,
+        conn: Connection,
+        edges: list[Edge],
+        values: Sequence[Key],
+        visiting: frozenset[str],
+        remember: bool = False,
     ) -> set[Key]:
         """The `values` that rows which stay point at through `edges` (all to the same
-        columns), as one UNION per chunk of values."""
+        columns), as one UNION per chunk of values; with `remember`, one read per
+        reference kept for `referencing` where the rows are few (`_pointing_at`)."""
         hits: set[Key] = set()
         rest = []
         for e in edges:
             read = self._pointing.get(e)
+            if read is None and remember:
+                read = self._pointing_at(conn, e, values)
             if read is not None and read.covers(values):
                 hits |= read.staying(values, self._leaving(conn, e, values, visiting))
             else:
@@ -460,6 +490,37 @@ class Subject:
                 statement = queries[0] if len(queries) == 1 else union(*queries)
                 hits |= {tuple(row) for row in fetch_all(conn, statement)}  # type: ignore[arg-type]
         return hits
+
+    def _pointing_at(self, conn: Connection, e: Edge, values: Sequence[Key]) -> Pointing | None:
+        """Every row of `e`'s child pointing at `values` (the subject's too), with its
+        key, in one statement, kept: it tells both whether the `values` are used and
+        which rows to detach from them (`referencing`). None when `values` need more
+        than one statement, the child is not registered, or it holds more than
+        `POINTING_ROWS` such rows (then each question reads what it needs)."""
+        graph = self.graph
+        if e.child not in graph.tables or e in self._unpointed:
+            return None
+        if len(values) > chunk_size(graph.dialect, len(e.child_cols)):
+            return None
+        child = graph.tables[e.child]
+        cols = [child.c[c] for c in e.child_cols]
+        keys = [child.c[c] for c in graph.keys[e.child]]
+        query = select(*cols, *keys).where(values_in(cols, values, graph.dialect))
+        rows = fetch_all(conn, query.limit(POINTING_ROWS + 1))
+        if len(rows) > POINTING_ROWS:
+            self._unpointed.add(e)
+            return None
+        width = len(cols)
+        read = Pointing(frozenset(values), [(tuple(r[:width]), tuple(r[width:])) for r in rows])
+        self._pointing[e] = read
+        return read
+
+    def forget_pointing(self, table: str) -> None:
+        """Drop what was read of the rows pointing at `table`'s rows: erasure checks
+        them again at the table's turn (someone may point at them by now)."""
+        for subject in (self, self.plain):
+            for e in [e for e in subject._pointing if e.parent == table]:
+                del subject._pointing[e]
 
     def _staying(
         self,

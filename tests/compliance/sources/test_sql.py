@@ -13,6 +13,7 @@ from compliance import cascade
 from compliance.errors import ManifestError, SourceUnavailableError
 from compliance.sources.base import Action, Disposition, RowsItem, Scope
 from compliance.sources.sql import keys as sqlkeys
+from compliance.sources.sql import subject as sqlsubject
 from compliance.sources.sql.manifest import REDACTED
 from compliance.sources.sql.source import SqlSource
 from tests.compliance.sources.chunks import erase_chunks
@@ -342,6 +343,37 @@ def test_a_chunk_of_small_batches_stays_under_two_batches(
     assert sum(chunks) == 16
     assert len(chunks) > 6
     assert max(chunks) <= 2 * 3 - 1
+
+
+def _erase_plan(sample_dbs: SampleDatabases, folder: Path) -> set[tuple[Any, ...]]:
+    folder.mkdir()
+    registry = load(sample_dbs, folder)
+    try:
+        plan = registry.get("shop").plan(ada_resolved(), Action.ERASE)
+    finally:
+        registry.close()
+    return {(p.location, p.disposition, p.scope, p.count) for p in plan.locations}
+
+
+def test_the_rows_pointing_at_a_shared_row_are_read_once_for_the_plan_or_asked_again(
+    sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erase plan keeps the rows pointing at the address only Ada used, which say both
+    that nobody else uses it and which references its deletion clears; with more such
+    rows than it keeps, it asks each question of the database instead: the same plan,
+    and the same erasure."""
+    kept = _erase_plan(sample_dbs, tmp_path / "kept")
+    monkeypatch.setattr(sqlsubject, "POINTING_ROWS", 0)
+    asked = _erase_plan(sample_dbs, tmp_path / "asked")
+    assert kept == asked
+    assert ("addresses", Disposition.DELETE, Scope.SUBJECT, 1) in kept
+    before = keys(sample_dbs.shop_url, "addresses")
+    registry = load(sample_dbs, tmp_path)
+    try:
+        erase_all([registry.get("shop")], ada_resolved())
+    finally:
+        registry.close()
+    assert keys(sample_dbs.shop_url, "addresses") == before - {(11,)}
 
 
 def test_anonymize_with_redact_writes_the_marker(

@@ -41,13 +41,16 @@ SHARED_TABLES = 1
 SHARED_READS = 2 * SHARED_TABLES
 EXPORT_STATEMENTS = RESOLVE + OWN_TABLES + SHARED_READS
 
-# The erase plan: the same reads as an export (keys and referenced columns only), then
-# the rows that stay and point at rows that go, one read per reference
-# (users.referred_by, users.default_payment_method_id, invoices.user_id,
-# payments.order_id, users.address_id, orders.shipping_address_id). Her rows of the
+# The erase plan: the same reads as an export (keys and referenced columns only), but
+# whether rows that stay still use the address is one read per reference into addresses
+# (users.address_id, orders.shipping_address_id) that keeps those rows and their keys,
+# and also answers which of them the address's deletion detaches; then the rows that stay
+# and point at rows that go, one read per other reference (users.referred_by,
+# users.default_payment_method_id, invoices.user_id, payments.order_id). Her rows of the
 # three tables looked up by identity alone (users, activity_log, loyalty_cards) came with
 # the resolve, which read them in full (`batch.identity_only`): three reads fewer.
-PLAN = OWN_TABLES - 3 + SHARED_READS + 6
+ADDRESS_REFERENCES = 2
+PLAN = OWN_TABLES - 3 + SHARED_TABLES + ADDRESS_REFERENCES + 4
 # The erasure proper, planned rows reused: the records of detached partitions (one
 # read); a DELETE per deleted table without references into it (activity_log,
 # loyalty_cards, newsletter, profiles, returns, sessions, order_items); an UPDATE per
