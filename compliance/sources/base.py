@@ -125,6 +125,19 @@ class EraseResult:
     # orphaned shared rows): saved before the next chunk runs, even if nothing changed
     keep: bool = False
 
+    def then(self, later: EraseResult) -> EraseResult:
+        """This chunk and `later`, run right after it from its checkpoint, as one chunk."""
+        return EraseResult(
+            done=later.done,
+            checkpoint=later.checkpoint,
+            deleted=self.deleted + later.deleted,
+            anonymized=self.anonymized + later.anonymized,
+            retained=self.retained + later.retained,
+            detached=self.detached + later.detached,
+            others=self.others + later.others,
+            keep=self.keep or later.keep,
+        )
+
 
 @dataclass(frozen=True)
 class Residue:

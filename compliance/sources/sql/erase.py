@@ -130,7 +130,7 @@ class Eraser:
             steps = 1
             while self._goes_on(checkpoint, result, steps, batch_size):
                 checkpoint = result.checkpoint
-                result = _plus(result, self._step(identities, checkpoint, batch_size))
+                result = result.then(self._step(identities, checkpoint, batch_size))
                 steps += 1
             return result
         except BaseException:
@@ -338,19 +338,6 @@ class Eraser:
         if value is None:
             return None
         return key_from_json(key_columns(self.graph, table), value)
-
-
-def _plus(first: EraseResult, then: EraseResult) -> EraseResult:
-    """Two chunks run one after the other, as one."""
-    return EraseResult(
-        done=then.done,
-        checkpoint=then.checkpoint,
-        deleted=first.deleted + then.deleted,
-        anonymized=first.anonymized + then.anonymized,
-        retained=first.retained + then.retained,
-        detached=first.detached + then.detached,
-        others=first.others + then.others,
-    )
 
 
 def _fingerprint(identities: Identities, orphaned: Any) -> str:
