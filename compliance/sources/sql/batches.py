@@ -32,13 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Delete,
     Executable,
     Select,
+    Table,
     and_,
     bindparam,
     delete,
+    exists,
     select,
     text,
     update,
@@ -57,6 +60,7 @@ from compliance.sources.sql.keys import (
     key_columns,
     key_in,
 )
+from compliance.sources.sql.manifest import Edge
 from compliance.sources.sql.references import fix_references, kept_keys
 from compliance.sources.sql.subject import Subject
 
@@ -90,6 +94,7 @@ class Deleter:
         batch = Found(columns, len(self.graph.keys[table]), rows)
         keys = batch.keys()
         simple = not self.graph.fix_edges(table) and not self.graph.keep_edges(table)
+        simple = simple and not subject.guarded.get(table)
         if self.graph.dialect == "postgresql" and simple and len(keys) <= self._chunk(table):
             stmt = delete(self.graph.tables[table]).where(key_in(self.graph, table, keys))
             deleted = self._single(stmt, durable=last)
@@ -97,12 +102,19 @@ class Deleter:
         with self.source.connect() as conn:
             if self.graph.dialect == "postgresql" and not last:
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
-            kept = kept_keys(conn, subject, table, batch)
-            going = batch.without(kept.retained | kept.tombstones)
+            orphans = batch.only(subject.guarded.get(table, frozenset()))
+            rest = batch.without(orphans.key_set)
+            kept = kept_keys(conn, subject, table, rest)
+            going = rest.without(kept.retained | kept.tombstones)
             detached, others = fix_references(conn, subject, table, going)
             deleted = self._delete(conn, table, going.keys())
+            if orphans:
+                guards = subject.guards(table)
+                more, theirs = fix_references(conn, subject, table, orphans, skip=guards)
+                detached, others = detached + more, others + theirs
+                deleted += self._delete_unused(conn, table, guards, orphans.keys())
             tombstones = anonymize_rows(self.source, conn, table, sorted(kept.tombstones))
-        missed = len(going) - deleted
+        missed = len(going) + len(orphans) - deleted
         return BatchCounts(deleted, tombstones, len(kept.retained), detached, others, missed)
 
     def _chunk(self, table: str) -> int:
@@ -114,6 +126,20 @@ class Deleter:
         deleted = 0
         for part in chunked(keys, self._chunk(table)):
             deleted += int(conn.execute(delete(t).where(key_in(self.graph, table, part))).rowcount)
+        return deleted
+
+    def _delete_unused(
+        self, conn: Connection, table: str, guards: Sequence[Edge], keys: Sequence[Key]
+    ) -> int:
+        """DELETE the rows with `keys` that no row points at through `guards` as the
+        statement runs (in chunks): the check and the deletion are one statement, so a
+        row written meanwhile that points at one keeps it; how many went."""
+        t = self.graph.tables[table]
+        unused = [~pointed_at(self.graph, e, t) for e in guards]
+        deleted = 0
+        for part in chunked(keys, self._chunk(table)):
+            stmt = delete(t).where(key_in(self.graph, table, part), *unused)
+            deleted += int(conn.execute(stmt).rowcount)
         return deleted
 
     def _single(self, stmt: Delete, *, durable: bool) -> int:
@@ -215,6 +241,18 @@ class BatchCounts:
     detached: int = 0
     others: int = 0
     missed: int = 0  # rows handed to the batch that its DELETE did not remove
+
+
+def pointed_at(graph: Graph, e: Edge, parent: Table) -> ColumnElement[bool]:
+    """Whether a row of `e`'s child points through `e` at the row of `parent` (its
+    table) that the enclosing statement is on."""
+    table = graph.tables.get(e.child)
+    if table is None:
+        table = graph.schema_tables[e.child]
+    child = table.alias("pointing") if table is parent else table
+    pairs = zip(e.child_cols, e.parent_cols, strict=True)
+    match = and_(*[child.c[c] == parent.c[p] for c, p in pairs])
+    return exists().where(match)
 
 
 def anonymize_batch(source: SourceHandle, table: str, rows: Sequence[tuple[Any, ...]]) -> int:

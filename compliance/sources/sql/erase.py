@@ -17,7 +17,8 @@ and a call less than two. Each batch is one of:
 
 The first call records which shared rows (addresses...) the subject's rows point at and
 nothing else uses: once those rows are deleted, nothing would lead to them any more.
-They are deleted in their table's turn, and only if still unused then. That call erases
+They are deleted in their table's turn, and only if still unused then (one guarded
+`DELETE` where it can say so, `Subject.guards_orphans`). That call erases
 nothing else, and asks for its checkpoint to be saved before the next (`keep`).
 
 The subject's rows are found once per table (`subject.Subject`) and kept in memory for

@@ -11,6 +11,7 @@ the subject's keys as lists (`subject`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +61,20 @@ def kept_keys(conn: Connection, subject: Subject, table: str, batch: Found) -> K
     return Kept(retained.key_set, tombstones.key_set)
 
 
-def fix_references(conn: Connection, subject: Subject, table: str, rows: Found) -> tuple[int, int]:
+def fix_references(
+    conn: Connection, subject: Subject, table: str, rows: Found, skip: Sequence[Edge] = ()
+) -> tuple[int, int]:
     """Before `rows` of `table` are deleted, set what points at them to NULL or repoint
     it to the placeholder row: one UPDATE per reference (and chunk of values), which
     returns the keys it changed where the database can, so other people's rows are told
-    from the subject's without a count. Returns (detached: the subject's own rows that
-    stay, others: rows of other people)."""
+    from the subject's without a count; not through `skip` (references whose rows keep
+    `rows` from deletion). Returns (detached: the subject's own rows that stay, others:
+    rows of other people)."""
     graph = subject.graph
     detached = others = 0
     for e in graph.fix_edges(table):
+        if e in skip:
+            continue
         values = rows.values(e.parent_cols)
         if not values:
             continue

@@ -15,11 +15,13 @@ that point at them, less the subject's rows that erasure deletes (`going`). The 
 plan asks that as one read per reference instead, keeping the rows it finds with their
 keys (`Pointing`, at most `POINTING_ROWS`): they also say which references the deletion
 of those shared rows clears (`referencing`), so the plan reads each such table once. At a
-table's turn the erasure forgets them and asks again. During an
-erasure the shared rows only the subject used (`orphans`, kept in the checkpoint) are
-the subject's own too, once checked unused again. `bounded` reads a table only while its
-rows are few (an erasure finds the rest on the server, `direct`). OWNERSHIP.md explains
-the model;
+table's turn the erasure forgets them. During an erasure the shared rows only the
+subject used (`orphans`, kept in the checkpoint) are the subject's own too, once found
+unused again at their table's turn: where nothing the subject still has points at them
+by then, their DELETE itself keeps each one a row points at (`guarded`, one statement,
+so a row written meanwhile is never detached to let it go); else they are checked
+before (`verified`). `bounded` reads a table only while its rows are few (an erasure
+finds the rest on the server, `direct`). OWNERSHIP.md explains the model;
 `query.Selector` states the same rules as SQL expressions.
 """
 
@@ -110,6 +112,7 @@ class Subject:
             plain = Subject(graph, identities, full=full, extra=extra, clock=clock)
         self.plain: Subject = plain or self  # the subject without orphans: what others use
         self.verified: dict[str, frozenset[Key]] = {}  # orphans found unused at their turn
+        self.guarded: dict[str, frozenset[Key]] = {}  # orphans deleted only if unused then
         self._affected = descendants(graph, set(self.orphans))
         self._own: dict[str, tuple[float, Found]] = {}  # table -> (when read, rows)
         self._more: dict[str, float] = {}  # tables found to hold too many to read, when
@@ -171,34 +174,63 @@ class Subject:
 
     def at_turn(self, conn: Connection, table: str, since: float) -> Found:
         """The own rows of `table` as erasure starts on it: read again if they were read
-        before `since` (a clock reading), and the orphans among them found unused now."""
+        before `since` (a clock reading), and the orphans among them found unused now;
+        or, where their deletion can say it (`guards_orphans`), the orphans that are
+        still there, each deleted only if nothing points at it then (`guarded`)."""
         owner = self._owner(table)
         self.forget_pointing(table)
+        check = not self.guards_orphans(table)
         read = owner._own.get(table)
         if read is None or read[0] < since:
             owner._checked.pop(table, None)  # found unused earlier: look again
-            found = owner.fresh(conn, table, since)  # orphans checked as they are read
-        else:
+            found = owner.fresh(conn, table, since, check=check)  # orphans as they are read
+        elif check:
             found = owner.recheck(conn, table, read[1])
+        else:
+            found = read[1]
         owner._own[table] = (self.clock(), found)
         orphans = set(self.orphans.get(table, ())) - owner._matched.get(table, frozenset())
-        self.verified[table] = found.key_set & orphans
+        mine = found.key_set & orphans
+        (self.verified if check else self.guarded)[table] = mine
         return found
+
+    def guards(self, table: str) -> list[Edge]:
+        """The references through which a row that stays keeps a shared row of `table`
+        in use (owned children that go with their row do not count)."""
+        guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
+        return guards + [f for f in self.graph.foreign if f.parent == table]
+
+    def guards_orphans(self, table: str) -> bool:
+        """Whether the orphans of `table` can be deleted by one statement that keeps
+        each one something points at (`guards`): the subject's rows that point at them
+        and go are gone by its turn (their tables come earlier in the order), so every
+        row still pointing at one stays, as `unused` would count it."""
+        if table not in self.orphans:
+            return False
+        order = self.graph.order
+        at = order.index(table)
+        return all(
+            e.child not in order or not self.graph.deleted(e.child) or order.index(e.child) < at
+            for e in self.guards(table)
+        )
 
     def _owner(self, table: str) -> Subject:
         """Who holds `table`'s rows: the plain subject unless orphans change them."""
         return self if self.plain is self or table in self._affected else self.plain
 
-    def fresh(self, conn: Connection, table: str, since: float | None = None) -> Found:
+    def fresh(
+        self, conn: Connection, table: str, since: float | None = None, *, check: bool = True
+    ) -> Found:
         """`own`, read again now (the parents' rows as found before, or again when they
-        were found before `since`)."""
+        were found before `since`); `check`: only the orphans still unused, else every
+        orphan still there."""
         if table not in self.graph.reachable:
             return empty(self.graph, table)
         conditions = self.match(conn, table, since)
         found = self._read(conn, table, conditions) if conditions else empty(self.graph, table)
         if table in self.orphans:
             self._matched[table] = found.key_set  # theirs whoever else uses them
-            found = found.union(self._orphans_unused(conn, table))
+            found = found.union(self._orphans_unused(conn, table, check=check))
             spare = placeholder_key(self.graph, table)
             found = found if spare is None else found.without([spare])  # nobody's row
         return found
@@ -272,15 +304,16 @@ class Subject:
         rows = found.only(orphans)
         return found.without(rows.key_set - self.plain.unused(conn, table, rows))
 
-    def _orphans_unused(self, conn: Connection, table: str) -> Found:
-        """The orphans of `table` that exist and nothing that stays uses."""
+    def _orphans_unused(self, conn: Connection, table: str, *, check: bool = True) -> Found:
+        """The orphans of `table` that exist and nothing that stays uses (`check`), or
+        that exist."""
         if table in self._checked:
             return self._checked.pop(table)  # found unused a moment ago
         keys = self.orphans[table]
         size = chunk_size(self.graph.dialect, len(self.graph.keys[table]))
         conditions = [key_in(self.graph, table, part) for part in chunked(keys, size)]
         rows = self._read(conn, table, conditions)
-        return rows.only(self.plain.unused(conn, table, rows))
+        return rows.only(self.plain.unused(conn, table, rows)) if check else rows
 
     def _read(
         self, conn: Connection, table: str, conditions: Sequence[ColumnElement[bool]]
@@ -400,8 +433,7 @@ class Subject:
         """Keys of `rows` that nothing points at once the subject's deleted rows are gone
         (owned children that go with a row do not count). `remember`: keep the rows
         pointing at them, with their keys (`Pointing`), for `referencing` to take."""
-        guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
-        guards += [f for f in self.graph.foreign if f.parent == table]
+        guards = self.guards(table)
         return rows.key_set - self.used(conn, table, rows, guards, remember=remember)
 
     def used(

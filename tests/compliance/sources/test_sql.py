@@ -318,6 +318,43 @@ def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
     assert (11,) in keys(sample_dbs.shop_url, "addresses")
 
 
+def test_a_row_pointing_at_an_orphan_written_after_its_turn_began_keeps_it_unchanged(
+    sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Address 11 is orphaned; Cy's new order ships there just after the addresses' turn
+    began, before their delete batch. The address stays, and Cy's order still points at
+    it: nobody else's row is changed to let the subject's shared row go."""
+    registry = load(sample_dbs, tmp_path)
+    engine = create_engine(sample_dbs.shop_url)
+    at_turn = sqlsubject.Subject.at_turn
+
+    def then_an_order(self: Any, conn: Any, table: str, since: float) -> Any:
+        found = at_turn(self, conn, table, since)
+        if table == "addresses":
+            with engine.begin() as other:
+                other.execute(
+                    text(
+                        "INSERT INTO orders (id, user_id, shipping_address_id, placed_at, total)"
+                        " VALUES (601, 3, 11, :t, 1)"
+                    ),
+                    {"t": schema.T0},
+                )
+        return found
+
+    monkeypatch.setattr(sqlsubject.Subject, "at_turn", then_an_order)
+    try:
+        erase_chunks(registry.get("shop"), ada_resolved(), 1000)
+        with engine.connect() as conn:
+            shipping = conn.execute(
+                text("SELECT shipping_address_id FROM orders WHERE id = 601")
+            ).scalar_one()
+    finally:
+        registry.close()
+        engine.dispose()
+    assert (11,) in keys(sample_dbs.shop_url, "addresses")
+    assert shipping == 11
+
+
 def test_a_chunk_goes_on_from_table_to_table_while_they_hold_fewer_rows_than_a_batch(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
