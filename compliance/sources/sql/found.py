@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, select
+from sqlalchemy import Column, ColumnElement, Connection, or_, select
 
 from compliance.sources.sql.graph import Graph
-from compliance.sources.sql.keys import Key, fetch_all, sort_key
+from compliance.sources.sql.keys import Key, fetch_all, sort_key, values_in
+from compliance.sources.sql.manifest import Edge
 
 Row = tuple[Any, ...]
 
@@ -155,6 +156,51 @@ def read_rows(
         for row in fetch_all(conn, select(*[t.c[n] for n in names]).where(condition)):
             rows.setdefault(tuple(row[:width]), tuple(row))
     return _sorted(names, width, list(rows.values()), None)
+
+
+Ahead = Sequence[tuple[Edge, frozenset[Key]]]  # references, and values they may point at
+Pointed = list[tuple[Key, Key]]  # rows pointing at such values: (their columns, their key)
+
+
+def read_with_pointing(
+    conn: Connection,
+    graph: Graph,
+    table: str,
+    condition: ColumnElement[bool],
+    ahead: Ahead,
+    limit: int,
+    extra: Sequence[str] = (),
+) -> tuple[Found, list[Pointed]] | None:
+    """The rows of `table` matching `condition`, as `read_rows` keeps them, and in the
+    same statement, per reference of `ahead` (out of `table`), every row pointing through
+    it at one of its values. None when more than `limit` rows come back, or when a row
+    the database found matches neither test here (read them apart then)."""
+    names = base_columns(graph, table)
+    names += [n for n in extra if n not in names]
+    t = graph.tables[table]
+    dialect = graph.dialect
+    pointing = [values_in([t.c[c] for c in e.child_cols], sorted(v), dialect) for e, v in ahead]
+    own = condition.label("_gdpr_own")
+    query = select(*[t.c[n] for n in names], own).where(or_(condition, *pointing))
+    rows = fetch_all(conn, query.limit(limit + 1))
+    if len(rows) > limit:
+        return None
+    width = len(graph.keys[table])
+    at = [[names.index(c) for c in e.child_cols] for e, _ in ahead]
+    mine: dict[Key, Row] = {}
+    pointed: list[Pointed] = [[] for _ in ahead]
+    for row in rows:
+        key, claimed = tuple(row[:width]), bool(row[-1])
+        if claimed:
+            mine.setdefault(key, tuple(row[:-1]))
+        for (_, values), cols, into in zip(ahead, at, pointed, strict=True):
+            value = tuple(row[i] for i in cols)
+            if value in values:
+                into.append((value, key))
+                claimed = True
+        if not claimed:
+            return None
+    return _sorted(names, width, list(mine.values()), None), pointed
 
 
 def read_at_most(

@@ -35,7 +35,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, Table, and_, not_, select, union
 
 from compliance.identities import Identities
-from compliance.sources.sql.found import Found, empty, read_at_most, read_rows
+from compliance.sources.sql.found import (
+    BUFFER_ROWS,
+    Found,
+    empty,
+    read_at_most,
+    read_rows,
+    read_with_pointing,
+)
 from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.keys import (
     Key,
@@ -227,7 +234,7 @@ class Subject:
         if table not in self.graph.reachable:
             return empty(self.graph, table)
         conditions = self.match(conn, table, since)
-        found = self._read(conn, table, conditions) if conditions else empty(self.graph, table)
+        found = self._read_own(conn, table, conditions) if conditions else empty(self.graph, table)
         if table in self.orphans:
             self._matched[table] = found.key_set  # theirs whoever else uses them
             found = found.union(self._orphans_unused(conn, table, check=check))
@@ -314,6 +321,45 @@ class Subject:
         conditions = [key_in(self.graph, table, part) for part in chunked(keys, size)]
         rows = self._read(conn, table, conditions)
         return rows.only(self.plain.unused(conn, table, rows)) if check else rows
+
+    def _read_own(
+        self, conn: Connection, table: str, conditions: Sequence[ColumnElement[bool]]
+    ) -> Found:
+        """`_read`; where the subject's rows of other tables, read already, say which
+        shared rows it reaches, the same statement also reads the rows of `table`
+        pointing at those (`ahead`), kept for `used` and `referencing` (`Pointing`)."""
+        ahead = self._ahead(table) if len(conditions) == 1 and not self.full else []
+        if ahead:
+            limit = BUFFER_ROWS + POINTING_ROWS * len(ahead)
+            extra = self.extra.get(table, ())
+            read = read_with_pointing(
+                conn, self.graph, table, conditions[0], ahead, limit, extra=extra
+            )
+            if read is not None:
+                found, pointed = read
+                for (e, values), rows in zip(ahead, pointed, strict=True):
+                    if len(rows) <= POINTING_ROWS:
+                        self._pointing[e] = Pointing(values, rows)
+                return found
+        return self._read(conn, table, conditions)
+
+    def _ahead(self, table: str) -> list[tuple[Edge, frozenset[Key]]]:
+        """The shared references out of `table`, each with the values the subject's rows
+        of other tables, read already, point at through references to the same columns:
+        shared rows it reaches whatever its rows of `table` hold."""
+        graph = self.graph
+        found = []
+        for e in graph.edges:
+            if e.child != table or e.kind != EdgeKind.SHARED or e in self._pointing:
+                continue
+            values: set[Key] = set()
+            for other in graph.shared_from(e.parent):
+                same = other.child != table and other.parent_cols == e.parent_cols
+                if same and self.known(other.child):
+                    values.update(self.known_own(other.child).values(other.child_cols))
+            if values and len(values) <= chunk_size(graph.dialect, len(e.child_cols)):
+                found.append((e, frozenset(values)))
+        return found
 
     def _read(
         self, conn: Connection, table: str, conditions: Sequence[ColumnElement[bool]]
@@ -497,7 +543,7 @@ class Subject:
         rest = []
         for e in edges:
             read = self._pointing.get(e)
-            if read is None and remember:
+            if (read is None or not read.covers(values)) and remember:
                 read = self._pointing_at(conn, e, values)
             if read is not None and read.covers(values):
                 hits |= read.staying(values, self._leaving(conn, e, values, visiting))

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 from compliance import cascade
-from compliance.sources.base import Action, RowsItem
+from compliance.sources.base import Action, Disposition, RowsItem, Scope
 from compliance.sources.sql import engine as sqlengine
 from compliance.sources.sql import found as sqlfound
 from compliance.sources.sql import keys as sqlkeys
+from compliance.sources.sql import subject as sqlsubject
 from compliance.sources.sql.source import SqlSource
-from tests.compliance.sources.sqlsample import ada_email, erase_all, load
+from tests.compliance.sources.sqlsample import ada_email, ada_resolved, erase_all, load, snapshot
 from tests.sample_app import schema
 from tests.sample_app.fixtures import SampleDatabases
 
@@ -226,3 +227,51 @@ def test_a_connection_is_pinged_only_after_it_sat_idle(
         assert pings == [1]
     finally:
         registry.close()
+
+
+def _ship_home(url: str) -> None:
+    """Ada's order 500 ships to her home (address 10, which Bob shares) instead of 11."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE orders SET shipping_address_id = 10 WHERE id = 500"))
+    finally:
+        engine.dispose()
+
+
+def _plan_read(pg_sample_dbs: SampleDatabases, folder: Path) -> tuple[Any, list[str]]:
+    folder.mkdir()
+    registry = load(pg_sample_dbs, folder)
+    try:
+        shop = _shop(registry)
+        with recorded(shop.engine) as seen:
+            plan = shop.plan(ada_resolved(), Action.ERASE)
+    finally:
+        registry.close()
+    found = {(p.location, p.disposition, p.scope, p.count) for p in plan.locations}
+    return found, [s for s, _ in seen if re.match(r"SELECT .* FROM orders\b", s)]
+
+
+def test_orders_and_the_orders_shipping_to_her_address_are_one_read_for_the_erase_plan(
+    pg_sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her user row says she reaches address 10; her orders and every order shipping to
+    10 are one statement, which also tells that Bob's order keeps 10 in use. Read apart
+    (as when her orders may ship elsewhere), the plan is the same."""
+    _ship_home(pg_sample_dbs.shop_url)
+    merged, reads = _plan_read(pg_sample_dbs, tmp_path / "merged")
+    monkeypatch.setattr(sqlsubject.Subject, "_ahead", lambda self, table: [])
+    apart, apart_reads = _plan_read(pg_sample_dbs, tmp_path / "apart")
+    assert merged == apart
+    assert ("addresses", Disposition.RETAIN, Scope.SHARED, 1) in merged
+    assert len(reads) == 1, reads
+    assert len(apart_reads) == 2, apart_reads
+    before = snapshot(pg_sample_dbs.shop_url)
+    registry = load(pg_sample_dbs, tmp_path)
+    try:
+        erase_all([registry.get("shop")], ada_resolved())
+    finally:
+        registry.close()
+    after = snapshot(pg_sample_dbs.shop_url)
+    assert after["addresses"] == before["addresses"]  # 10 is Bob's too; 11 nobody's
+    assert after["orders"] == {k: v for k, v in before["orders"].items() if v["user_id"] != 1}
