@@ -41,7 +41,7 @@ from compliance.sources.sql.graph import Graph
 from compliance.sources.sql.keys import Key, chunk_size, placeholder_key, values_in
 from compliance.sources.sql.manifest import Edge
 from compliance.sources.sql.query import identity_terms
-from compliance.sources.sql.subject import Pointing, Subject
+from compliance.sources.sql.subject import POINTING_ROWS, Pointing, Subject
 
 BATCH_ROWS = 20_000  # rows one batched read may return; more: each subject reads alone
 FULL_BYTES = 8 * 1024 * 1024  # exported values one batched read keeps; past that, keys only
@@ -311,11 +311,54 @@ def _own_rows(
             exprs = tuple(t.c[c] for c in e.child_cols)
             terms.append(Term(f"p{n}", exprs, frozenset(values)))
         probes.append([term for term in terms if term.values])
-    rows = _read(conn, graph, table, probes)
+    rows = _read_ahead(conn, graph, table, subjects, probes)
+    if rows is None:
+        rows = _read(conn, graph, table, probes)
     spare = placeholder_key(graph, table)
     if rows is not None and spare is not None:  # the placeholder row is nobody's
         rows = [found.without([spare]) for found in rows]
     return rows
+
+
+def _read_ahead(
+    conn: Connection,
+    graph: Graph,
+    table: str,
+    subjects: Sequence[Subject],
+    probes: Sequence[Probe],
+) -> list[Found] | None:
+    """`_read`, and in the same statement the rows of `table` pointing at the shared rows
+    each subject's other rows already reach (`Subject.ahead`), kept as its `Pointing`
+    for `read_shared`; None when no subject reaches any, or the read cannot be split."""
+    t = graph.tables[table]
+    ahead = [dict(subject.ahead(table)) for subject in subjects]
+    edges = sorted({e for found in ahead for e in found}, key=repr)
+    if not edges or not all(probes):
+        return None
+    terms = {e: (f"a{n}", tuple(t.c[c] for c in e.child_cols)) for n, e in enumerate(edges)}
+    wide = [
+        [*probe, *(Term(*terms[e], values) for e, values in found.items())]
+        for probe, found in zip(probes, ahead, strict=True)
+    ]
+    limit = (BUFFER_ROWS + POINTING_ROWS * len(edges)) * len(probes)
+    parts = split(conn, graph, t, _wanted(graph, table), wide, limit)
+    if parts is None:
+        return None
+    own = [
+        [row for row in part if any(_tag(row, term) in term.values for term in probe)]
+        for probe, part in zip(probes, parts, strict=True)
+    ]
+    if sum(map(len, own)) > BUFFER_ROWS * len(probes):
+        return None  # more than `_read` keeps: read as it does
+    names = graph.keys[table]
+    for subject, found, part in zip(subjects, ahead, parts, strict=True):
+        for e, values in found.items():
+            term = Term(*terms[e], values)
+            rows = [(_tag(row, term), tuple(row[n] for n in names)) for row in part]
+            rows = [(cols, key) for cols, key in rows if cols in values]
+            if len(rows) <= POINTING_ROWS:
+                subject.remember_pointing(e, Pointing(values, rows))
+    return _kept(graph, table, own)
 
 
 def _read(
@@ -395,14 +438,18 @@ def _read_pointing(conn: Connection, graph: Graph, table: str, subjects: Sequenc
     for e in graph.incoming(table):
         child = graph.tables[e.child]
         keys = [child.c[c] for c in graph.keys[e.child]]
-        probes = []
+        probes, todo = [], []
         for subject in subjects:
             values = frozenset(subject.candidates(conn, table).values(e.parent_cols))
-            probes.append([Term("r", tuple(child.c[c] for c in e.child_cols), values)])
+            if not subject.points(e, sorted(values, key=repr)):  # else read with its rows
+                probes.append([Term("r", tuple(child.c[c] for c in e.child_cols), values)])
+                todo.append(subject)
+        if not todo:
+            continue
         parts = split(conn, graph, child, keys, [[t for t in p if t.values] for p in probes])
         if parts is None:
             continue
         width = len(e.child_cols)
-        for subject, probe, part in zip(subjects, probes, parts, strict=True):
+        for subject, probe, part in zip(todo, probes, parts, strict=True):
             rows = [(_tag(row, probe[0])[:width], tuple(row[c.name] for c in keys)) for row in part]
             subject.remember_pointing(e, Pointing(probe[0].values, rows))

@@ -179,6 +179,11 @@ class Subject:
         """Take `pointing`, read just now, as the rows of `e`'s child pointing at its values."""
         self._pointing[e] = pointing
 
+    def points(self, e: Edge, values: Sequence[Key]) -> bool:
+        """Whether the rows of `e`'s child pointing at `values` were read already."""
+        read = self._pointing.get(e)
+        return read is not None and read.covers(values)
+
     def at_turn(self, conn: Connection, table: str, since: float) -> Found:
         """The own rows of `table` as erasure starts on it: read again if they were read
         before `since` (a clock reading), and the orphans among them found unused now;
@@ -328,7 +333,7 @@ class Subject:
         """`_read`; where the subject's rows of other tables, read already, say which
         shared rows it reaches, the same statement also reads the rows of `table`
         pointing at those (`ahead`), kept for `used` and `referencing` (`Pointing`)."""
-        ahead = self._ahead(table) if len(conditions) == 1 and not self.full else []
+        ahead = self.ahead(table) if len(conditions) == 1 and not self.full else []
         if ahead:
             limit = BUFFER_ROWS + POINTING_ROWS * len(ahead)
             extra = self.extra.get(table, ())
@@ -343,7 +348,7 @@ class Subject:
                 return found
         return self._read(conn, table, conditions)
 
-    def _ahead(self, table: str) -> list[tuple[Edge, frozenset[Key]]]:
+    def ahead(self, table: str) -> list[tuple[Edge, frozenset[Key]]]:
         """The shared references out of `table`, each with the values the subject's rows
         of other tables, read already, point at through references to the same columns:
         shared rows it reaches whatever its rows of `table` hold."""

@@ -260,7 +260,7 @@ def test_orders_and_the_orders_shipping_to_her_address_are_one_read_for_the_eras
     (as when her orders may ship elsewhere), the plan is the same."""
     _ship_home(pg_sample_dbs.shop_url)
     merged, reads = _plan_read(pg_sample_dbs, tmp_path / "merged")
-    monkeypatch.setattr(sqlsubject.Subject, "_ahead", lambda self, table: [])
+    monkeypatch.setattr(sqlsubject.Subject, "ahead", lambda self, table: [])
     apart, apart_reads = _plan_read(pg_sample_dbs, tmp_path / "apart")
     assert merged == apart
     assert ("addresses", Disposition.RETAIN, Scope.SHARED, 1) in merged
@@ -275,3 +275,35 @@ def test_orders_and_the_orders_shipping_to_her_address_are_one_read_for_the_eras
     after = snapshot(pg_sample_dbs.shop_url)
     assert after["addresses"] == before["addresses"]  # 10 is Bob's too; 11 nobody's
     assert after["orders"] == {k: v for k, v in before["orders"].items() if v["user_id"] != 1}
+
+
+def _warm_export(pg_sample_dbs: SampleDatabases, folder: Path) -> tuple[Any, list[str]]:
+    """Ada's export as a worker runs it (warmed as a batch of one), and its reads of orders."""
+    folder.mkdir()
+    registry = load(pg_sample_dbs, folder)
+    try:
+        shop = _shop(registry)
+        resolved = cascade.resolve(registry.sources, ada_email())
+        with recorded(shop.engine) as seen:
+            shop.warm([resolved])
+            items = {i.collection: [dict(r) for r in i.rows] for i in shop.export(resolved)}
+    finally:
+        registry.close()
+    return items, [s for s, _ in seen if re.match(r"SELECT .* FROM orders\b", s)]
+
+
+def test_orders_and_the_orders_shipping_to_her_address_are_one_read_for_an_export(
+    pg_sample_dbs: SampleDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for the erase plan: one statement finds her orders and every order shipping to
+    address 10, which says 10 is shared with someone else; the export is the same as
+    with the two read apart, and holds no order of Bob's."""
+    _ship_home(pg_sample_dbs.shop_url)
+    merged, reads = _warm_export(pg_sample_dbs, tmp_path / "merged")
+    monkeypatch.setattr(sqlsubject.Subject, "ahead", lambda self, table: [])
+    apart, apart_reads = _warm_export(pg_sample_dbs, tmp_path / "apart")
+    assert merged == apart
+    assert [row["id"] for row in merged["addresses.shared"]] == [10]
+    assert sorted(row["id"] for row in merged["orders"]) == [500, 501]
+    assert len(reads) == 1, reads
+    assert len(apart_reads) == 2, apart_reads
