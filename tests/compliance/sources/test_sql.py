@@ -293,6 +293,18 @@ def test_a_reference_cycle_without_a_declared_back_reference_is_refused(
     assert "kind = 'link'" in str(caught.value)
 
 
+def _cy_orders_to_11(engine: Any, order: int) -> None:
+    """Cy places order `order`, shipping to address 11 (the one only Ada used)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO orders (id, user_id, shipping_address_id, placed_at, total)"
+                " VALUES (:id, 3, 11, :t, 1)"
+            ),
+            {"id": order, "t": schema.T0},
+        )
+
+
 def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
@@ -303,14 +315,7 @@ def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
         first = shop.erase(ada_resolved(), {}, 1000)
         assert first.checkpoint["orphans"] == {"addresses": [[11]]}
         engine = create_engine(sample_dbs.shop_url)
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO orders (id, user_id, shipping_address_id, placed_at, total)"
-                    " VALUES (600, 3, 11, :t, 1)"
-                ),
-                {"t": schema.T0},
-            )
+        _cy_orders_to_11(engine, 600)
         engine.dispose()
         erase_chunks(shop, ada_resolved(), 1000, first.checkpoint)
     finally:
@@ -331,14 +336,7 @@ def test_a_row_pointing_at_an_orphan_written_after_its_turn_began_keeps_it_uncha
     def then_an_order(self: Any, conn: Any, table: str, since: float) -> Any:
         found = at_turn(self, conn, table, since)
         if table == "addresses":
-            with engine.begin() as other:
-                other.execute(
-                    text(
-                        "INSERT INTO orders (id, user_id, shipping_address_id, placed_at, total)"
-                        " VALUES (601, 3, 11, :t, 1)"
-                    ),
-                    {"t": schema.T0},
-                )
+            _cy_orders_to_11(engine, 601)
         return found
 
     monkeypatch.setattr(sqlsubject.Subject, "at_turn", then_an_order)
