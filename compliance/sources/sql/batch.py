@@ -333,7 +333,7 @@ def _read_ahead(
     t = graph.tables[table]
     ahead = [dict(subject.ahead(table)) for subject in subjects]
     edges = sorted({e for found in ahead for e in found}, key=repr)
-    if not edges or not all(probes):
+    if not edges:
         return None
     terms = {e: (f"a{n}", tuple(t.c[c] for c in e.child_cols)) for n, e in enumerate(edges)}
     wide = [

@@ -94,6 +94,43 @@ def test_a_batch_exports_for_each_subject_exactly_what_it_exports_alone(
     assert expected[3][1] == {"shop": {}, "crm": {}}
 
 
+def test_a_batch_whose_orders_ship_home_exports_for_each_subject_exactly_what_it_exports_alone(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Every order ships to its customer's home: each subject's orders and the orders of
+    anyone shipping to the addresses its user row names are one read for the batch;
+    split by subject, each export is what it is alone, and address 10 (Ada's and Bob's
+    home) is shared in both."""
+    engine = create_engine(sample_dbs.shop_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE orders SET shipping_address_id ="
+                    " (SELECT address_id FROM users WHERE users.id = orders.user_id)"
+                )
+            )
+    finally:
+        engine.dispose()
+    registry = load(sample_dbs, tmp_path)
+    try:
+        expected = alone(registry, SAMPLE_SUBJECTS)
+        shop = registry.get("shop")
+        assert isinstance(shop, SqlSource)
+        with recorded(shop.engine) as seen:
+            assert together(registry, SAMPLE_SUBJECTS) == expected
+    finally:
+        registry.close()
+    orders = [s for s, _ in seen if s.startswith("SELECT orders.")]
+    merged = [s for s in orders if "_gdpr_a0_0" in s]  # own and pointing terms together
+    assert len(merged) == 1, orders
+    assert not [s for s in orders if "_gdpr_r_0" in s], orders  # no pointing read apart
+    ada, bob = expected[0][1]["shop"], expected[1][1]["shop"]
+    assert "addresses.shared" in ada and "addresses.shared" in bob
+    assert "addresses" not in ada  # 11, only hers before, is nobody's now
+    assert not set(ada.get("orders", [])) & set(bob.get("orders", []))
+
+
 def test_the_batchs_statements_do_not_grow_with_the_batch(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
