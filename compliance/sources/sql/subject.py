@@ -216,8 +216,9 @@ class Subject:
         """Whether the orphans of `table` can be deleted by one statement that keeps
         each one something points at (`guards`): the subject's rows that point at them
         and go are gone by its turn (their tables come earlier in the order), so every
-        row still pointing at one stays, as `unused` would count it."""
-        if table not in self.orphans:
+        row still pointing at one stays, as `unused` would count it. Only where the
+        table's rows are deleted (an anonymised orphan is checked before it is changed)."""
+        if table not in self.orphans or not self.graph.deleted(table):
             return False
         order = self.graph.order
         at = order.index(table)

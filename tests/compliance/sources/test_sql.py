@@ -353,6 +353,33 @@ def test_a_row_pointing_at_an_orphan_written_after_its_turn_began_keeps_it_uncha
     assert shipping == 11
 
 
+def test_an_anonymised_shared_row_used_again_when_its_turn_comes_is_left_as_it_was(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Addresses anonymised instead of deleted: 11, only Ada's when erasure starts, is
+    checked again before it is changed; Cy's new order ships there, so it stays intact."""
+    manifest = sample_dbs.manifest().replace(
+        'recipients = ["Parcel carriers"]\n\n[sources.shop.tables.orders]',
+        'recipients = ["Parcel carriers"]\non_erase = "anonymize"\n'
+        'anonymize = { street = "redact", city = "redact", postcode = "redact" }\n\n'
+        "[sources.shop.tables.orders]",
+        1,
+    )
+    registry = load(sample_dbs, tmp_path, manifest=manifest)
+    try:
+        shop = registry.get("shop")
+        before = rows(sample_dbs.shop_url, "addresses")
+        first = shop.erase(ada_resolved(), {}, 1000)
+        assert first.checkpoint["orphans"] == {"addresses": [[11]]}
+        engine = create_engine(sample_dbs.shop_url)
+        _cy_orders_to_11(engine, 602)
+        engine.dispose()
+        erase_chunks(shop, ada_resolved(), 1000, first.checkpoint)
+    finally:
+        registry.close()
+    assert rows(sample_dbs.shop_url, "addresses") == before
+
+
 def test_a_chunk_goes_on_from_table_to_table_while_they_hold_fewer_rows_than_a_batch(
     sample_dbs: SampleDatabases, tmp_path: Path
 ) -> None:
