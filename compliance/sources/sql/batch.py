@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, or_, select
+from sqlalchemy import ColumnElement, Connection, Table, case, false, null, or_, select
 
 from compliance.errors import ValidationError
 from compliance.identities import Identities, Identity, parse_identity
@@ -73,17 +73,14 @@ def split(
 ) -> list[list[Mapping[str, Any]]] | None:
     """The rows each probe's own statement would find, read with one statement; None
     when that cannot be trusted to be the same, or when there are more than `limit`."""
-    merged: dict[str, tuple[Term, set[Key]]] = {}
-    for probe in probes:
-        for term in probe:
-            merged.setdefault(term.label, (term, set()))[1].update(term.values)
+    merged = _merged(probes)
     if not merged:
         return [[] for _ in probes]
     where, tags = [], []
     for label, (term, values) in merged.items():
         if len(values) > chunk_size(graph.dialect, len(term.exprs)):
             return None  # more values than one statement binds
-        where.append(_condition(term, sorted(values, key=repr), graph.dialect))
+        where.append(_condition(term, values, graph.dialect))
         tags += [e.label(_name(label, i)) for i, e in enumerate(term.exprs)]
     query = select(*columns, *tags).where(or_(*where)).limit(limit + 1)
     found: list[list[Mapping[str, Any]]] = [[] for _ in probes]
@@ -99,6 +96,15 @@ def split(
         if not claimed:  # no subject's own lookup accounts for it
             return None
     return found
+
+
+def _merged(probes: Sequence[Probe]) -> dict[str, tuple[Term, list[Key]]]:
+    """Per label, the term and the values of every probe's term of that label."""
+    merged: dict[str, tuple[Term, set[Key]]] = {}
+    for probe in probes:
+        for term in probe:
+            merged.setdefault(term.label, (term, set()))[1].update(term.values)
+    return {label: (term, sorted(v, key=repr)) for label, (term, v) in merged.items()}
 
 
 def _condition(term: Term, values: list[Key], dialect: str) -> ColumnElement[bool]:
@@ -341,7 +347,7 @@ def _read_ahead(
         for probe, found in zip(probes, ahead, strict=True)
     ]
     limit = (BUFFER_ROWS + POINTING_ROWS * len(edges)) * len(probes)
-    parts = split(conn, graph, t, _wanted(graph, table), wide, limit)
+    parts = split(conn, graph, t, _own_wanted(graph, table, probes), wide, limit)
     if parts is None:
         return None
     own = [
@@ -376,6 +382,18 @@ def _read(
     keys = split(conn, graph, t, [t.c[n] for n in names], probes)
     width = len(graph.keys[table])
     return None if keys is None else [found_of(names, width, [], p, full=False) for p in keys]
+
+
+def _own_wanted(graph: Graph, table: str, probes: Sequence[Probe]) -> list[ColumnElement[Any]]:
+    """`_wanted`, but a row that is none of `probes`' own (one that only points at a
+    shared row) comes with its key and reference columns alone, the others NULL."""
+    t = graph.tables[table]
+    names = base_columns(graph, table)
+    conditions = [_condition(term, v, graph.dialect) for term, v in _merged(probes).values()]
+    own = or_(*conditions) if conditions else false()
+    shown = [c for c in exported_columns(graph, table) if c.name not in names]
+    narrowed = [case((own, c), else_=null()).label(c.name) for c in shown]
+    return [*(t.c[n] for n in names), *narrowed]
 
 
 def _wanted(graph: Graph, table: str) -> list[ColumnElement[Any]]:

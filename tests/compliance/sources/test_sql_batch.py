@@ -7,6 +7,7 @@ subject reads alone."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,10 @@ def test_a_batch_whose_orders_ship_home_exports_for_each_subject_exactly_what_it
     orders = [s for s, _ in seen if s.startswith("SELECT orders.")]
     merged = [s for s in orders if "_gdpr_a0_0" in s]  # own and pointing terms together
     assert len(merged) == 1, orders
+    for column in ("placed_at", "total"):  # of an order that only ships there: nothing
+        assert re.search(
+            rf"CASE WHEN .* THEN orders\.{column} ELSE NULL END AS {column}", merged[0]
+        )
     assert not [s for s in orders if "_gdpr_r_0" in s], orders  # no pointing read apart
     ada, bob = expected[0][1]["shop"], expected[1][1]["shop"]
     assert "addresses.shared" in ada and "addresses.shared" in bob
