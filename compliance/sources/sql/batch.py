@@ -17,6 +17,11 @@ does. So is a read past its bounds (more rows, or more values in a list, than on
 statement may carry). Batched reads only fill the memo of each subject's `Subject`;
 everything an export decides (which rows are its own, which shared rows only it uses)
 is still decided per subject, from those rows.
+
+A table whose rows point at shared rows the subjects' other rows already reach (their
+users name their addresses) is read once for both questions (`_read_ahead`): its own
+rows, and every row pointing at those shared rows, which tells who else uses them. A row
+that only points there comes with its key and reference columns alone.
 """
 
 from __future__ import annotations

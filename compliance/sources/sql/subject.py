@@ -14,7 +14,9 @@ and reference column set for all of them (`used`): the rows of each referencing 
 that point at them, less the subject's rows that erasure deletes (`going`). The erase
 plan asks that as one read per reference instead, keeping the rows it finds with their
 keys (`Pointing`, at most `POINTING_ROWS`): they also say which references the deletion
-of those shared rows clears (`referencing`), so the plan reads each such table once. At a
+of those shared rows clears (`referencing`), so the plan reads each such table once;
+where the subject's rows of other tables already name the shared rows, that read is the
+same statement as the table's own rows (`ahead`). At a
 table's turn the erasure forgets them. During an erasure the shared rows only the
 subject used (`orphans`, kept in the checkpoint) are the subject's own too, once found
 unused again at their table's turn: where nothing the subject still has points at them
