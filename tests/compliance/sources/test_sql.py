@@ -305,21 +305,28 @@ def _cy_orders_to_11(engine: Any, order: int) -> None:
         )
 
 
-def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
-    sample_dbs: SampleDatabases, tmp_path: Path
+def _erase_as_cy_orders_to_11(
+    sample_dbs: SampleDatabases, folder: Path, order: int, manifest: str = ""
 ) -> None:
-    """Address 11 is orphaned when erasure starts; a new order ships there meanwhile."""
-    registry = load(sample_dbs, tmp_path)
+    """Erase Ada; after the first chunk (which finds address 11 only hers), Cy orders to 11."""
+    registry = load(sample_dbs, folder, manifest=manifest)
     try:
         shop = registry.get("shop")
         first = shop.erase(ada_resolved(), {}, 1000)
         assert first.checkpoint["orphans"] == {"addresses": [[11]]}
         engine = create_engine(sample_dbs.shop_url)
-        _cy_orders_to_11(engine, 600)
+        _cy_orders_to_11(engine, order)
         engine.dispose()
         erase_chunks(shop, ada_resolved(), 1000, first.checkpoint)
     finally:
         registry.close()
+
+
+def test_a_shared_row_still_used_when_its_turn_comes_is_kept(
+    sample_dbs: SampleDatabases, tmp_path: Path
+) -> None:
+    """Address 11 is orphaned when erasure starts; a new order ships there meanwhile."""
+    _erase_as_cy_orders_to_11(sample_dbs, tmp_path, 600)
     assert (11,) in keys(sample_dbs.shop_url, "addresses")
 
 
@@ -365,18 +372,8 @@ def test_an_anonymised_shared_row_used_again_when_its_turn_comes_is_left_as_it_w
         "[sources.shop.tables.orders]",
         1,
     )
-    registry = load(sample_dbs, tmp_path, manifest=manifest)
-    try:
-        shop = registry.get("shop")
-        before = rows(sample_dbs.shop_url, "addresses")
-        first = shop.erase(ada_resolved(), {}, 1000)
-        assert first.checkpoint["orphans"] == {"addresses": [[11]]}
-        engine = create_engine(sample_dbs.shop_url)
-        _cy_orders_to_11(engine, 602)
-        engine.dispose()
-        erase_chunks(shop, ada_resolved(), 1000, first.checkpoint)
-    finally:
-        registry.close()
+    before = rows(sample_dbs.shop_url, "addresses")
+    _erase_as_cy_orders_to_11(sample_dbs, tmp_path, 602, manifest)
     assert rows(sample_dbs.shop_url, "addresses") == before
 
 
