@@ -39,6 +39,13 @@ __all__ = ["ON_CI", "PG_HOST", "PG_PORT", "PG_USER", "REDIS_CACHE_DB", "require_
 # --- services ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _leave_redis_empty() -> Iterator[None]:
+    """The suite's Redis dbs hold nothing once the session ends."""
+    yield
+    services.empty_redis_dbs()
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""

@@ -204,3 +204,18 @@ def smtp_server(folder: Path) -> Iterator[tuple[str, int, Path]]:
     argv = [sys.executable, sink, "--port", "{port}", "--maildir", str(maildir)]
     with own_server("smtp", argv, folder) as port:
         yield "127.0.0.1", port, maildir
+
+
+def empty_redis_dbs() -> None:
+    """Empty the suite's two Redis dbs (Celery's bindings, the sample app's cache), so a
+    session leaves nothing behind in them; nothing when Redis is not answering."""
+    if not answers(REDIS_HOST, REDIS_PORT):
+        return
+    import redis
+
+    for db in (REDIS_DB, REDIS_CACHE_DB):
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
