@@ -32,12 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Delete,
     Executable,
     Select,
-    Table,
     and_,
     bindparam,
     delete,
@@ -61,6 +59,7 @@ from compliance.sources.sql.keys import (
     key_in,
 )
 from compliance.sources.sql.manifest import Edge
+from compliance.sources.sql.query import pointing
 from compliance.sources.sql.references import fix_references, kept_keys
 from compliance.sources.sql.subject import Subject
 
@@ -109,7 +108,7 @@ class Deleter:
             detached, others = fix_references(conn, subject, table, going)
             deleted = self._delete(conn, table, going.keys())
             if orphans:
-                guards = subject.guards(table)
+                guards = self.graph.guards(table)
                 more, theirs = fix_references(conn, subject, table, orphans, skip=guards)
                 detached, others = detached + more, others + theirs
                 deleted += self._delete_unused(conn, table, guards, orphans.keys())
@@ -135,7 +134,7 @@ class Deleter:
         statement runs (in chunks): the check and the deletion are one statement, so a
         row written meanwhile that points at one keeps it; how many went."""
         t = self.graph.tables[table]
-        unused = [~pointed_at(self.graph, e, t) for e in guards]
+        unused = [~exists().where(pointing(self.graph, e, t)[1]) for e in guards]
         deleted = 0
         for part in chunked(keys, self._chunk(table)):
             stmt = delete(t).where(key_in(self.graph, table, part), *unused)
@@ -241,18 +240,6 @@ class BatchCounts:
     detached: int = 0
     others: int = 0
     missed: int = 0  # rows handed to the batch that its DELETE did not remove
-
-
-def pointed_at(graph: Graph, e: Edge, parent: Table) -> ColumnElement[bool]:
-    """Whether a row of `e`'s child points through `e` at the row of `parent` (its
-    table) that the enclosing statement is on."""
-    table = graph.tables.get(e.child)
-    if table is None:
-        table = graph.schema_tables[e.child]
-    child = table.alias("pointing") if table is parent else table
-    pairs = zip(e.child_cols, e.parent_cols, strict=True)
-    match = and_(*[child.c[c] == parent.c[p] for c, p in pairs])
-    return exists().where(match)
 
 
 def anonymize_batch(source: SourceHandle, table: str, rows: Sequence[tuple[Any, ...]]) -> int:

@@ -60,6 +60,18 @@ class Graph:
     def incoming(self, table: str) -> list[Edge]:
         return [e for e in self.edges if e.parent == table]
 
+    def goes_with_parent(self, e: Edge) -> bool:
+        """Whether the rows pointing through `e` are deleted with the row they point at
+        (owned children of a deleted table)."""
+        return e.kind == EdgeKind.OWNED and self.deleted(e.child)
+
+    def guards(self, table: str) -> list[Edge]:
+        """The references (registered, then from tables outside the manifest) through
+        which a row that stays keeps a row of `table` in use; owned children that go
+        with their row do not count."""
+        kept = [e for e in self.incoming(table) if not self.goes_with_parent(e)]
+        return kept + [f for f in self.foreign if f.parent == table]
+
     def owned_parents(self, table: str) -> list[Edge]:
         """Owned references from `table` to tables that can hold the subject's rows (own,
         or shared rows erased because nothing else uses them)."""

@@ -42,7 +42,7 @@ from compliance.sources.sql.keys import (
     key_in,
     placeholder_key,
 )
-from compliance.sources.sql.manifest import Edge, EdgeKind, ParentErase
+from compliance.sources.sql.manifest import Edge, ParentErase
 from compliance.sources.sql.ownership import KEEPING
 
 
@@ -85,6 +85,14 @@ def identity_terms(
         else:
             found.append((f"i{n}", column, values))
     return found
+
+
+def pointing(graph: Graph, e: Edge, parent: FromClause) -> tuple[FromClause, ColumnElement[bool]]:
+    """An alias of `e`'s child, and the condition that its row points through `e` at the
+    row of `parent` an enclosing statement is on (for a correlated ``EXISTS``)."""
+    child = graph.schema_tables[e.child].alias()
+    pairs = zip(e.child_cols, e.parent_cols, strict=True)
+    return child, and_(*[child.c[c] == parent.c[p] for c, p in pairs])
 
 
 def mine(selector: Selector, table: str) -> ColumnElement[bool] | None:
@@ -198,12 +206,9 @@ class Selector:
         (owned children that go with the row do not count)."""
         plain = Selector(self.graph, self.identities)
         t = self.graph.tables[table]
-        guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
         parts = []
-        for e in [*guards, *(f for f in self.graph.foreign if f.parent == table)]:
-            child = self.graph.schema_tables[e.child].alias()
-            pairs = zip(e.child_cols, e.parent_cols, strict=True)
-            cond = and_(*[child.c[c] == t.c[p] for c, p in pairs])
+        for e in self.graph.guards(table):
+            child, cond = pointing(self.graph, e, t)
             staying = plain.staying(e.child, child)
             if staying is not None:
                 cond = and_(cond, staying)
@@ -254,6 +259,3 @@ class Selector:
         if retained is not None and tombstones is not None:
             tombstones = and_(tombstones, not_(retained))
         return retained, tombstones
-
-    def _goes_with_parent(self, e: Edge) -> bool:
-        return e.kind == EdgeKind.OWNED and self.graph.deleted(e.child)

@@ -55,7 +55,7 @@ def kept_keys(conn: Connection, subject: Subject, table: str, batch: Found) -> K
     edges = graph.keep_edges(table)
     if not edges or not batch:
         return Kept()
-    if all(not _goes_with_parent(graph, e) for e in edges):
+    if all(not graph.goes_with_parent(e) for e in edges):
         batch = batch.without(subject.verified.get(table, ()))
     retained, tombstones = subject.kept_split(conn, table, batch)
     return Kept(retained.key_set, tombstones.key_set)
@@ -114,10 +114,6 @@ def _update(
         conn.execute(stmt)
     own = subject.own(conn, e.child).key_set
     return len(changed), sum(1 for key in changed if key not in own)
-
-
-def _goes_with_parent(graph: Graph, e: Edge) -> bool:
-    return e.kind == EdgeKind.OWNED and graph.deleted(e.child)
 
 
 def _pick(graph: Graph, e: Edge, key: Key) -> list[Any]:

@@ -208,15 +208,9 @@ class Subject:
         (self.verified if check else self.guarded)[table] = mine
         return found
 
-    def guards(self, table: str) -> list[Edge]:
-        """The references through which a row that stays keeps a shared row of `table`
-        in use (owned children that go with their row do not count)."""
-        guards = [e for e in self.graph.incoming(table) if not self._goes_with_parent(e)]
-        return guards + [f for f in self.graph.foreign if f.parent == table]
-
     def guards_orphans(self, table: str) -> bool:
         """Whether the orphans of `table` can be deleted by one statement that keeps
-        each one something points at (`guards`): the subject's rows that point at them
+        each one something points at (`Graph.guards`): the subject's rows that point at them
         and go are gone by its turn (their tables come earlier in the order), so every
         row still pointing at one stays, as `unused` would count it. Only where the
         table's rows are deleted (an anonymised orphan is checked before it is changed)."""
@@ -226,7 +220,7 @@ class Subject:
         at = order.index(table)
         return all(
             e.child not in order or not self.graph.deleted(e.child) or order.index(e.child) < at
-            for e in self.guards(table)
+            for e in self.graph.guards(table)
         )
 
     def _owner(self, table: str) -> Subject:
@@ -487,7 +481,7 @@ class Subject:
         """Keys of `rows` that nothing points at once the subject's deleted rows are gone
         (owned children that go with a row do not count). `remember`: keep the rows
         pointing at them, with their keys (`Pointing`), for `referencing` to take."""
-        guards = self.guards(table)
+        guards = self.graph.guards(table)
         return rows.key_set - self.used(conn, table, rows, guards, remember=remember)
 
     def used(
@@ -551,7 +545,7 @@ class Subject:
         rest = []
         for e in edges:
             read = self._pointing.get(e)
-            if (read is None or not read.covers(values)) and remember:
+            if remember and not self.points(e, values):
                 read = self._pointing_at(conn, e, values)
             if read is not None and read.covers(values):
                 hits |= read.staying(values, self._leaving(conn, e, values, visiting))
@@ -635,6 +629,3 @@ class Subject:
         if name in self.graph.tables:
             return self.graph.tables[name]
         return self.graph.schema_tables[name]
-
-    def _goes_with_parent(self, e: Edge) -> bool:
-        return e.kind == EdgeKind.OWNED and self.graph.deleted(e.child)

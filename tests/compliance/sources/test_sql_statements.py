@@ -102,7 +102,7 @@ def _binds_subject(params: Any) -> bool:
 
 # Whether a row points at the row a statement is on (the orphaned address's DELETE):
 # a correlated check that binds nothing, not a lookup of the subject.
-POINTED_AT = re.compile(r"EXISTS \(SELECT \* FROM (\w+) WHERE \1\.\w+ = \w+\.\w+\)")
+POINTED_AT = re.compile(r"EXISTS \(SELECT \* FROM \w+ AS (\w+) WHERE \1\.\w+ = \w+\.\w+\)")
 
 
 def assert_subject_not_rederived(seen: list[tuple[str, Any]]) -> None:
